@@ -1,0 +1,315 @@
+package pgresilient
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/ngrok/sqlmw"
+	"github.com/sony/gobreaker/v2"
+)
+
+// BreakerState is the state of a Connector's circuit breaker.
+type BreakerState int32
+
+// The breaker's states. Closed lets everything through; Open fails every call
+// at once; HalfOpen lets one probe through, whose outcome closes or reopens it.
+const (
+	BreakerClosed BreakerState = iota
+	BreakerHalfOpen
+	BreakerOpen
+	BreakerDisabled // breaker=off
+)
+
+func (s BreakerState) String() string {
+	switch s {
+	case BreakerClosed:
+		return "closed"
+	case BreakerHalfOpen:
+		return "half-open"
+	case BreakerOpen:
+		return "open"
+	case BreakerDisabled:
+		return "disabled"
+	}
+	return "BreakerState(" + strconv.Itoa(int(s)) + ")"
+}
+
+func fromGobreaker(s gobreaker.State) BreakerState {
+	switch s {
+	case gobreaker.StateHalfOpen:
+		return BreakerHalfOpen
+	case gobreaker.StateOpen:
+		return BreakerOpen
+	}
+	return BreakerClosed
+}
+
+// CircuitOpenError is returned, without anything being dialled or sent, while
+// the breaker is open or while its half-open probe is under way. It matches
+// ErrCircuitOpen and the gobreaker error, never driver.ErrBadConn.
+type CircuitOpenError struct {
+	NextProbe time.Time // when the breaker lets a probe through; zero while a probe is running
+	Err       error     // gobreaker.ErrOpenState or gobreaker.ErrTooManyRequests
+}
+
+func (e *CircuitOpenError) Error() string {
+	if e.NextProbe.IsZero() {
+		return "pgresilient: circuit open: a probe is under way"
+	}
+	d := time.Until(e.NextProbe).Round(time.Millisecond)
+	if d < 0 {
+		d = 0
+	}
+	return "pgresilient: circuit open: the database failed repeatedly; next probe in " + d.String()
+}
+
+// Unwrap returns ErrCircuitOpen and the gobreaker error.
+func (e *CircuitOpenError) Unwrap() []error { return []error{ErrCircuitOpen, e.Err} }
+
+// errExcluded marks an outcome that is neither a success nor a failure: the
+// caller's own cancellation, or a client-side error.
+var (
+	errOpenState = gobreaker.ErrOpenState
+	errExcluded  = errors.New("pgresilient: excluded from breaker counts")
+	errFailure   = errors.New("pgresilient: connectivity failure")
+)
+
+// breaker is gobreaker with a fast path: in the closed state, a call costs one
+// atomic load before and, after a success, one more. gobreaker, whose every
+// call takes a mutex, is consulted only for failures, the first success after
+// failures, and every call while not closed.
+type breaker struct {
+	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
+	state    atomic.Int32 // BreakerState, mirrored from gobreaker's transitions
+	dirty    atomic.Bool  // a failure was recorded since the last recorded success
+	openedAt atomic.Int64 // unix nanoseconds of the last transition to open
+	cooldown time.Duration
+
+	logger      *slog.Logger
+	onChange    func(from, to BreakerState)
+	transitions atomic.Int64
+	rejected    atomic.Int64
+}
+
+func newBreaker(failures int, cooldown time.Duration, logger *slog.Logger, onChange func(from, to BreakerState)) *breaker {
+	b := &breaker{cooldown: cooldown, logger: logger, onChange: onChange}
+	n := uint32(failures)
+	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        "pgresilient",
+		MaxRequests: 1,
+		Timeout:     cooldown,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= n },
+		IsExcluded:  func(err error) bool { return err == errExcluded }, //nolint:errorlint // our own sentinel
+		// Runs under gobreaker's lock: record, log and notify, never block
+		// and never call the breaker.
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			f, t := fromGobreaker(from), fromGobreaker(to)
+			if t == BreakerOpen {
+				b.openedAt.Store(time.Now().UnixNano())
+			}
+			b.state.Store(int32(t))
+			b.dirty.Store(false)
+			b.transitions.Add(1)
+			level := slog.LevelInfo
+			if t == BreakerOpen {
+				level = slog.LevelWarn
+			}
+			b.logger.LogAttrs(context.Background(), level, "pgresilient: circuit breaker "+t.String(),
+				slog.String("from", f.String()), slog.String("to", t.String()),
+				slog.Duration("cooldown", b.cooldown))
+			if b.onChange != nil {
+				b.onChange(f, t)
+			}
+		},
+	})
+	return b
+}
+
+// State returns the current state. An open breaker whose cooldown has passed
+// reports half-open, as the next call would find it.
+func (b *breaker) State() BreakerState {
+	s := BreakerState(b.state.Load())
+	if s == BreakerClosed {
+		return s
+	}
+	return fromGobreaker(b.cb.State())
+}
+
+// isOpen reports, cheaply, whether calls are being rejected now.
+func (b *breaker) isOpen() bool {
+	if BreakerState(b.state.Load()) != BreakerOpen {
+		return false
+	}
+	return time.Now().UnixNano() < b.openedAt.Load()+int64(b.cooldown)
+}
+
+// before lets a call through or rejects it. A non-nil probe must be given the
+// call's outcome through after.
+func (b *breaker) before() (probe func(error), err error) {
+	if BreakerState(b.state.Load()) == BreakerClosed {
+		return nil, nil
+	}
+	done, err := b.cb.Allow()
+	if err != nil {
+		return nil, b.openError(err)
+	}
+	return done, nil
+}
+
+func (b *breaker) openError(err error) error {
+	b.rejected.Add(1)
+	e := &CircuitOpenError{Err: err}
+	if errors.Is(err, gobreaker.ErrOpenState) {
+		e.NextProbe = time.Unix(0, b.openedAt.Load()+int64(b.cooldown))
+	}
+	return e
+}
+
+// after records the outcome of a call that before let through.
+func (b *breaker) after(probe func(error), class errClass) {
+	var outcome error
+	switch class {
+	case classNone, classServer:
+		outcome = nil
+	case classGone:
+		outcome = errFailure
+	default:
+		outcome = errExcluded
+	}
+	if probe != nil {
+		probe(outcome)
+		return
+	}
+	switch {
+	case outcome == errFailure: //nolint:errorlint // our own sentinel
+		b.record(outcome)
+	case outcome == nil && b.dirty.Load():
+		b.record(nil)
+	}
+}
+
+func (b *breaker) record(outcome error) {
+	done, err := b.cb.Allow()
+	if err != nil {
+		return // opened meanwhile: the probe decides what comes next
+	}
+	if outcome != nil {
+		b.dirty.Store(true)
+	} else {
+		b.dirty.Store(false)
+	}
+	done(outcome)
+}
+
+// BreakerState returns the breaker's current state, BreakerDisabled with
+// breaker=off.
+func (c *Connector) BreakerState() BreakerState {
+	if c.breaker == nil {
+		return BreakerDisabled
+	}
+	return c.breaker.State()
+}
+
+// breakerInterceptor is the built-in interceptor that puts every call behind
+// the breaker: rejected at once while open, counted by what its error says
+// about the server's reachability. It is stateless beyond the shared breaker.
+type breakerInterceptor struct {
+	sqlmw.NullInterceptor
+	b *breaker
+}
+
+var _ sqlmw.Interceptor = breakerInterceptor{}
+
+func (i breakerInterceptor) ConnectorConnect(ctx context.Context, next driver.Connector) (driver.Conn, error) {
+	probe, err := i.b.before()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := next.Connect(ctx)
+	i.b.after(probe, connectClass(ctx, err))
+	return conn, err
+}
+
+func (i breakerInterceptor) ConnPing(ctx context.Context, conn driver.Pinger) error {
+	probe, err := i.b.before()
+	if err != nil {
+		return err
+	}
+	err = conn.Ping(ctx)
+	i.b.after(probe, classify(ctx, err))
+	return err
+}
+
+func (i breakerInterceptor) ConnBeginTx(ctx context.Context, conn driver.ConnBeginTx, opts driver.TxOptions) (context.Context, driver.Tx, error) {
+	probe, err := i.b.before()
+	if err != nil {
+		return ctx, nil, err
+	}
+	tx, err := conn.BeginTx(ctx, opts)
+	i.b.after(probe, classify(ctx, err))
+	return ctx, tx, err
+}
+
+func (i breakerInterceptor) ConnPrepareContext(ctx context.Context, conn driver.ConnPrepareContext, query string) (context.Context, driver.Stmt, error) {
+	probe, err := i.b.before()
+	if err != nil {
+		return ctx, nil, err
+	}
+	st, err := conn.PrepareContext(ctx, query)
+	i.b.after(probe, classify(ctx, err))
+	return ctx, st, err
+}
+
+func (i breakerInterceptor) ConnExecContext(ctx context.Context, conn driver.ExecerContext, query string, args []driver.NamedValue) (driver.Result, error) {
+	probe, err := i.b.before()
+	if err != nil {
+		return nil, err
+	}
+	res, err := conn.ExecContext(ctx, query, args)
+	i.b.after(probe, classify(ctx, err))
+	return res, err
+}
+
+func (i breakerInterceptor) ConnQueryContext(ctx context.Context, conn driver.QueryerContext, query string, args []driver.NamedValue) (context.Context, driver.Rows, error) {
+	probe, err := i.b.before()
+	if err != nil {
+		return ctx, nil, err
+	}
+	rows, err := conn.QueryContext(ctx, query, args)
+	i.b.after(probe, classify(ctx, err))
+	return ctx, rows, err
+}
+
+func (i breakerInterceptor) StmtExecContext(ctx context.Context, st driver.StmtExecContext, _ string, args []driver.NamedValue) (driver.Result, error) {
+	probe, err := i.b.before()
+	if err != nil {
+		return nil, err
+	}
+	res, err := st.ExecContext(ctx, args)
+	i.b.after(probe, classify(ctx, err))
+	return res, err
+}
+
+func (i breakerInterceptor) StmtQueryContext(ctx context.Context, st driver.StmtQueryContext, _ string, args []driver.NamedValue) (context.Context, driver.Rows, error) {
+	probe, err := i.b.before()
+	if err != nil {
+		return ctx, nil, err
+	}
+	rows, err := st.QueryContext(ctx, args)
+	i.b.after(probe, classify(ctx, err))
+	return ctx, rows, err
+}
+
+// TxCommit is counted but never rejected: a transaction under way on a live
+// connection is finished, not thrown away, when other calls open the breaker.
+// Rollback is neither rejected nor counted.
+func (i breakerInterceptor) TxCommit(ctx context.Context, tx driver.Tx) error {
+	err := tx.Commit()
+	i.b.after(nil, classify(ctx, err))
+	return err
+}

@@ -1,0 +1,236 @@
+package pgresilient
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/ngrok/sqlmw"
+)
+
+// DriverName is the name pgresilient registers with database/sql.
+const DriverName = "pgresilient"
+
+func init() {
+	sql.Register(DriverName, &Driver{})
+}
+
+var (
+	_ driver.Driver        = (*Driver)(nil)
+	_ driver.DriverContext = (*Driver)(nil)
+	_ driver.Connector     = (*Connector)(nil)
+)
+
+// Driver is the database/sql driver registered as "pgresilient". It
+// implements driver.DriverContext, so sql.Open parses the DSN once per
+// *sql.DB and every connection of that *sql.DB shares one Connector: one
+// breaker, one pool invalidation state.
+type Driver struct{}
+
+// Open opens one connection with a Connector of its own. database/sql never
+// calls it, since Driver implements driver.DriverContext.
+func (d *Driver) Open(dsn string) (driver.Conn, error) {
+	c, err := NewConnector(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return c.Connect(context.Background())
+}
+
+// OpenConnector parses dsn, as NewConnector does with no options.
+func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
+	return NewConnector(dsn)
+}
+
+// Connector opens pgresilient connections. Use it with sql.OpenDB when Go-only
+// options are needed; it is safe for concurrent use. One Connector serves one
+// *sql.DB.
+type Connector struct {
+	cfg    Config // effective values
+	opts   options
+	logger *slog.Logger
+
+	inner driver.Connector // pgx's, or the wrapped driver's
+	chain driver.Connector // the interceptor chain over baseConnector
+
+	// gen is bumped whenever a connection learns that the server went away;
+	// pooled connections of an older generation are verified before reuse.
+	gen           atomic.Uint64
+	verifyTimeout time.Duration
+	stats         counters
+	breaker       *breaker // nil with breaker=off
+}
+
+// defaultVerifyTimeout bounds the ping that verifies a pooled connection
+// after a pool invalidation, when the caller's context has no deadline.
+const defaultVerifyTimeout = 2 * time.Second
+
+// NewConnector parses dsn (any DSN pgx accepts, with pgresilient's parameters
+// mixed in) and returns a Connector for sql.OpenDB.
+func NewConnector(dsn string, opts ...Option) (*Connector, error) {
+	var o options
+	for _, opt := range opts {
+		if opt == nil {
+			continue
+		}
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	var (
+		cfg  *Config
+		err  error
+		rest string
+	)
+	if o.driver != nil {
+		cfg, rest, err = parseForeignDSN(dsn)
+	} else {
+		cfg, err = ParseConfig(dsn)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c := &Connector{cfg: cfg.effective(), opts: o, logger: o.logger}
+	if c.logger == nil {
+		c.logger = slog.New(slog.DiscardHandler)
+	}
+	c.verifyTimeout = defaultVerifyTimeout
+	if c.cfg.QueryTimeout > 0 && c.cfg.QueryTimeout < c.verifyTimeout {
+		c.verifyTimeout = c.cfg.QueryTimeout
+	}
+
+	if o.driver != nil {
+		if dc, ok := o.driver.(driver.DriverContext); ok {
+			if c.inner, err = dc.OpenConnector(rest); err != nil {
+				return nil, err
+			}
+		} else {
+			c.inner = dsnConnector{dsn: rest, d: o.driver}
+		}
+	} else {
+		var popts []stdlib.OptionOpenDB
+		if o.beforeConnect != nil {
+			popts = append(popts, stdlib.OptionBeforeConnect(o.beforeConnect))
+		}
+		if o.afterConnect != nil {
+			popts = append(popts, stdlib.OptionAfterConnect(o.afterConnect))
+		}
+		c.inner = stdlib.GetConnector(*cfg.ConnConfig, popts...)
+	}
+
+	if !c.cfg.DisableBreaker {
+		c.breaker = newBreaker(c.cfg.BreakerFailures, c.cfg.BreakerCooldown, c.logger, o.stateChange)
+	}
+	c.chain = buildChain(baseConnector{c}, c.interceptors())
+	return c, nil
+}
+
+// Config returns the effective configuration: defaults filled in. Its
+// ConnConfig must not be modified.
+func (c *Connector) Config() Config { return c.cfg }
+
+// Connect opens a connection. It implements driver.Connector.
+func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	slot := new(baseSlot)
+	top, err := c.chain.Connect(context.WithValue(ctx, baseSlotKey{}, slot))
+	if err != nil {
+		return nil, err
+	}
+	if slot.conn == nil {
+		// An interceptor returned a connection that did not come from ours.
+		_ = top.Close()
+		return nil, errForeignConn
+	}
+	return newConn(top, slot.conn), nil
+}
+
+var errForeignConn = errors.New("pgresilient: an interceptor's ConnectorConnect returned a connection not opened through its argument")
+
+// Driver returns the pgresilient driver. It implements driver.Connector.
+func (c *Connector) Driver() driver.Driver { return &Driver{} }
+
+// invalidate records that the server went away (restart, crash, termination,
+// network): every pooled connection older than now is verified before reuse.
+func (c *Connector) invalidate(op string, cause error) {
+	c.gen.Add(1)
+	c.stats.invalidations.Add(1)
+	c.logger.LogAttrs(context.Background(), slog.LevelInfo, "pgresilient: pool invalidated: pooled connections will be verified before reuse",
+		slog.String("op", op), slog.String("cause", errString(cause)))
+}
+
+// baseSlot carries the baseConn from the bottom of the chain to Connect.
+type (
+	baseSlot    struct{ conn *baseConn }
+	baseSlotKey struct{}
+)
+
+// baseConnector is the bottom of the interceptor chain: it opens the wrapped
+// driver's connection and wraps it in a baseConn.
+type baseConnector struct{ c *Connector }
+
+func (b baseConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	inner, err := b.c.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	bc := newBaseConn(b.c, inner)
+	if slot, ok := ctx.Value(baseSlotKey{}).(*baseSlot); ok {
+		slot.conn = bc
+	}
+	return bc, nil
+}
+
+func (b baseConnector) Driver() driver.Driver { return b.c.Driver() }
+
+// interceptors returns the chain, outermost first: the user's, then the
+// built-in ones.
+func (c *Connector) interceptors() []sqlmw.Interceptor {
+	in := append([]sqlmw.Interceptor(nil), c.opts.interceptors...)
+	if c.breaker != nil {
+		in = append(in, breakerInterceptor{b: c.breaker})
+	}
+	return in
+}
+
+// buildChain wraps base in the interceptors, the first one outermost.
+func buildChain(base driver.Connector, in []sqlmw.Interceptor) driver.Connector {
+	top := base
+	for i := len(in) - 1; i >= 0; i-- {
+		d := sqlmw.Driver(connectorDriver{top}, in[i]).(driver.DriverContext)
+		wrapped, err := d.OpenConnector("")
+		if err != nil {
+			panic("pgresilient: sqlmw.OpenConnector failed: " + err.Error()) // connectorDriver never fails
+		}
+		top = wrapped
+	}
+	return top
+}
+
+// connectorDriver lets sqlmw wrap a Connector: sqlmw wraps drivers only.
+type connectorDriver struct{ c driver.Connector }
+
+func (d connectorDriver) Open(string) (driver.Conn, error) {
+	return d.c.Connect(context.Background())
+}
+
+func (d connectorDriver) OpenConnector(string) (driver.Connector, error) { return d.c, nil }
+
+// dsnConnector adapts a driver without DriverContext.
+type dsnConnector struct {
+	dsn string
+	d   driver.Driver
+}
+
+func (t dsnConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return t.d.Open(t.dsn)
+}
+
+func (t dsnConnector) Driver() driver.Driver { return t.d }

@@ -1,0 +1,457 @@
+package pgresilient
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/lib/pq" // for the lib/pq issue 939 comparison
+)
+
+// drivers are compared side by side in the integration tests.
+var drivers = []string{"pgx", DriverName}
+
+// warmPool makes db hold n idle connections, each used just now and each
+// reused at least once, like those of an app that has been running: pgx
+// always pings a connection on its first reuse after dialling, and then only
+// after a second idle.
+func warmPool(t *testing.T, db *sql.DB, n int) {
+	t.Helper()
+	db.SetMaxOpenConns(n)
+	db.SetMaxIdleConns(n)
+	db.SetConnMaxIdleTime(0)
+	for range 2 {
+		useAll(t, db, n)
+	}
+	if got := db.Stats().OpenConnections; got != n {
+		t.Fatalf("warm pool has %d connections, want %d", got, n)
+	}
+}
+
+// useAll holds n connections at once, so they are n distinct ones.
+func useAll(t *testing.T, db *sql.DB, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	for range n {
+		wg.Go(func() {
+			<-start
+			// Held at once, so they are n distinct connections.
+			_, err := db.Exec("select pg_sleep(0.05)")
+			errs <- err
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("warm-up: %v", err)
+		}
+	}
+}
+
+// runQueries runs n sequential queries and returns how many failed, and the
+// first error.
+func runQueries(db *sql.DB, n int) (failed int, first error) {
+	for range n {
+		var one int
+		if err := db.QueryRow("select 1").Scan(&one); err != nil {
+			if first == nil {
+				first = err
+			}
+			failed++
+		}
+	}
+	return failed, first
+}
+
+// TestRestartWarmPool: a warm idle pool of 8, every connection used within
+// the last second, then `pg_ctl restart -m fast`, then 200 queries.
+func TestRestartWarmPool(t *testing.T) {
+	c := needCluster(t)
+	results := map[string]int{}
+	for _, name := range drivers {
+		t.Run(name, func(t *testing.T) {
+			db := openDB(t, name, c.DSN())
+			warmPool(t, db, 8)
+			began := time.Now()
+			if err := c.Restart("fast"); err != nil {
+				t.Fatal(err)
+			}
+			took := time.Since(began)
+			failed, first := runQueries(db, 200)
+			results[name] = failed
+			t.Logf("%s: restart took %v; %d of 200 queries failed (first: %v)", name, took.Round(time.Millisecond), failed, first)
+			if name == DriverName && failed != 0 {
+				t.Errorf("pgresilient: %d queries failed after a restart, want 0 (first: %v)", failed, first)
+			}
+			// The fault is real: raw pgx, whose connections were all used
+			// within the last second, hands the app the server's goodbye.
+			if name == "pgx" && failed == 0 && took < 900*time.Millisecond {
+				t.Errorf("raw pgx saw no error: the fault did not happen")
+			}
+		})
+	}
+	t.Logf("errors after restart: pgx %d, pgresilient %d", results["pgx"], results[DriverName])
+}
+
+// TestTerminateWarmPool: every backend of a warm pool of 8 is terminated
+// (pg_terminate_backend, waiting until they are gone), then 200 queries.
+func TestTerminateWarmPool(t *testing.T) {
+	c := needCluster(t)
+	for _, name := range drivers {
+		t.Run(name, func(t *testing.T) {
+			db := openDB(t, name, c.DSN())
+			warmPool(t, db, 8)
+			n, err := c.TerminateBackends(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != 8 {
+				t.Fatalf("terminated %d backends, want 8", n)
+			}
+			failed, first := runQueries(db, 200)
+			t.Logf("%s: %d of 200 queries failed after terminating %d backends (first: %v)", name, failed, n, first)
+			switch name {
+			case DriverName:
+				if failed != 0 {
+					t.Errorf("pgresilient: %d failed, want 0 (first: %v)", failed, first)
+				}
+			case "pgx":
+				// The fault is real: raw pgx hands the app the termination.
+				if failed == 0 {
+					t.Errorf("raw pgx saw no error: the fault did not happen")
+				}
+				var pgErr *pgconn.PgError
+				if !errors.As(first, &pgErr) || pgErr.Code != "57P01" {
+					t.Errorf("raw pgx's first error = %v, want SQLSTATE 57P01", first)
+				}
+			}
+		})
+	}
+}
+
+// TestLibPQ939 runs the statement of lib/pq issue 939: a transaction that
+// commits an insert, then the backend kills itself. The insert must happen
+// exactly once, and the caller must learn that the outcome is unknown.
+func TestLibPQ939(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	for _, name := range []string{DriverName, "pgx", "postgres"} {
+		t.Run(name, func(t *testing.T) {
+			table := "t939_" + strings.ReplaceAll(name, "pgresilient", "pgr")
+			if err := c.Exec(ctx, "drop table if exists "+table+"; create table "+table+" (id int)"); err != nil {
+				t.Fatal(err)
+			}
+			db := openDB(t, name, c.DSN())
+			_, err := db.Exec("begin; insert into " + table + " values (1); commit; select pg_terminate_backend(pg_backend_pid())")
+			rows, qerr := countRows(ctx, c, table)
+			if qerr != nil {
+				t.Fatal(qerr)
+			}
+			t.Logf("%s: %d row(s) inserted; error: %v", name, rows, err)
+			switch name {
+			case DriverName:
+				if rows != 1 {
+					t.Errorf("pgresilient inserted %d rows, want exactly 1", rows)
+				}
+				if !errors.Is(err, ErrConnLost) || errors.Is(err, driver.ErrBadConn) {
+					t.Errorf("want ErrConnLost and not ErrBadConn, got %v", err)
+				}
+				var pgErr *pgconn.PgError
+				if !errors.As(err, &pgErr) || pgErr.Code != "57P01" {
+					t.Errorf("the cause is not reachable: %v", err)
+				}
+			case "pgx":
+				if rows != 1 {
+					t.Errorf("pgx inserted %d rows, want 1", rows)
+				}
+			}
+		})
+	}
+}
+
+func countRows(ctx context.Context, c interface {
+	WithConn(context.Context, func(*pgx.Conn) error) error
+}, table string) (int, error) {
+	var n int
+	err := c.WithConn(ctx, func(conn *pgx.Conn) error {
+		return conn.QueryRow(ctx, "select count(*) from "+table).Scan(&n)
+	})
+	return n, err
+}
+
+// TestCutMidQuery resets the network while a statement runs on the server.
+func TestCutMidQuery(t *testing.T) {
+	c := needCluster(t)
+	for _, name := range drivers {
+		t.Run(name, func(t *testing.T) {
+			p := newProxy(t, c)
+			db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+			if err := db.Ping(); err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				time.Sleep(200 * time.Millisecond)
+				p.Cut()
+			}()
+			_, err := db.Exec("select pg_sleep(3)")
+			t.Logf("%s: %v", name, err)
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			if name == DriverName {
+				if !errors.Is(err, ErrConnLost) || errors.Is(err, driver.ErrBadConn) {
+					t.Errorf("want ErrConnLost and not ErrBadConn, got %v", err)
+				}
+				if !strings.Contains(err.Error(), "outcome unknown") {
+					t.Errorf("message %q does not say the outcome is unknown", err)
+				}
+			}
+			// The pool recovers: the broken connection is not reused.
+			if failed, first := runQueries(db, 5); failed != 0 && name == DriverName {
+				t.Errorf("%d queries failed after the cut: %v", failed, first)
+			}
+		})
+	}
+}
+
+// TestCutDuringCommit resets the connection after COMMIT reached the server,
+// before its reply: the commit happened, and the caller hears the outcome is
+// unknown.
+func TestCutDuringCommit(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	for _, name := range drivers {
+		t.Run(name, func(t *testing.T) {
+			table := "tcommit_" + strings.ReplaceAll(name, "pgresilient", "pgr")
+			if err := c.Exec(ctx, "drop table if exists "+table+"; create table "+table+" (id int)"); err != nil {
+				t.Fatal(err)
+			}
+			p := newProxy(t, c)
+			db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+			tx, err := db.Begin()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec("insert into " + table + " values (1)"); err != nil {
+				t.Fatal(err)
+			}
+			p.CutOn([]byte("commit"), true)
+			err = tx.Commit()
+			t.Logf("%s: commit: %v", name, err)
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			if name == DriverName && (!errors.Is(err, ErrConnLost) || errors.Is(err, driver.ErrBadConn)) {
+				t.Errorf("want ErrConnLost and not ErrBadConn, got %v", err)
+			}
+			n, err := pollRows(ctx, c, table, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: %d row(s) committed", name, n)
+		})
+	}
+}
+
+// pollRows waits briefly for table to hold want rows: the server may still be
+// finishing the commit when the client sees the reset.
+func pollRows(ctx context.Context, c interface {
+	WithConn(context.Context, func(*pgx.Conn) error) error
+}, table string, want int) (int, error) {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		n, err := countRows(ctx, c, table)
+		if err != nil || n == want || time.Now().After(deadline) {
+			return n, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestCutIdlePool resets every idle pooled connection: the next queries must
+// not see it.
+func TestCutIdlePool(t *testing.T) {
+	c := needCluster(t)
+	for _, name := range drivers {
+		t.Run(name, func(t *testing.T) {
+			p := newProxy(t, c)
+			db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+			warmPool(t, db, 4)
+			p.Cut()
+			time.Sleep(20 * time.Millisecond) // let the resets arrive
+			failed, first := runQueries(db, 50)
+			t.Logf("%s: %d of 50 failed after cutting 4 idle connections (first: %v)", name, failed, first)
+			if name == DriverName && failed != 0 {
+				t.Errorf("pgresilient: %d failed, want 0", failed)
+			}
+		})
+	}
+}
+
+// TestCallerDeadlineMidQuery: the caller's own deadline fires during a
+// statement; pgx closes the connection, the outcome is unknown.
+func TestCallerDeadlineMidQuery(t *testing.T) {
+	c := needCluster(t)
+	db := openDB(t, DriverName, c.DSN())
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := db.ExecContext(ctx, "select pg_sleep(3)")
+	if !errors.Is(err, ErrConnLost) || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, driver.ErrBadConn) {
+		t.Fatalf("want ErrConnLost and DeadlineExceeded, not ErrBadConn; got %v", err)
+	}
+	if failed, first := runQueries(db, 3); failed != 0 {
+		t.Fatalf("%d queries failed after: %v", failed, first)
+	}
+}
+
+// TestServerErrorKeepsConn: an SQL error leaves the connection healthy and
+// reachable with errors.As.
+func TestServerErrorKeepsConn(t *testing.T) {
+	c := needCluster(t)
+	db := openDB(t, DriverName, c.DSN())
+	db.SetMaxOpenConns(1)
+	_, err := db.Exec("select 1/0")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "22012" {
+		t.Fatalf("want SQLSTATE 22012, got %v", err)
+	}
+	if IsDisconnect(err) || errors.Is(err, ErrConnLost) {
+		t.Fatalf("a division by zero reported as a disconnect: %v", err)
+	}
+	var pid1, pid2 int
+	if err := db.QueryRow("select pg_backend_pid()").Scan(&pid1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("select 1/0"); err == nil {
+		t.Fatal("want an error")
+	}
+	if err := db.QueryRow("select pg_backend_pid()").Scan(&pid2); err != nil {
+		t.Fatal(err)
+	}
+	if pid1 != pid2 {
+		t.Errorf("the connection was replaced after an SQL error (pid %d -> %d)", pid1, pid2)
+	}
+}
+
+// TestDriverInterfaces checks that the optional interfaces pgx implements
+// work through pgresilient: column types, named values and pgx's own argument
+// types, prepared statements, transactions with options, Raw.
+func TestDriverInterfaces(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	db := openDB(t, DriverName, c.DSN())
+
+	rows, err := db.Query("select 1::int4 as a, 'x'::text as b, 1.5::numeric(4,2) as c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cols, err := rows.ColumnTypes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, col := range cols {
+		names = append(names, col.Name()+":"+col.DatabaseTypeName())
+	}
+	if got, want := strings.Join(names, " "), "a:INT4 b:TEXT c:NUMERIC"; got != want {
+		t.Errorf("column types %q, want %q", got, want)
+	}
+	if p, s, ok := cols[2].DecimalSize(); !ok || p != 4 || s != 2 {
+		t.Errorf("DecimalSize = %d, %d, %v; want 4, 2, true", p, s, ok)
+	}
+	if st := cols[0].ScanType(); st == nil || st.Kind().String() != "int32" {
+		t.Errorf("ScanType = %v, want int32", st)
+	}
+	rows.Close()
+
+	// pgx's own argument types pass CheckNamedValue untouched.
+	var got string
+	if err := db.QueryRow("select @v::text", pgx.NamedArgs{"v": "named"}).Scan(&got); err != nil || got != "named" {
+		t.Errorf("pgx.NamedArgs: %q, %v", got, err)
+	}
+	var arr []int64
+	if err := db.QueryRow("select $1::int8[]", []int64{1, 2}).Scan(&arr); err != nil {
+		// database/sql cannot scan into []int64; pgx's array support is
+		// reached through Raw: it is enough that the argument was accepted.
+		if !strings.Contains(err.Error(), "unsupported Scan") {
+			t.Errorf("[]int64 argument: %v", err)
+		}
+	}
+
+	st, err := db.Prepare("select $1::int + 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := st.QueryRow(41).Scan(&n); err != nil || n != 42 {
+		t.Errorf("prepared: %d, %v", n, err)
+	}
+	st.Close()
+
+	tx, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var iso, ro string
+	if err := tx.QueryRow("select current_setting('transaction_isolation'), current_setting('transaction_read_only')").Scan(&iso, &ro); err != nil {
+		t.Fatal(err)
+	}
+	if iso != "serializable" || ro != "on" {
+		t.Errorf("tx options: isolation %q read only %q", iso, ro)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Raw reaches the pgx connection: COPY.
+	if err := c.Exec(ctx, "drop table if exists tcopy; create table tcopy (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = conn.Raw(func(dc any) error {
+		pc, err := PgxConn(dc)
+		if err != nil {
+			return err
+		}
+		_, err = pc.CopyFrom(ctx, pgx.Identifier{"tcopy"}, []string{"id"}, pgx.CopyFromRows([][]any{{1}, {2}, {3}}))
+		return err
+	})
+	conn.Close()
+	if err != nil {
+		t.Fatalf("COPY through Raw: %v", err)
+	}
+	if n, err := countRows(ctx, c, "tcopy"); err != nil || n != 3 {
+		t.Errorf("COPY wrote %d rows (%v), want 3", n, err)
+	}
+}
+
+// TestDSNParamsNeverReachServer: our parameters are stripped, an ordinary
+// runtime parameter still reaches the server.
+func TestDSNParamsNeverReachServer(t *testing.T) {
+	c := needCluster(t)
+	db := openDB(t, DriverName, c.DSN()+"&breaker_failures=3&query_timeout=5s&tx_autorollback=on&application_name=pgr-test")
+	var app string
+	if err := db.QueryRow("select current_setting('application_name')").Scan(&app); err != nil {
+		t.Fatal(err)
+	}
+	if app != "pgr-test" {
+		t.Errorf("application_name = %q", app)
+	}
+}
+
+var _ = fmt.Sprintf

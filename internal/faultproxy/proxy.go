@@ -1,0 +1,495 @@
+// Package faultproxy is an in-process TCP proxy for tests that injects the
+// network failures a database client meets: connections reset (Cut, CutOn),
+// traffic blackholed (Freeze), and a server that refuses connections
+// (Refuse).
+//
+// It only ever forwards to a loopback address, and listens on 127.0.0.1.
+package faultproxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrNotLoopback is matched by New's error for a target that is not a
+// loopback address.
+var ErrNotLoopback = errors.New("faultproxy: target is not a loopback address")
+
+const (
+	listenHost  = "127.0.0.1"
+	dialTimeout = 5 * time.Second
+	bufSize     = 32 << 10
+)
+
+// Proxy forwards every TCP connection accepted on its address to one target
+// address, and injects faults on demand. Its methods are safe for concurrent
+// use.
+type Proxy struct {
+	target string // host:port with a loopback IP
+	addr   string // 127.0.0.1:port, the same for the Proxy's life
+
+	ctx    context.Context // cancelled by Close; bounds dials
+	cancel context.CancelFunc
+
+	accepted atomic.Int64
+
+	mu      sync.Mutex
+	ln      net.Listener // nil while refusing or closed
+	conns   map[*pair]struct{}
+	frozen  bool
+	thawed  chan struct{} // closed by Thaw; replaced by Freeze
+	trigger *trigger      // armed by CutOn
+	closed  bool
+
+	wg sync.WaitGroup // every goroutine the Proxy starts
+}
+
+// trigger is a one-shot CutOn.
+type trigger struct {
+	match   []byte
+	forward bool
+}
+
+// New returns a Proxy listening on 127.0.0.1 at a free port, forwarding every
+// connection to target, a "host:port" whose host is a loopback IP address
+// (127.0.0.0/8, ::1) or "localhost". Any other target is refused with an
+// error matching ErrNotLoopback: the proxy is a test tool and must never reach
+// another machine. The target need not be listening yet.
+func New(target string) (*Proxy, error) {
+	resolved, err := loopbackTarget(target)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := listen(resolved)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Proxy{
+		target: resolved,
+		addr:   ln.Addr().String(),
+		ctx:    ctx,
+		cancel: cancel,
+		ln:     ln,
+		conns:  make(map[*pair]struct{}),
+	}
+	p.wg.Add(1)
+	go p.acceptLoop(ln)
+	return p, nil
+}
+
+// listen listens on a free 127.0.0.1 port other than target's: a port freed a
+// moment ago (by a stopped test server) can be handed out again, and a proxy
+// forwarding to itself would loop.
+func listen(target string) (net.Listener, error) {
+	for range 3 {
+		ln, err := net.Listen("tcp", net.JoinHostPort(listenHost, "0"))
+		if err != nil {
+			return nil, fmt.Errorf("faultproxy: %w", err)
+		}
+		if ln.Addr().String() != target {
+			return ln, nil
+		}
+		defer ln.Close() // keep it taken until we have another
+	}
+	return nil, fmt.Errorf("faultproxy: no free port other than the target's")
+}
+
+// loopbackTarget checks target and returns it with its host resolved to a
+// loopback IP.
+func loopbackTarget(target string) (string, error) {
+	host, port, err := net.SplitHostPort(target)
+	if err != nil {
+		return "", fmt.Errorf("faultproxy: target %q: %w", target, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("faultproxy: target %q: invalid port", target)
+	}
+	var ip netip.Addr
+	if host == "localhost" {
+		// Resolve, and insist every answer is loopback: "localhost" can be
+		// configured to mean anything.
+		ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+		defer cancel()
+		addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		if err != nil {
+			return "", fmt.Errorf("faultproxy: target %q: %w", target, err)
+		}
+		for _, a := range addrs {
+			if !a.Unmap().IsLoopback() {
+				return "", fmt.Errorf("%w: %q resolves to %s", ErrNotLoopback, target, a)
+			}
+		}
+		if len(addrs) == 0 {
+			return "", fmt.Errorf("faultproxy: target %q: no address", target)
+		}
+		ip = addrs[0].Unmap()
+	} else {
+		ip, err = netip.ParseAddr(host)
+		if err != nil {
+			return "", fmt.Errorf("%w: %q (want a loopback IP or localhost)", ErrNotLoopback, target)
+		}
+		ip = ip.Unmap()
+		if !ip.IsLoopback() || ip.Zone() != "" {
+			return "", fmt.Errorf("%w: %q", ErrNotLoopback, target)
+		}
+	}
+	return net.JoinHostPort(ip.String(), port), nil
+}
+
+// Addr returns the address clients dial: "127.0.0.1:PORT".
+func (p *Proxy) Addr() string { return p.addr }
+
+// Host returns "127.0.0.1".
+func (p *Proxy) Host() string { return listenHost }
+
+// Port returns the port clients dial. It stays the same across Refuse.
+func (p *Proxy) Port() int {
+	_, port, _ := net.SplitHostPort(p.addr)
+	n, _ := strconv.Atoi(port)
+	return n
+}
+
+// Target returns the address connections are forwarded to, with "localhost"
+// resolved.
+func (p *Proxy) Target() string { return p.target }
+
+// Accepted returns how many connections the Proxy has accepted since New.
+func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
+
+// Live returns how many accepted connections are still open on the client
+// side, counting those waiting for a Thaw or for the target to answer.
+func (p *Proxy) Live() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
+// Cut resets every open connection now: both of its sockets are closed with
+// SO_LINGER 0, so the client's next read or write fails with ECONNRESET (or
+// EPIPE) and the server sees a reset too. Connections made later work as
+// before.
+func (p *Proxy) Cut() {
+	for _, pr := range p.takeAll() {
+		pr.kill(true)
+	}
+}
+
+// Freeze blackholes traffic like a network that silently drops packets: the
+// sockets stay open and no byte passes in either direction. Bytes the Proxy
+// reads meanwhile are held, not dropped, and delivered by Thaw; once its
+// buffers are full the senders' kernel buffers fill up. A chunk already being
+// written when Freeze is called may still get through. New connections are
+// accepted (the client's connect succeeds) but the target is not dialled until
+// Thaw. Cut, CutOn's reset and Close still work on frozen connections.
+func (p *Proxy) Freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.frozen {
+		p.frozen = true
+		p.thawed = make(chan struct{})
+	}
+}
+
+// Thaw ends a Freeze: held bytes are delivered and traffic flows again.
+func (p *Proxy) Thaw() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.frozen {
+		p.frozen = false
+		close(p.thawed)
+	}
+}
+
+// Refuse(true) closes the listening socket, so new connections are refused
+// ("connection refused") as by a stopped server; connections already open are
+// untouched. Refuse(false) listens again on the same port. The error reports
+// a failure to listen again, for instance because another process took the
+// port meanwhile, or a call after Close.
+func (p *Proxy) Refuse(on bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return net.ErrClosed
+	}
+	if on {
+		if p.ln != nil {
+			err := p.ln.Close()
+			p.ln = nil
+			if err != nil {
+				return fmt.Errorf("faultproxy: %w", err)
+			}
+		}
+		return nil
+	}
+	if p.ln != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		return fmt.Errorf("faultproxy: listening again on %s: %w", p.addr, err)
+	}
+	p.ln = ln
+	p.wg.Add(1)
+	go p.acceptLoop(ln)
+	return nil
+}
+
+// CutOn arms a one-shot trigger on the bytes clients send, replacing any armed
+// one. The first chunk the Proxy reads from a client that contains match fires
+// it, on that connection only:
+//
+//   - forward true: the chunk is sent to the server, then the client side is
+//     reset before it can get any reply, and the server side is half-closed:
+//     the server receives the whole statement, runs it, and its reply is
+//     discarded. "The statement reached the server; the client does not know
+//     the outcome."
+//   - forward false: both sides are reset without the chunk being sent.
+//     "Nothing reached the server."
+//
+// Matching looks at each chunk as read, with no memory between reads, so a
+// match split across two reads may be missed; short messages such as a SQL
+// statement arrive whole in practice. A nil or empty match disarms the
+// trigger.
+func (p *Proxy) CutOn(match []byte, forward bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(match) == 0 {
+		p.trigger = nil
+		return
+	}
+	p.trigger = &trigger{match: bytes.Clone(match), forward: forward}
+}
+
+// Armed reports whether a CutOn trigger is armed and has not fired yet.
+func (p *Proxy) Armed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.trigger != nil
+}
+
+// Close stops listening, resets every connection and returns once all the
+// Proxy's goroutines have exited. Calls after the first return nil.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	var err error
+	if p.ln != nil {
+		err = p.ln.Close()
+		p.ln = nil
+	}
+	p.mu.Unlock()
+	p.cancel()
+	p.Cut()
+	p.wg.Wait()
+	if err != nil {
+		return fmt.Errorf("faultproxy: %w", err)
+	}
+	return nil
+}
+
+// takeAll removes every connection from the table and returns them.
+func (p *Proxy) takeAll() []*pair {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	prs := make([]*pair, 0, len(p.conns))
+	for pr := range p.conns {
+		prs = append(prs, pr)
+	}
+	clear(p.conns)
+	return prs
+}
+
+func (p *Proxy) remove(pr *pair) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.conns, pr)
+}
+
+// acceptLoop serves one listener until it is closed.
+func (p *Proxy) acceptLoop(ln net.Listener) {
+	defer p.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors or the like: back off briefly.
+			select {
+			case <-p.ctx.Done():
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
+		p.accepted.Add(1)
+		pr := &pair{client: c.(*net.TCPConn), done: make(chan struct{})}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			pr.kill(true)
+			return
+		}
+		p.conns[pr] = struct{}{}
+		p.wg.Add(1)
+		p.mu.Unlock()
+		go p.serve(pr)
+	}
+}
+
+// serve dials the target for one accepted connection and copies both ways
+// until both directions have ended or the pair is killed.
+func (p *Proxy) serve(pr *pair) {
+	defer p.wg.Done()
+	defer p.remove(pr)
+	if !p.waitThawed(pr) {
+		return
+	}
+	var d net.Dialer
+	ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
+	srv, err := d.DialContext(ctx, "tcp", p.target)
+	cancel()
+	if err != nil {
+		// Like a server that accepted and died: the client sees a reset.
+		pr.kill(true)
+		return
+	}
+	if !pr.setServer(srv.(*net.TCPConn)) {
+		return
+	}
+	toClient := make(chan struct{})
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer close(toClient)
+		p.copyToClient(pr)
+	}()
+	p.copyToServer(pr)
+	<-toClient
+	pr.closeBoth()
+}
+
+// waitThawed blocks while the Proxy is frozen. It returns false if pr was
+// killed meanwhile.
+func (p *Proxy) waitThawed(pr *pair) bool {
+	p.mu.Lock()
+	frozen, thawed := p.frozen, p.thawed
+	p.mu.Unlock()
+	if !frozen {
+		return true
+	}
+	select {
+	case <-thawed:
+		return true
+	case <-pr.done:
+		return false
+	}
+}
+
+// fire returns the armed trigger if chunk matches it, disarming it.
+func (p *Proxy) fire(chunk []byte) *trigger {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t := p.trigger
+	if t == nil || !bytes.Contains(chunk, t.match) {
+		return nil
+	}
+	p.trigger = nil
+	return t
+}
+
+// copyToServer copies client bytes to the server, applying Freeze and CutOn.
+// A client EOF half-closes the server side; any error kills the pair.
+func (p *Proxy) copyToServer(pr *pair) {
+	buf := make([]byte, bufSize)
+	for {
+		n, err := pr.client.Read(buf)
+		if n > 0 {
+			if !p.waitThawed(pr) {
+				return
+			}
+			if t := p.fire(buf[:n]); t != nil {
+				p.cut(pr, t, buf[:n])
+				return
+			}
+			if _, werr := pr.server.Write(buf[:n]); werr != nil {
+				pr.kill(true)
+				return
+			}
+		}
+		if err != nil {
+			if isEOF(err) {
+				_ = pr.server.CloseWrite()
+			} else {
+				pr.kill(true)
+			}
+			return
+		}
+	}
+}
+
+// cut carries out a fired CutOn trigger on pr.
+func (p *Proxy) cut(pr *pair, t *trigger, chunk []byte) {
+	if !t.forward {
+		pr.kill(true)
+		return
+	}
+	// From now on nothing reaches the client: set before the server can
+	// have seen the chunk, so no reply to it slips through.
+	pr.blackholeClient.Store(true)
+	if _, err := pr.server.Write(chunk); err != nil {
+		pr.kill(true)
+		return
+	}
+	pr.resetClient()
+	// The server reads the chunk, then EOF: it runs the statement and closes
+	// its side, which ends copyToClient.
+	_ = pr.server.CloseWrite()
+}
+
+// copyToClient copies server bytes to the client, applying Freeze. A server
+// EOF half-closes the client side; any error kills the pair.
+func (p *Proxy) copyToClient(pr *pair) {
+	buf := make([]byte, bufSize)
+	for {
+		n, err := pr.server.Read(buf)
+		if n > 0 && !pr.blackholeClient.Load() {
+			if !p.waitThawed(pr) {
+				return
+			}
+			if _, werr := pr.client.Write(buf[:n]); werr != nil {
+				pr.kill(true)
+				return
+			}
+		}
+		if err != nil {
+			switch {
+			case pr.blackholeClient.Load():
+				// The client is gone already; the server has finished.
+			case isEOF(err):
+				_ = pr.client.CloseWrite()
+			default:
+				pr.kill(true)
+			}
+			return
+		}
+	}
+}
+
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF)
+}

@@ -1,0 +1,477 @@
+// Package pgtest starts throwaway PostgreSQL clusters for integration tests.
+//
+// Each cluster lives in its own temporary directory, listens only on
+// 127.0.0.1 at a free port, trusts the "postgres" superuser without a
+// password, and requires a scram-sha-256 password for PasswordUser. Tests own
+// it completely: they may stop, restart and kill it at will.
+//
+// A package's tests share one cluster started in TestMain:
+//
+//	var cluster *pgtest.Cluster
+//
+//	func TestMain(m *testing.M) { os.Exit(pgtest.RunMain(m, &cluster)) }
+//
+//	func TestSomething(t *testing.T) {
+//		cl := pgtest.Require(t, cluster)
+//		db, err := sql.Open("pgx", cl.DSN())
+//		...
+//	}
+//
+// The server binaries are found by BinDir. When they are missing RunMain fails
+// with a message saying how to install them; only PGRESILIENT_SKIP_INTEGRATION=1
+// skips the tests instead.
+package pgtest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+const (
+	// PasswordUser is a login role that must authenticate with Password over
+	// scram-sha-256. It may create objects in the public schema.
+	PasswordUser = "pgresilient_pw"
+	// Password is PasswordUser's password.
+	Password = "s3cret-Pw-0f-pgtest"
+
+	// Superuser is the role DSN connects as, trusted without a password.
+	Superuser = "postgres"
+
+	// Database is the database every DSN names.
+	Database = "postgres"
+)
+
+// Modes accepted by Stop and Restart, as pg_ctl names them.
+const (
+	ModeSmart     = "smart"     // wait for every client to disconnect
+	ModeFast      = "fast"      // roll back and disconnect clients, then shut down cleanly
+	ModeImmediate = "immediate" // kill everything at once; crash recovery on the next start
+)
+
+const (
+	host        = "127.0.0.1"
+	dirPrefix   = "pgresilient-pgtest-"
+	ownerFile   = "owner.pid"    // our pid, so a later run can reap what a killed one left
+	logFile     = "postgres.log" // server log, beside the data directory
+	confFile    = "pgtest.conf"  // our settings, included from postgresql.conf
+	portRetries = 3
+
+	defaultWait = 60 * time.Second // for pg_ctl -t and readiness when ctx has no deadline
+	pollEvery   = 20 * time.Millisecond
+)
+
+// errClosed is returned by lifecycle methods after Close.
+var errClosed = errors.New("pgtest: cluster closed")
+
+// errAddrInUse marks a start that failed because another process took the
+// port between our probe and the server's bind.
+var errAddrInUse = errors.New("pgtest: port already in use")
+
+// Cluster is a throwaway PostgreSQL cluster started by Start. Its methods are
+// safe for concurrent use; lifecycle changes (Stop, Resume, Restart, Close)
+// run one at a time.
+type Cluster struct {
+	run  *runner
+	dir  string // the cluster's own temporary directory
+	data string // dir/data, the PostgreSQL data directory
+	log  string // dir/postgres.log
+	port int    // fixed after Start
+
+	mu     sync.Mutex // serializes lifecycle changes
+	closed bool
+}
+
+// Start creates a cluster with initdb in a fresh temporary directory, starts
+// it on a free 127.0.0.1 port, waits until it accepts connections and creates
+// PasswordUser. It retries with another port, up to 3 times in all, when the
+// chosen one was taken meanwhile. ctx bounds the whole start.
+//
+// When running as root, the server and its tools run as the "postgres"
+// account, which then owns the temporary directory. Directories left by test
+// processes that died without Close are removed, and their servers stopped,
+// on the way.
+//
+// On failure nothing is left behind, and the error includes the server log's
+// tail when the server itself failed.
+func Start(ctx context.Context) (*Cluster, error) {
+	binDir, err := BinDir()
+	if err != nil {
+		return nil, err
+	}
+	r, err := newRunner(binDir)
+	if err != nil {
+		return nil, err
+	}
+	base := os.TempDir()
+	if !r.canTraverse(base) {
+		base = "/tmp"
+		if !r.canTraverse(base) {
+			return nil, fmt.Errorf("pgtest: neither %s nor /tmp is reachable by the postgres account", os.TempDir())
+		}
+	}
+	reapStale(ctx, r, base)
+	dir, err := os.MkdirTemp(base, dirPrefix+"*")
+	if err != nil {
+		return nil, fmt.Errorf("pgtest: %w", err)
+	}
+	c := &Cluster{
+		run:  r,
+		dir:  dir,
+		data: filepath.Join(dir, "data"),
+		log:  filepath.Join(dir, logFile),
+	}
+	if err := c.create(ctx); err != nil {
+		return nil, errors.Join(err, c.Close())
+	}
+	return c, nil
+}
+
+// create fills the fresh directory, starts the server and creates the roles.
+func (c *Cluster) create(ctx context.Context) error {
+	if err := os.WriteFile(filepath.Join(c.dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	if err := c.run.chown(c.dir); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	if _, err := c.run.run(ctx, c.dir, "initdb",
+		"-D", c.data, "-U", Superuser, "-A", "trust", "-E", "UTF8", "--locale=C", "-N"); err != nil {
+		return err
+	}
+	hba := "# written by pgtest\n" +
+		"host  all  " + PasswordUser + "  127.0.0.1/32  scram-sha-256\n" +
+		"host  all  all  127.0.0.1/32  trust\n" +
+		"local all  all  trust\n"
+	if err := c.writeFile("pg_hba.conf", hba, false); err != nil {
+		return err
+	}
+	if err := c.writeFile("postgresql.conf", "\ninclude '"+confFile+"'\n", true); err != nil {
+		return err
+	}
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		c.port = port
+		if err := c.writeFile(confFile, c.settings(), false); err != nil {
+			return err
+		}
+		err = c.start(ctx)
+		if err == nil {
+			break
+		}
+		if attempt < portRetries && errors.Is(err, errAddrInUse) {
+			continue
+		}
+		return err
+	}
+	return c.Exec(ctx, "CREATE ROLE "+PasswordUser+" LOGIN PASSWORD '"+Password+"';"+
+		"GRANT CREATE ON SCHEMA public TO "+PasswordUser)
+}
+
+// settings is the content of pgtest.conf: a server fit for tests, not for
+// data anyone wants to keep.
+func (c *Cluster) settings() string {
+	// A Unix socket path is limited to about 100 bytes; without one, nothing
+	// here needs it (pg_ctl -w waits on postmaster.pid).
+	sock := c.dir
+	if len(sock)+len("/.s.PGSQL.65535") >= 100 {
+		sock = ""
+	}
+	lines := []string{
+		"# written by pgtest",
+		"listen_addresses = '" + host + "'",
+		"port = " + strconv.Itoa(c.port),
+		"unix_socket_directories = " + quoteConf(sock),
+		"fsync = off",
+		"synchronous_commit = off",
+		"full_page_writes = off",
+		"max_connections = 200",
+		"shared_buffers = 32MB",
+		"logging_collector = off",
+		"password_encryption = 'scram-sha-256'",
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
+// quoteConf quotes s as a postgresql.conf string.
+func quoteConf(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// writeFile writes (or appends to) a file of the data directory, owned by the
+// server's account.
+func (c *Cluster) writeFile(name, content string, appendTo bool) error {
+	path := filepath.Join(c.data, name)
+	flag := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	if appendTo {
+		flag = os.O_WRONLY | os.O_CREATE | os.O_APPEND
+	}
+	f, err := os.OpenFile(path, flag, 0o600)
+	if err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	_, err = f.WriteString(content)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = c.run.chown(path)
+	}
+	if err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	return nil
+}
+
+// freePort returns a 127.0.0.1 TCP port that was free a moment ago.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("pgtest: finding a free port: %w", err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := ln.Close(); err != nil {
+		return 0, fmt.Errorf("pgtest: finding a free port: %w", err)
+	}
+	return port, nil
+}
+
+// Host returns the address the server listens on: "127.0.0.1".
+func (c *Cluster) Host() string { return host }
+
+// Port returns the server's TCP port. It stays the same across Stop, Resume
+// and Restart.
+func (c *Cluster) Port() int { return c.port }
+
+// Addr returns "127.0.0.1:PORT".
+func (c *Cluster) Addr() string { return net.JoinHostPort(host, strconv.Itoa(c.port)) }
+
+// Dir returns the cluster's temporary directory. It holds the data directory
+// "data" and the server log "postgres.log", and is removed by Close.
+func (c *Cluster) Dir() string { return c.dir }
+
+// LogFile returns the path of the server log.
+func (c *Cluster) LogFile() string { return c.log }
+
+// DSN returns a URL connecting to the postgres database as the postgres
+// superuser, without a password (trust), and without TLS.
+func (c *Cluster) DSN() string { return c.DSNFor(host, c.port) }
+
+// DSNFor returns DSN's URL with another address, such as a proxy's in front of
+// the cluster. An IPv6 host needs no brackets.
+func (c *Cluster) DSNFor(host string, port int) string {
+	return dsn(url.User(Superuser), host, port)
+}
+
+// PasswordDSN returns a URL connecting at host:port as PasswordUser with the
+// given password, which is escaped as needed. The server checks it with
+// scram-sha-256: only Password succeeds.
+func (c *Cluster) PasswordDSN(host string, port int, password string) string {
+	return dsn(url.UserPassword(PasswordUser, password), host, port)
+}
+
+func dsn(user *url.Userinfo, host string, port int) string {
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     user,
+		Host:     net.JoinHostPort(host, strconv.Itoa(port)),
+		Path:     "/" + Database,
+		RawQuery: "sslmode=disable",
+	}
+	return u.String()
+}
+
+// Stop stops the server with pg_ctl's mode "smart", "fast" or "immediate" (see
+// ModeFast and friends) and returns once it has exited. Smart waits for every
+// client to disconnect, up to a minute. Stopping a stopped server is an error.
+func (c *Cluster) Stop(mode string) error {
+	if err := checkMode(mode); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errClosed
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), defaultWait+10*time.Second)
+	defer cancel()
+	_, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", mode, "-w", "-t", waitSeconds(ctx))
+	return err
+}
+
+// Resume starts the server again after Stop, on the same port and data, and
+// returns once it accepts connections. ctx bounds the wait. Resuming a running
+// server is an error.
+func (c *Cluster) Resume(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errClosed
+	}
+	return c.start(ctx)
+}
+
+// Restart stops the server with mode (as Stop does; it may also be stopped
+// already) and starts it again, returning once it accepts connections. Every
+// existing connection is gone afterwards.
+func (c *Cluster) Restart(mode string) error {
+	if err := checkMode(mode); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errClosed
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*defaultWait)
+	defer cancel()
+	from := c.logSize()
+	if _, err := c.run.run(ctx, c.dir, "pg_ctl", "restart", "-D", c.data, "-m", mode,
+		"-l", c.log, "-w", "-t", waitSeconds(ctx)); err != nil {
+		return c.withLog(err, from)
+	}
+	return c.waitReady(ctx, from)
+}
+
+// Running reports whether the server process is alive, as pg_ctl status sees
+// it. A server that is alive may still be starting up or shutting down.
+func (c *Cluster) Running() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := c.run.run(ctx, c.dir, "pg_ctl", "status", "-D", c.data)
+	return err == nil
+}
+
+// Close stops the server immediately and removes the cluster's directory.
+// It is safe on a nil Cluster, after a failed Start, and more than once: calls
+// after the first do nothing and return nil.
+func (c *Cluster) Close() error {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	var errs []error
+	if _, err := os.Stat(filepath.Join(c.data, "postmaster.pid")); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), defaultWait)
+		_, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", ModeImmediate, "-w", "-t", waitSeconds(ctx))
+		cancel()
+		// A stale postmaster.pid (the server crashed) makes pg_ctl fail
+		// with nothing left to stop.
+		if err != nil && c.Running() {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.RemoveAll(c.dir); err != nil {
+		errs = append(errs, fmt.Errorf("pgtest: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// start runs pg_ctl start and waits until the server accepts connections.
+func (c *Cluster) start(ctx context.Context) error {
+	ctx, cancel := withDefaultTimeout(ctx, defaultWait)
+	defer cancel()
+	from := c.logSize()
+	if _, err := c.run.run(ctx, c.dir, "pg_ctl", "start", "-D", c.data, "-l", c.log,
+		"-w", "-t", waitSeconds(ctx)); err != nil {
+		return c.withLog(err, from)
+	}
+	return c.waitReady(ctx, from)
+}
+
+// waitReady polls until a connection succeeds. pg_ctl -w has normally waited
+// already, so the first attempt usually does.
+func (c *Cluster) waitReady(ctx context.Context, logFrom int64) error {
+	ctx, cancel := withDefaultTimeout(ctx, defaultWait)
+	defer cancel()
+	t := time.NewTicker(pollEvery)
+	defer t.Stop()
+	for {
+		err := c.WithConn(ctx, func(*pgx.Conn) error { return nil })
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return c.withLog(fmt.Errorf("pgtest: server not accepting connections: %w", err), logFrom)
+		case <-t.C:
+		}
+	}
+}
+
+// logSize returns the server log's current size, to show only what a
+// command adds to it.
+func (c *Cluster) logSize() int64 {
+	fi, err := os.Stat(c.log)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// withLog appends the tail of what the server logged since offset from to err,
+// and marks it errAddrInUse when the server could not bind its port.
+func (c *Cluster) withLog(err error, from int64) error {
+	b, rerr := os.ReadFile(c.log)
+	if rerr != nil || int64(len(b)) <= from {
+		return err
+	}
+	b = b[from:]
+	const maxTail = 4 << 10
+	if len(b) > maxTail {
+		b = b[len(b)-maxTail:]
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:]
+		}
+	}
+	tail := strings.TrimSpace(string(b))
+	if strings.Contains(tail, "Address already in use") {
+		return fmt.Errorf("%w: %w\nserver log (%s):\n%s", errAddrInUse, err, c.log, tail)
+	}
+	return fmt.Errorf("%w\nserver log (%s):\n%s", err, c.log, tail)
+}
+
+func checkMode(mode string) error {
+	switch mode {
+	case ModeSmart, ModeFast, ModeImmediate:
+		return nil
+	}
+	return fmt.Errorf("pgtest: invalid shutdown mode %q (want smart, fast or immediate)", mode)
+}
+
+// withDefaultTimeout bounds ctx by d unless it already has a deadline.
+func withDefaultTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// waitSeconds is pg_ctl's -t argument: the time left before ctx's deadline, in
+// whole seconds, at least 1.
+func waitSeconds(ctx context.Context) string {
+	secs := int(defaultWait / time.Second)
+	if dl, ok := ctx.Deadline(); ok {
+		secs = max(1, int(time.Until(dl)/time.Second))
+	}
+	return strconv.Itoa(secs)
+}

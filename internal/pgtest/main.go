@@ -1,0 +1,91 @@
+package pgtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startTimeout bounds the cluster start in RunMain: initdb on a busy CI
+// machine can take a while.
+const startTimeout = 2 * time.Minute
+
+// RunMain runs a package's tests with a cluster of their own. Call it from
+// TestMain:
+//
+//	var cluster *pgtest.Cluster
+//
+//	func TestMain(m *testing.M) { os.Exit(pgtest.RunMain(m, &cluster)) }
+//
+// Unless SkipRequested, it starts a cluster, stores it in *cl, runs the tests
+// and closes the cluster, also on SIGINT or SIGTERM. When the cluster cannot
+// start, for instance because the server binaries are missing, it prints why
+// (with how to install them) to stderr and returns 1 without running any test.
+// When skipping, *cl stays nil and Require skips each test. The result is the
+// exit code for os.Exit: m.Run's, or 1 if closing the cluster failed.
+func RunMain(m *testing.M, cl **Cluster) int {
+	if SkipRequested() {
+		return m.Run()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	c, err := Start(ctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	*cl = c
+	stop := closeOnSignal(c)
+	code := m.Run()
+	stop()
+	if err := c.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// closeOnSignal closes c and exits when the process gets SIGINT or SIGTERM,
+// since the server, detached by pg_ctl, would outlive us. stop undoes it and
+// waits for its goroutine.
+func closeOnSignal(c *Cluster) (stop func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		select {
+		case sig := <-sigs:
+			err := c.Close()
+			fmt.Fprintf(os.Stderr, "pgtest: %v: cluster closed (%v)\n", sig, err)
+			os.Exit(1)
+		case <-done:
+		}
+	}()
+	return func() {
+		signal.Stop(sigs)
+		close(done)
+		<-exited
+	}
+}
+
+// Require returns cl for a test that needs the cluster RunMain started. It
+// skips the test when PGRESILIENT_SKIP_INTEGRATION=1, and fails it when cl is
+// nil otherwise (TestMain does not call RunMain).
+func Require(t testing.TB, cl *Cluster) *Cluster {
+	t.Helper()
+	if SkipRequested() {
+		t.Skip(SkipEnv + "=1")
+	}
+	if cl == nil {
+		t.Fatal("pgtest: no cluster: call pgtest.RunMain from TestMain")
+	}
+	return cl
+}

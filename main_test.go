@@ -1,0 +1,75 @@
+package pgresilient
+
+import (
+	"context"
+	"database/sql"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/pgresilient/pgresilient/internal/faultproxy"
+	"github.com/pgresilient/pgresilient/internal/pgtest"
+)
+
+// cluster is the throwaway PostgreSQL of this package's integration tests,
+// started by TestMain unless PGRESILIENT_SKIP_INTEGRATION=1.
+var cluster *pgtest.Cluster
+
+func TestMain(m *testing.M) { os.Exit(pgtest.RunMain(m, &cluster)) }
+
+// needCluster returns the cluster, running: a test that stopped it and failed
+// before restarting it must not take the next tests down with it.
+func needCluster(t *testing.T) *pgtest.Cluster {
+	t.Helper()
+	c := pgtest.Require(t, cluster)
+	if !c.Running() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := c.Resume(ctx); err != nil {
+			t.Fatalf("restart the cluster a previous test left stopped: %v", err)
+		}
+	}
+	return c
+}
+
+// newProxy puts a fault proxy in front of the cluster.
+func newProxy(t *testing.T, c *pgtest.Cluster) *faultproxy.Proxy {
+	t.Helper()
+	p, err := faultproxy.New(c.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("close proxy: %v", err)
+		}
+	})
+	return p
+}
+
+// openDB opens driverName ("pgx" or "pgresilient") on dsn, closes it at the
+// end of the test, and then checks that no connection leaked: none in use at
+// the end, none left on the server after Close.
+func openDB(t *testing.T, driverName, dsn string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open(driverName, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeAndCheck(t, db) })
+	return db
+}
+
+// closeAndCheck closes db after checking nothing is left in use.
+func closeAndCheck(t *testing.T, db *sql.DB) {
+	t.Helper()
+	if n := db.Stats().InUse; n != 0 {
+		t.Errorf("%d connections still in use at the end of the test: a leak", n)
+	}
+	if err := db.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	if n := db.Stats().OpenConnections; n != 0 {
+		t.Errorf("%d connections open after Close", n)
+	}
+}

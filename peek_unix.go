@@ -1,0 +1,80 @@
+//go:build linux || darwin || freebsd || netbsd || openbsd
+
+package pgresilient
+
+import (
+	"errors"
+	"net"
+	"syscall"
+)
+
+// peekState is what a non-blocking look at an idle connection's socket saw.
+type peekState uint8
+
+const (
+	peekIdle    peekState = iota // nothing to read: the connection looks alive
+	peekPending                  // bytes are waiting: verify with a round trip
+	peekDead                     // the peer closed or reset the connection
+	peekUnknown                  // could not look
+)
+
+// peeker looks at a socket without blocking and without consuming anything:
+// recv(2) with MSG_PEEK|MSG_DONTWAIT, the check go-sql-driver/mysql makes on
+// reuse. An idle PostgreSQL connection receives nothing unless the server is
+// closing it (a FATAL message, then FIN), or for asynchronous notices and
+// notifications, which a verification ping then consumes. It costs one
+// system call and no allocation.
+type peeker struct {
+	raw syscall.RawConn
+	fn  func(fd uintptr) bool // p.read, bound once to avoid an allocation per peek
+	buf [1]byte
+	n   int
+	err error
+}
+
+func newPeeker(nc net.Conn) *peeker {
+	// Under TLS the socket is beneath: any TLS record waiting counts as
+	// pending, which is what we want.
+	for range 4 {
+		u, ok := nc.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		nc = u.NetConn()
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	p := &peeker{raw: raw}
+	p.fn = p.read
+	return p
+}
+
+func (p *peeker) read(fd uintptr) bool {
+	p.n, _, p.err = syscall.Recvfrom(int(fd), p.buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	return true // never wait for readiness
+}
+
+// state is called only while database/sql holds the connection exclusively.
+func (p *peeker) state() peekState {
+	if err := p.raw.Read(p.fn); err != nil {
+		return peekDead // the descriptor is closed
+	}
+	switch {
+	case p.err == nil && p.n > 0:
+		return peekPending
+	case p.err == nil && p.n == 0:
+		return peekDead // orderly shutdown by the peer
+	case errors.Is(p.err, syscall.EAGAIN) || errors.Is(p.err, syscall.EWOULDBLOCK):
+		return peekIdle
+	case errors.Is(p.err, syscall.EINTR):
+		return peekUnknown
+	default:
+		return peekDead // ECONNRESET and the like
+	}
+}
