@@ -387,6 +387,7 @@ type ConfigError struct {
 	Err   error  // the cause; when Param is "", it unwraps to *pgconn.ParseConfigError
 }
 
+// Error names the parameter and its value, as described on ConfigError.
 func (e *ConfigError) Error() string {
 	cause := "invalid value"
 	if e.Err != nil {

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -412,6 +413,8 @@ func TestParseConfigPgxErrors(t *testing.T) {
 		{"unterminated quote", "host=db password='Secret99",
 			"pgresilient: invalid DSN: failed to parse as keyword/value: unterminated quoted string in connection info string"},
 		{"slash in url password", "postgres://alice:Secret99/x@db/app?breaker=off", "pgresilient: invalid DSN: invalid port"},
+		{"url password stranded in connect_timeout", "postgres://alice:p/?connect_timeout=Secret99@db",
+			"pgresilient: invalid DSN: invalid connect_timeout: invalid syntax"},
 		{"bad escape in url password", "postgres://alice:Secret99%zz@db/app",
 			"pgresilient: invalid DSN: failed to parse as URL: invalid percent-encoded token in password"},
 		{"bad escape in url host", "postgres://alice:Secret99@d%zzb/app", "pgresilient: invalid DSN: failed to parse as URL: invalid percent-encoded token"},
@@ -424,6 +427,8 @@ func TestParseConfigPgxErrors(t *testing.T) {
 		{"bad target_session_attrs", "postgres://alice:Secret99@db/app?target_session_attrs=Secret99",
 			"pgresilient: invalid DSN: unknown target_session_attrs value"},
 		{"bad port", "host=db port=Secret99 password=Secret99", "pgresilient: invalid DSN: invalid port"},
+		{"password swallowed by an empty value", "host=db target_session_attrs= password=Secret99",
+			"pgresilient: invalid DSN: unknown target_session_attrs value"},
 		{"foreign name", "sqlmock_db_1", "pgresilient: invalid DSN: failed to parse as keyword/value: invalid keyword/value"},
 		{"pgx option", "host=db password=Secret99 statement_cache_capacity=Secret99",
 			"pgresilient: invalid DSN: cannot parse statement_cache_capacity: invalid syntax"},
@@ -611,11 +616,23 @@ func TestParamTable(t *testing.T) {
 	}
 }
 
-// secretLike is the kind of password the fuzz test can look for in messages
-// without false alarms.
-var secretLike = regexp.MustCompile(`^[A-Za-z0-9]{6,}$`)
+// secretWords returns the pieces of a password that the fuzz test can look
+// for in messages without false alarms: runs of 6 or more letters and digits
+// with at least one of each (no word of a message looks like that).
+func secretWords(password string) []string {
+	var words []string
+	for _, w := range secretWord.FindAllString(password, -1) {
+		if strings.ContainsAny(w, "0123456789") && strings.IndexFunc(w, unicode.IsLetter) >= 0 {
+			words = append(words, w)
+		}
+	}
+	return words
+}
 
-// passwordsIn guesses the passwords of a raw DSN, even a malformed one.
+var secretWord = regexp.MustCompile(`[A-Za-z0-9]{6,}`)
+
+// passwordsIn guesses the password of a raw DSN, even a malformed one: the
+// first word of a password=... value or of a URL's userinfo password.
 var passwordsIn = regexp.MustCompile(`(?:password\s*=\s*'?|://[^:/@]*:)([A-Za-z0-9]{6,})`)
 
 func FuzzParseConfig(f *testing.F) {
@@ -631,13 +648,20 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add("", "[::1", "Secret99", "a", "b")
 	f.Add("", "d%zzb", "Secret99", "target_session_attrs", "'x")
 	f.Add("host=db password=Secret99 Wordpart77", "", "", "", "")
+	f.Add("postgres://alice:Secret99/x@db/app?breaker=off", "", "", "", "")
+	f.Add("", "db", "Secret99 Wordpart77", "breaker", "off")
+	f.Add("", "db", "Secret99/?connect_timeout=Wordpart77", "breaker", "off")
 
 	f.Fuzz(func(t *testing.T, raw, host, password, key, value string) {
-		checkParse(t, raw, passwordsIn.FindAllStringSubmatch(raw, -1))
+		var rawWords []string
+		for _, m := range passwordsIn.FindAllStringSubmatch(raw, -1) {
+			rawWords = append(rawWords, secretWords(m[1])...)
+		}
+		checkParse(t, raw, rawWords)
 		if host == "" && password == "" && key == "" && value == "" {
 			return
 		}
-		pw := [][]string{{"", password}}
+		pw := secretWords(password)
 		for _, dsn := range []string{
 			"postgres://alice:" + password + "@" + host + "/app?" + key + "=" + value,
 			"postgres://alice@" + host + "/app?" + key + "=" + value + "&password=" + password,
@@ -655,7 +679,7 @@ func FuzzParseConfig(f *testing.F) {
 // every error a *ConfigError whose message shows no password, none of our
 // keys in RuntimeParams, and, where pgx parses dsn as is too, the same
 // connection settings as pgx minus our keys.
-func checkParse(t *testing.T, dsn string, passwords [][]string) {
+func checkParse(t *testing.T, dsn string, secrets []string) {
 	t.Helper()
 	cfg, err := ParseConfig(dsn)
 	rawCC, rawErr := pgx.ParseConfig(dsn)
@@ -665,11 +689,10 @@ func checkParse(t *testing.T, dsn string, passwords [][]string) {
 			t.Fatalf("ParseConfig(%q) error %v is not a *ConfigError", dsn, err)
 		}
 		msg := err.Error()
-		for _, m := range passwords {
-			pw := m[1]
+		for _, pw := range secrets {
 			// A password that also appears elsewhere in the DSN (as a host,
 			// say) may be quoted for that reason.
-			if secretLike.MatchString(pw) && strings.Count(dsn, pw) == 1 && strings.Contains(msg, pw) {
+			if strings.Count(dsn, pw) == 1 && strings.Contains(msg, pw) {
 				t.Fatalf("ParseConfig(%q): message %q shows the password %q", dsn, msg, pw)
 			}
 		}

@@ -178,13 +178,21 @@ type baseConn struct {
 	resetter  driver.SessionResetter
 	validator driver.Validator
 
-	peek *peeker // nil if the socket cannot be peeked at
+	peek *peeker       // nil if the socket cannot be peeked at
+	wire *countingConn // counts bytes written; nil when wrapping another driver
+	tx   *baseTx       // the open sql.Tx; touched only by database/sql's holder of the conn
 
 	// gen is the owner's invalidation generation this connection was last
 	// known good at; a newer owner generation means "verify before reuse".
 	gen    uint64
 	broken atomic.Bool
-	inTx   atomic.Bool
+	inTx   atomic.Bool // a sql.Tx is open on this connection
+	// savepoint: the application issued SAVEPOINT in the current sql.Tx, so
+	// it recovers from failures itself: no automatic rollback.
+	savepoint atomic.Bool
+	// aborted is the first failure of the current sql.Tx after pgresilient
+	// rolled it back; nil otherwise.
+	aborted atomic.Pointer[TxAbortedError]
 }
 
 func newBaseConn(owner *Connector, inner driver.Conn) *baseConn {
@@ -199,6 +207,7 @@ func newBaseConn(owner *Connector, inner driver.Conn) *baseConn {
 	if pc, ok := inner.(*stdlib.Conn); ok {
 		c.pgx = pc
 		c.peek = newPeeker(pc.Conn().PgConn().Conn())
+		c.wire = findCounting(pc.Conn().PgConn().Conn())
 	}
 	return c
 }
@@ -217,10 +226,37 @@ func (c *baseConn) innerClosed() bool {
 	return pc != nil && pc.IsClosed()
 }
 
+// mark returns the count of bytes written so far, to pass to fail: an
+// operation is safe to retry only if nothing was written since.
+func (c *baseConn) mark() int64 {
+	if c.wire == nil {
+		return 0
+	}
+	return c.wire.written.Load()
+}
+
+// ran is the mark of an operation that certainly reached the server (an
+// error while reading a result set).
+const ran = -1
+
+// safeToRetry reports whether nothing of the failed operation that started at
+// mark reached the server. Over pgx that is read off the socket's byte count,
+// whatever pgx says; over another driver, pgx's rule: driver.ErrBadConn or
+// SafeToRetry.
+func (c *baseConn) safeToRetry(mark int64, err error) bool {
+	if mark == ran {
+		return false
+	}
+	if c.wire != nil {
+		return c.wire.written.Load() == mark
+	}
+	return errors.Is(err, driver.ErrBadConn) || pgconn.SafeToRetry(err)
+}
+
 // fail turns an error of the wrapped driver into pgresilient's and records
-// what it says about the connection. sent is false for an operation that
-// cannot have had an effect on the server even if it reached it.
-func (c *baseConn) fail(ctx context.Context, op string, err error) error {
+// what it says about the connection. mark is what c.mark() returned before
+// the operation started.
+func (c *baseConn) fail(ctx context.Context, op string, err error, mark int64) error {
 	class := classify(ctx, err)
 	switch class {
 	case classGone:
@@ -240,6 +276,9 @@ func (c *baseConn) fail(ctx context.Context, op string, err error) error {
 		return &DisconnectError{Op: op, InTx: c.inTx.Load(), Err: err}
 	default:
 		if !c.innerClosed() {
+			if class == classServer {
+				c.autoRollback(ctx, err)
+			}
 			return err
 		}
 		// The wrapped driver closed the connection over an error that is
@@ -249,7 +288,7 @@ func (c *baseConn) fail(ctx context.Context, op string, err error) error {
 	c.broken.Store(true)
 	c.owner.invalidate(op, err)
 	inTx := c.inTx.Load()
-	safe := !inTx && (errors.Is(err, driver.ErrBadConn) || pgconn.SafeToRetry(err))
+	safe := !inTx && c.safeToRetry(mark, err)
 	if safe {
 		c.owner.stats.badConnRetries.Add(1)
 	} else {
@@ -289,11 +328,106 @@ func (e *timeoutError) Unwrap() error { return e.err }
 
 // failTimed is fail for an operation run under c.deadline(ctx): stmtCtx is
 // that derived context.
-func (c *baseConn) failTimed(ctx, stmtCtx context.Context, op string, err error) error {
+func (c *baseConn) failTimed(ctx, stmtCtx context.Context, op string, err error, mark int64) error {
 	if stmtCtx != ctx && ctx.Err() == nil && stmtCtx.Err() != nil {
 		err = &timeoutError{d: c.owner.cfg.QueryTimeout, err: err}
 	}
-	return c.fail(ctx, op, err)
+	return c.fail(ctx, op, err, mark)
+}
+
+// autoRollback rolls back the current sql.Tx on the server right away when a
+// statement in it failed and the server reports the transaction failed, so
+// its locks are released at once. Later statements and Commit then return a
+// TxAbortedError without sending anything. It does nothing with
+// tx_autorollback=off, outside a sql.Tx, or once the application issued a
+// SAVEPOINT in the transaction (it then recovers with ROLLBACK TO SAVEPOINT).
+func (c *baseConn) autoRollback(ctx context.Context, cause error) {
+	if c.owner.cfg.DisableTxAutoRollback || !c.inTx.Load() || c.savepoint.Load() || c.aborted.Load() != nil {
+		return
+	}
+	if pc := c.pgConn(); pc != nil {
+		if pc.TxStatus() != 'E' || pc.IsBusy() {
+			return
+		}
+		if err := c.rollbackNow(ctx); err != nil {
+			return
+		}
+	} else {
+		// Another driver (go-sqlmock): no transaction status to read. A
+		// server error aborts a PostgreSQL transaction, so roll back.
+		var pgErr *pgconn.PgError
+		if !errors.As(cause, &pgErr) || c.tx == nil || c.tx.inner == nil {
+			return
+		}
+		if err := c.tx.inner.Rollback(); err != nil {
+			if classify(ctx, err) == classGone {
+				c.broken.Store(true)
+			}
+			return
+		}
+	}
+	c.aborted.Store(&TxAbortedError{Err: cause})
+	c.owner.stats.autoRollbacks.Add(1)
+	c.owner.logger.LogAttrs(ctx, slog.LevelDebug, "pgresilient: transaction rolled back after a failed statement",
+		slog.String("cause", errString(cause)))
+}
+
+// rollbackNow sends ROLLBACK on the pgx connection, within the verification
+// timeout and whatever the caller's context says: the point is to release
+// the server's locks. On failure the connection is marked broken.
+func (c *baseConn) rollbackNow(ctx context.Context) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.owner.verifyTimeout)
+	defer cancel()
+	pc := c.pgConn()
+	err := pc.Exec(ctx, "rollback").Close()
+	if err != nil || pc.TxStatus() != 'I' {
+		c.broken.Store(true)
+		if err == nil {
+			err = errors.New("pgresilient: rollback left the connection in a transaction")
+		}
+		return err
+	}
+	return nil
+}
+
+// guard refuses statements in a sql.Tx that pgresilient already rolled back,
+// and notes SAVEPOINTs.
+func (c *baseConn) guard(query string) error {
+	if !c.inTx.Load() {
+		return nil
+	}
+	if a := c.aborted.Load(); a != nil {
+		return a
+	}
+	if isSavepoint(query) {
+		c.savepoint.Store(true)
+	}
+	return nil
+}
+
+// isSavepoint reports whether query starts with the SAVEPOINT keyword.
+func isSavepoint(query string) bool {
+	i := 0
+	for i < len(query) && (query[i] == ' ' || query[i] == '\t' || query[i] == '\n' || query[i] == '\r') {
+		i++
+	}
+	const kw = "savepoint"
+	if len(query)-i < len(kw) {
+		return false
+	}
+	for j := 0; j < len(kw); j++ {
+		if query[i+j]|0x20 != kw[j] {
+			return false
+		}
+	}
+	return len(query)-i == len(kw) || !isIdentByte(query[i+len(kw)])
+}
+
+func isIdentByte(b byte) bool {
+	return b == '_' || b >= '0' && b <= '9' || b|0x20 >= 'a' && b|0x20 <= 'z'
 }
 
 // usable returns driver.ErrBadConn if the connection is known broken: nothing
@@ -317,11 +451,15 @@ func (c *baseConn) PrepareContext(ctx context.Context, query string) (driver.Stm
 	if err := c.usable("prepare"); err != nil {
 		return nil, err
 	}
+	if err := c.guard(query); err != nil {
+		return nil, err
+	}
 	var (
 		st  driver.Stmt
 		err error
 	)
 	sctx, cancel := c.deadline(ctx)
+	m := c.mark()
 	if c.preparer != nil {
 		st, err = c.preparer.PrepareContext(sctx, query)
 	} else {
@@ -331,7 +469,7 @@ func (c *baseConn) PrepareContext(ctx context.Context, query string) (driver.Stm
 	}
 	cancel()
 	if err != nil {
-		return nil, c.failTimed(ctx, sctx, "prepare", err)
+		return nil, c.failTimed(ctx, sctx, "prepare", err, m)
 	}
 	return &baseStmt{inner: st, conn: c}, nil
 }
@@ -353,6 +491,7 @@ func (c *baseConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.T
 		tx  driver.Tx
 		err error
 	)
+	m := c.mark()
 	if c.beginner != nil {
 		tx, err = c.beginner.BeginTx(ctx, opts)
 	} else {
@@ -361,10 +500,11 @@ func (c *baseConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.T
 		}
 	}
 	if err != nil {
-		return nil, c.fail(ctx, "begin", err)
+		return nil, c.fail(ctx, "begin", err, m)
 	}
-	c.inTx.Store(true)
-	return &baseTx{inner: tx, conn: c, ctx: ctx}, nil
+	c.tx = &baseTx{inner: tx, conn: c, ctx: ctx}
+	c.startTx()
+	return c.tx, nil
 }
 
 // beginPgx begins through pgx directly rather than through stdlib, whose Tx
@@ -389,13 +529,29 @@ func (c *baseConn) beginPgx(ctx context.Context, opts driver.TxOptions) (driver.
 		popts.AccessMode = pgx.ReadOnly
 	}
 	sctx, cancel := c.deadline(ctx)
+	m := c.mark()
 	ptx, err := c.pgx.Conn().BeginTx(sctx, popts)
 	cancel()
 	if err != nil {
-		return nil, c.failTimed(ctx, sctx, "begin", err)
+		return nil, c.failTimed(ctx, sctx, "begin", err, m)
 	}
+	c.tx = &baseTx{pgx: ptx, conn: c, ctx: ctx}
+	c.startTx()
+	return c.tx, nil
+}
+
+func (c *baseConn) startTx() {
+	c.savepoint.Store(false)
+	c.aborted.Store(nil)
 	c.inTx.Store(true)
-	return &baseTx{pgx: ptx, conn: c, ctx: ctx}, nil
+}
+
+// endTx forgets the sql.Tx.
+func (c *baseConn) endTx() {
+	c.tx = nil
+	c.aborted.Store(nil)
+	c.savepoint.Store(false)
+	c.inTx.Store(false)
 }
 
 func (c *baseConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -405,11 +561,15 @@ func (c *baseConn) ExecContext(ctx context.Context, query string, args []driver.
 	if err := c.usable("exec"); err != nil {
 		return nil, err
 	}
+	if err := c.guard(query); err != nil {
+		return nil, err
+	}
 	sctx, cancel := c.deadline(ctx)
+	m := c.mark()
 	res, err := c.execer.ExecContext(sctx, query, args)
 	cancel()
 	if err != nil {
-		return nil, c.failTimed(ctx, sctx, "exec", err)
+		return nil, c.failTimed(ctx, sctx, "exec", err, m)
 	}
 	return res, nil
 }
@@ -421,11 +581,15 @@ func (c *baseConn) QueryContext(ctx context.Context, query string, args []driver
 	if err := c.usable("query"); err != nil {
 		return nil, err
 	}
+	if err := c.guard(query); err != nil {
+		return nil, err
+	}
 	sctx, cancel := c.deadline(ctx)
+	m := c.mark()
 	rows, err := c.queryer.QueryContext(sctx, query, args)
 	if err != nil {
 		cancel()
-		return nil, c.failTimed(ctx, sctx, "query", err)
+		return nil, c.failTimed(ctx, sctx, "query", err, m)
 	}
 	return wrapRows(ctx, sctx, cancel, c, rows), nil
 }
@@ -464,11 +628,21 @@ func (c *baseConn) CheckNamedValue(nv *driver.NamedValue) error {
 // again. It returns driver.ErrBadConn (nothing was sent: database/sql retries
 // on another connection) for a connection that is broken, that the server
 // already closed, or that fails verification after a pool invalidation.
+//
+// Without a deadline in ctx, the checks that make a round trip (ours and
+// pgx's ping of a connection idle for over a second) are bounded by the
+// verification timeout: 2s, or query_timeout if shorter. A blackholed
+// connection then costs that much, not forever.
 func (c *baseConn) ResetSession(ctx context.Context) error {
 	if c.broken.Load() || c.innerClosed() {
 		return driver.ErrBadConn
 	}
-	c.inTx.Store(false) // database/sql returns a connection only after its Tx ended
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.owner.verifyTimeout)
+		defer cancel()
+	}
+	c.endTx() // database/sql reuses a connection only after its Tx ended
 
 	verify := false
 	if c.peek != nil {
@@ -495,6 +669,9 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 		}
 		c.gen = gen
 	}
+	if !c.clean(ctx) {
+		return driver.ErrBadConn
+	}
 	if c.resetter != nil {
 		if err := c.resetter.ResetSession(ctx); err != nil {
 			c.broken.Store(true)
@@ -511,11 +688,6 @@ func (c *baseConn) verify(ctx context.Context) error {
 	if pc == nil {
 		return nil
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.owner.verifyTimeout)
-		defer cancel()
-	}
 	if err := pc.Ping(ctx); err != nil {
 		c.discard(ctx, "failed verification: "+errString(err))
 		return driver.ErrBadConn
@@ -530,10 +702,37 @@ func (c *baseConn) discard(ctx context.Context, why string) {
 		slog.String("why", why))
 }
 
+// clean makes sure the connection is outside any transaction block, rolling
+// back one left open (a BEGIN sent by hand, a COMMIT that failed, a ROLLBACK
+// that never came); false if that failed and the connection must go.
+func (c *baseConn) clean(ctx context.Context) bool {
+	pc := c.pgConn()
+	if pc == nil || pc.TxStatus() == 'I' {
+		return true
+	}
+	status := pc.TxStatus()
+	if pc.IsBusy() {
+		c.broken.Store(true)
+		return false
+	}
+	if err := c.rollbackNow(ctx); err != nil {
+		c.discard(ctx, "left in a transaction block, and its rollback failed")
+		return false
+	}
+	c.owner.stats.poolRollbacks.Add(1)
+	c.owner.logger.LogAttrs(ctx, slog.LevelWarn, "pgresilient: connection returned to the pool inside a transaction block: rolled back",
+		slog.String("status", string(rune(status))))
+	return true
+}
+
 // IsValid runs when database/sql returns the connection to the pool: false
-// discards it.
+// discards it. A connection still inside a transaction block is rolled back
+// first, so it never waits in the pool holding locks.
 func (c *baseConn) IsValid() bool {
 	if c.broken.Load() || c.innerClosed() {
+		return false
+	}
+	if !c.clean(context.Background()) {
 		return false
 	}
 	if c.validator != nil && !c.validator.IsValid() {
@@ -566,22 +765,29 @@ func (t *baseTx) end(op string) (err error, sctx context.Context) {
 }
 
 func (t *baseTx) Commit() error {
-	defer t.conn.inTx.Store(false)
+	defer t.conn.endTx()
+	if a := t.conn.aborted.Load(); a != nil {
+		return a // rolled back already: nothing to commit
+	}
 	if err := t.conn.usable("commit"); err != nil {
 		return err
 	}
+	m := t.conn.mark()
 	err, sctx := t.end("commit")
 	if err != nil {
 		if errors.Is(err, pgx.ErrTxCommitRollback) || classify(t.ctx, err) != classGone && !t.conn.innerClosed() {
 			return err
 		}
-		return t.conn.failTimed(t.ctx, sctx, "commit", err)
+		return t.conn.failTimed(t.ctx, sctx, "commit", err, m)
 	}
 	return nil
 }
 
 func (t *baseTx) Rollback() error {
-	defer t.conn.inTx.Store(false)
+	defer t.conn.endTx()
+	if t.conn.aborted.Load() != nil {
+		return nil // rolled back already
+	}
 	if t.conn.broken.Load() || t.conn.innerClosed() {
 		// The server ends the transaction with the session.
 		t.conn.broken.Store(true)
@@ -625,12 +831,16 @@ func (s *baseStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (d
 	if err := s.conn.usable("exec"); err != nil {
 		return nil, err
 	}
+	if err := s.conn.guard(""); err != nil {
+		return nil, err
+	}
 	var (
 		res driver.Result
 		err error
 	)
 	sctx, cancel := s.conn.deadline(ctx)
 	defer cancel()
+	m := s.conn.mark()
 	if e, ok := s.inner.(driver.StmtExecContext); ok {
 		res, err = e.ExecContext(sctx, args)
 	} else {
@@ -642,7 +852,7 @@ func (s *baseStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (d
 		}
 	}
 	if err != nil {
-		return nil, s.conn.failTimed(ctx, sctx, "exec", err)
+		return nil, s.conn.failTimed(ctx, sctx, "exec", err, m)
 	}
 	return res, nil
 }
@@ -651,11 +861,15 @@ func (s *baseStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (
 	if err := s.conn.usable("query"); err != nil {
 		return nil, err
 	}
+	if err := s.conn.guard(""); err != nil {
+		return nil, err
+	}
 	var (
 		rows driver.Rows
 		err  error
 	)
 	sctx, cancel := s.conn.deadline(ctx)
+	m := s.conn.mark()
 	if q, ok := s.inner.(driver.StmtQueryContext); ok {
 		rows, err = q.QueryContext(sctx, args)
 	} else {
@@ -668,7 +882,7 @@ func (s *baseStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (
 	}
 	if err != nil {
 		cancel()
-		return nil, s.conn.failTimed(ctx, sctx, "query", err)
+		return nil, s.conn.failTimed(ctx, sctx, "query", err, m)
 	}
 	return wrapRows(ctx, sctx, cancel, s.conn, rows), nil
 }
@@ -710,6 +924,7 @@ type baseRows struct {
 	sctx   context.Context // the statement's: ctx with the query_timeout deadline
 	cancel context.CancelFunc
 	conn   *baseConn
+	failed error // the error Next returned, if any
 }
 
 func wrapRows(ctx, sctx context.Context, cancel context.CancelFunc, c *baseConn, rows driver.Rows) driver.Rows {
@@ -728,7 +943,8 @@ var (
 func (r *baseRows) Next(dest []driver.Value) error {
 	err := r.Rows.Next(dest)
 	if err != nil && err != io.EOF { //nolint:errorlint // io.EOF is returned unwrapped by contract
-		return r.conn.failTimed(r.ctx, r.sctx, "rows", err)
+		r.failed = err
+		return r.conn.failTimed(r.ctx, r.sctx, "rows", err, ran)
 	}
 	return err
 }
@@ -737,7 +953,12 @@ func (r *baseRows) Close() error {
 	err := r.Rows.Close()
 	r.cancel()
 	if err != nil {
-		return r.conn.failTimed(r.ctx, r.sctx, "rows", err)
+		return r.conn.failTimed(r.ctx, r.sctx, "rows", err, ran)
+	}
+	if r.failed != nil {
+		// An error surfaced in Next while pgx was still reading: now that
+		// the result is drained, the transaction can be rolled back.
+		r.conn.autoRollback(r.ctx, r.failed)
 	}
 	return nil
 }
@@ -752,7 +973,7 @@ func (r *baseRows) HasNextResultSet() bool {
 func (r *baseRows) NextResultSet() error {
 	if n, ok := r.Rows.(driver.RowsNextResultSet); ok {
 		if err := n.NextResultSet(); err != nil && err != io.EOF { //nolint:errorlint // see Next
-			return r.conn.failTimed(r.ctx, r.sctx, "rows", err)
+			return r.conn.failTimed(r.ctx, r.sctx, "rows", err, ran)
 		} else if err != nil {
 			return err
 		}

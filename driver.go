@@ -120,7 +120,9 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 		if o.afterConnect != nil {
 			popts = append(popts, stdlib.OptionAfterConnect(o.afterConnect))
 		}
-		c.inner = stdlib.GetConnector(*cfg.ConnConfig, popts...)
+		pcfg := cfg.ConnConfig.Copy()
+		countWrites(pcfg)
+		c.inner = stdlib.GetConnector(*pcfg, popts...)
 	}
 
 	if !c.cfg.DisableBreaker {

@@ -87,6 +87,12 @@ func TestDisconnectErrorMatching(t *testing.T) {
 	if !strings.Contains(unsafe.Error(), "outcome unknown") {
 		t.Errorf("message %q does not say the outcome is unknown", unsafe)
 	}
+	// pgx stdlib reports some losses after a send as a bare ErrBadConn: an
+	// unsafe error must still not match it, or database/sql retries.
+	masked := error(&DisconnectError{Op: "exec", Err: fmt.Errorf("x: %w", driver.ErrBadConn)})
+	if errors.Is(masked, driver.ErrBadConn) || !errors.Is(masked, ErrConnLost) {
+		t.Errorf("unsafe error over an ErrBadConn cause: Is(ErrBadConn)=%v", errors.Is(masked, driver.ErrBadConn))
+	}
 	safe := error(&DisconnectError{Op: "exec", Safe: true, Err: io.EOF})
 	if errors.Is(safe, ErrConnLost) || !errors.Is(safe, driver.ErrBadConn) || !errors.Is(safe, io.EOF) {
 		t.Errorf("safe: wrong matches: %v", safe)

@@ -54,14 +54,23 @@ func (e *DisconnectError) Error() string {
 	default:
 		what = ": connection lost, outcome unknown (the statement may have run): "
 	}
-	return "pgresilient: " + e.Op + what + errString(e.Err)
+	cause := errString(e.Err)
+	if !e.Safe && errors.Is(e.Err, driver.ErrBadConn) {
+		cause = "the connection closed after the statement was sent (the wrapped driver said " + cause + ")"
+	}
+	return "pgresilient: " + e.Op + what + cause
 }
 
 // Unwrap returns the cause and, for a safe error, driver.ErrBadConn; for an
-// unsafe one, ErrConnLost.
+// unsafe one, ErrConnLost. An unsafe error never matches driver.ErrBadConn,
+// even when its cause does (pgx stdlib reports some losses after a send as a
+// bare driver.ErrBadConn): the cause is then kept as text only.
 func (e *DisconnectError) Unwrap() []error {
 	if e.Safe {
 		return []error{e.Err, driver.ErrBadConn}
+	}
+	if errors.Is(e.Err, driver.ErrBadConn) {
+		return []error{ErrConnLost}
 	}
 	return []error{e.Err, ErrConnLost}
 }
@@ -72,6 +81,21 @@ func errString(err error) string {
 	}
 	return err.Error()
 }
+
+// TxAbortedError is returned by the statements and the Commit of a
+// transaction that pgresilient rolled back on the server after one of its
+// statements failed (tx_autorollback=on). It matches ErrTxAborted and wraps
+// that first failure: errors.As still finds its *pgconn.PgError.
+type TxAbortedError struct {
+	Err error // the statement error that aborted the transaction
+}
+
+func (e *TxAbortedError) Error() string {
+	return "pgresilient: transaction aborted by an earlier error and rolled back: " + errString(e.Err)
+}
+
+// Unwrap returns ErrTxAborted and the first failure.
+func (e *TxAbortedError) Unwrap() []error { return []error{ErrTxAborted, e.Err} }
 
 // IsDisconnect reports whether err says that the connection to the server
 // broke or could not be used, whatever the outcome: errors returned by

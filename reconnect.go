@@ -118,12 +118,35 @@ func backoff(n int, base, max time.Duration) time.Duration {
 	return rand.N(ceil + 1)
 }
 
+// connectOnce makes one attempt, bounded by query_timeout when ctx has no
+// deadline (pgx's connect_timeout, when set, bounds it too).
+func (c *Connector) connectOnce(ctx context.Context) (driver.Conn, error) {
+	if d := c.cfg.QueryTimeout; d > 0 {
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
+	}
+	return c.inner.Connect(ctx)
+}
+
+// isTimeout reports a deadline or I/O timeout (not a caller's cancellation,
+// which connectClass already sorted out).
+func isTimeout(err error) bool {
+	if pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // connect opens one connection of the wrapped driver, retrying transient
 // failures up to connect_retries times with backoff, always within ctx.
 func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 	retries := c.cfg.ConnectRetries
 	for attempt := 0; ; attempt++ {
-		dc, err := c.inner.Connect(ctx)
+		dc, err := c.connectOnce(ctx)
 		if err == nil {
 			c.stats.opened.Add(1)
 			return dc, nil
@@ -135,7 +158,9 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 			return nil, err
 		case class != classGone:
 			return nil, &ConnectError{Attempts: attempt + 1, Permanent: true, Err: err}
-		case attempt >= retries:
+		case attempt >= retries || isTimeout(err):
+			// A timeout is a connectivity failure, but not retried: an
+			// unreachable host would only make the caller wait again.
 			return nil, &ConnectError{Attempts: attempt + 1, Err: err}
 		}
 		if c.breaker != nil && c.breaker.isOpen() {

@@ -13,6 +13,8 @@ type counters struct {
 
 	connectFailures atomic.Int64
 	connectRetries  atomic.Int64
+	autoRollbacks   atomic.Int64
+	poolRollbacks   atomic.Int64
 }
 
 // Stats is a snapshot of a Connector's counters since it was created.
@@ -25,6 +27,8 @@ type Stats struct {
 
 	ConnectFailures int64 // failed connection attempts, retried or not
 	ConnectRetries  int64 // connection attempts that were retries
+	AutoRollbacks   int64 // transactions rolled back at once after a failed statement (tx_autorollback)
+	PoolRollbacks   int64 // connections rolled back on their way into the pool, left inside a transaction block
 
 	Breaker            BreakerState
 	BreakerTransitions int64 // breaker state changes
@@ -42,6 +46,8 @@ func (c *Connector) Stats() Stats {
 
 		ConnectFailures: c.stats.connectFailures.Load(),
 		ConnectRetries:  c.stats.connectRetries.Load(),
+		AutoRollbacks:   c.stats.autoRollbacks.Load(),
+		PoolRollbacks:   c.stats.poolRollbacks.Load(),
 	}
 	s.Breaker = c.BreakerState()
 	if c.breaker != nil {

@@ -250,9 +250,12 @@ func (p *Proxy) Refuse(on bool) error {
 //
 //   - forward true: the chunk is sent to the server, then the client side is
 //     reset before it can get any reply, and the server side is half-closed:
-//     the server receives the whole statement, runs it, and its reply is
-//     discarded. "The statement reached the server; the client does not know
-//     the outcome."
+//     the server handles the chunk, then sees EOF; its replies are discarded.
+//     "The statement reached the server; the client does not know the
+//     outcome." What the server does with the chunk depends on the protocol:
+//     PostgreSQL runs a simple-protocol Query message (pgx sends one for an
+//     Exec without arguments), but a lone Parse, as pgx's statement cache
+//     sends before the Bind and Execute, runs nothing.
 //   - forward false: both sides are reset without the chunk being sent.
 //     "Nothing reached the server."
 //

@@ -1,0 +1,70 @@
+// Package pgresilient is a database/sql driver for PostgreSQL that wraps pgx
+// v5's stdlib driver and lets applications survive what really happens to
+// databases: server restarts and failovers, killed backends, network cuts and
+// blackholes, a database that starts after the application, aborted
+// transactions. It is a drop-in:
+//
+//	import _ "github.com/pgresilient/pgresilient"
+//
+//	db, err := sql.Open("pgresilient", "postgres://app@db/app?breaker_failures=5&query_timeout=5s")
+//
+// Every DSN that pgx accepts works (URL or key=value form, several hosts, PG*
+// environment variables, TLS settings). pgresilient's own parameters are
+// removed before pgx sees the DSN, so they never reach the server.
+//
+// # Guarantees
+//
+//   - A statement is never run twice because of pgresilient. An error matches
+//     driver.ErrBadConn, which makes database/sql retry, only when no byte of
+//     the operation was written to the server's socket: pgresilient counts
+//     them, rather than trusting the wrapped driver.
+//   - When a connection breaks after a statement or a COMMIT may have reached
+//     the server, the error matches ErrConnLost: the outcome is unknown. It
+//     wraps the cause (errors.As finds a *pgconn.PgError; errors.Is finds the
+//     caller's context error) and the connection is discarded.
+//   - A connection is never handed out broken: one that the server closed
+//     while it sat in the pool is noticed on reuse by a non-blocking look at
+//     its socket, and discarded before anything is sent, so database/sql
+//     retries on another. When one connection learns the server went away,
+//     every pooled connection opened before is verified before its next use.
+//   - A connection never waits in the pool inside a transaction block: it is
+//     rolled back on its way in, or discarded if that fails.
+//   - With tx_autorollback=on, a transaction whose statement failed is rolled
+//     back on the server at once; its later statements and Commit return
+//     ErrTxAborted wrapping the first failure.
+//   - With the circuit breaker on, after breaker_failures consecutive
+//     connectivity failures every call fails at once with ErrCircuitOpen,
+//     without dialling or sending, until a probe succeeds.
+//   - Passwords, DSNs and statement arguments never appear in errors or logs.
+//
+// # DSN parameters
+//
+//	parameter            type      default  meaning
+//	breaker              on|off    on       the circuit breaker
+//	breaker_failures     int >= 1  5        consecutive connectivity failures that open the breaker
+//	breaker_cooldown     duration  5s       how long the breaker stays open before one probe
+//	connect_retries      int >= 0  3        extra attempts when opening a connection fails transiently
+//	connect_backoff      duration  100ms    first retry delay; doubles per attempt, full jitter
+//	connect_backoff_max  duration  5s       ceiling of the retry delay
+//	query_timeout        duration  0 (off)  deadline for a statement whose context has none
+//	tx_autorollback      on|off    on       roll a failed transaction back on the server at once
+//
+// docs/configuration.md describes each one. Go-only settings (a logger, extra
+// sqlmw interceptors, pgx's connect hooks, a breaker callback, another driver
+// to wrap for tests) are Options of NewConnector, used with sql.OpenDB.
+//
+// # Unit tests with go-sqlmock
+//
+// Wrap sqlmock's driver with WithDriver, and open sqlmock with the DSN that
+// pgresilient passes on (the DSN without pgresilient's parameters):
+//
+//	db0, mock, _ := sqlmock.NewWithDSN("orders")
+//	defer db0.Close()
+//	c, _ := pgresilient.NewConnector("orders?breaker=off", pgresilient.WithDriver(db0.Driver()))
+//	db := sql.OpenDB(c)
+//
+// # Reaching pgx
+//
+// (*sql.Conn).Raw hands its callback a pgresilient connection; PgxConn
+// returns the *pgx.Conn beneath it, for COPY or LISTEN/NOTIFY.
+package pgresilient
