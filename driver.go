@@ -73,28 +73,69 @@ const defaultVerifyTimeout = 2 * time.Second
 // NewConnector parses dsn (any DSN pgx accepts, with pgresilient's parameters
 // mixed in) and returns a Connector for sql.OpenDB.
 func NewConnector(dsn string, opts ...Option) (*Connector, error) {
+	o, err := applyOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	if o.driver != nil {
+		cfg, rest, err := parseForeignDSN(dsn)
+		if err != nil {
+			return nil, err
+		}
+		return newConnector(cfg, rest, o)
+	}
+	cfg, err := ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return newConnector(cfg, "", o)
+}
+
+// NewConnectorConfig returns a Connector for a Config built or adjusted in
+// Go. cfg.ConnConfig is required (pgx.ParseConfig makes one) unless WithDriver
+// is given, and is copied: later changes to it have no effect. Zero fields
+// mean the defaults; invalid values are a *ConfigError.
+func NewConnectorConfig(cfg Config, opts ...Option) (*Connector, error) {
+	o, err := applyOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if o.driver == nil && cfg.ConnConfig == nil {
+		return nil, errNoConnConfig
+	}
+	return newConnector(&cfg, "", o)
+}
+
+// OpenDB opens a *sql.DB over NewConnectorConfig(cfg, opts...).
+func OpenDB(cfg Config, opts ...Option) (*sql.DB, error) {
+	c, err := NewConnectorConfig(cfg, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return sql.OpenDB(c), nil
+}
+
+var errNoConnConfig = errors.New("pgresilient: Config.ConnConfig is nil (make one with pgx.ParseConfig)")
+
+func applyOptions(opts []Option) (options, error) {
 	var o options
 	for _, opt := range opts {
 		if opt == nil {
 			continue
 		}
 		if err := opt(&o); err != nil {
-			return nil, err
+			return options{}, err
 		}
 	}
-	var (
-		cfg  *Config
-		err  error
-		rest string
-	)
-	if o.driver != nil {
-		cfg, rest, err = parseForeignDSN(dsn)
-	} else {
-		cfg, err = ParseConfig(dsn)
-	}
-	if err != nil {
-		return nil, err
-	}
+	return o, nil
+}
+
+// newConnector builds a Connector; rest is the DSN handed to a driver set
+// with WithDriver.
+func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 	c := &Connector{cfg: cfg.effective(), opts: o, logger: o.logger}
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
@@ -106,9 +147,11 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 
 	if o.driver != nil {
 		if dc, ok := o.driver.(driver.DriverContext); ok {
-			if c.inner, err = dc.OpenConnector(rest); err != nil {
+			inner, err := dc.OpenConnector(rest)
+			if err != nil {
 				return nil, err
 			}
+			c.inner = inner
 		} else {
 			c.inner = dsnConnector{dsn: rest, d: o.driver}
 		}
@@ -132,9 +175,16 @@ func NewConnector(dsn string, opts ...Option) (*Connector, error) {
 	return c, nil
 }
 
-// Config returns the effective configuration: defaults filled in. Its
-// ConnConfig must not be modified.
-func (c *Connector) Config() Config { return c.cfg }
+// Config returns the configuration in effect, defaults filled in, in
+// Config's own terms (no retries is ConnectRetries -1): it can be handed to
+// NewConnectorConfig again. Its ConnConfig must not be modified.
+func (c *Connector) Config() Config {
+	cfg := c.cfg
+	if cfg.ConnectRetries == 0 {
+		cfg.ConnectRetries = -1
+	}
+	return cfg
+}
 
 // Connect opens a connection. It implements driver.Connector.
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {

@@ -3,6 +3,7 @@ package pgresilient
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -15,7 +16,16 @@ import (
 // started by TestMain unless PGRESILIENT_SKIP_INTEGRATION=1.
 var cluster *pgtest.Cluster
 
-func TestMain(m *testing.M) { os.Exit(pgtest.RunMain(m, &cluster)) }
+func TestMain(m *testing.M) {
+	code := pgtest.RunMain(m, &cluster)
+	if leaks := leakedGoroutines(5 * time.Second); len(leaks) > 0 {
+		fmt.Fprintln(os.Stderr, reportLeaks(leaks))
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 // needCluster returns the cluster, running: a test that stopped it and failed
 // before restarting it must not take the next tests down with it.

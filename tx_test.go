@@ -13,6 +13,8 @@ import (
 	"github.com/DATA-DOG/go-sqlmock"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgresilient/pgresilient/internal/pgtest"
 )
 
 var uniqueViolation = &pgconn.PgError{Severity: "ERROR", Code: "23505", Message: "duplicate key value violates unique constraint"}
@@ -389,6 +391,35 @@ func TestTxAutoRollbackOff(t *testing.T) {
 // after a thaw and the cooldown the app recovers by itself.
 func TestQueryTimeoutBlackhole(t *testing.T) {
 	c := needCluster(t)
+	t.Run("pgx", func(t *testing.T) {
+		// Raw pgx, no deadline: the call waits as long as the network
+		// stays silent. Watched for 3 s, then the network comes back.
+		p := newProxy(t, c)
+		db := openDB(t, "pgx", c.DSNFor(p.Host(), p.Port()))
+		if failed, first := runQueries(db, 2); failed != 0 {
+			t.Fatal(first)
+		}
+		p.Freeze()
+		done := make(chan error, 1)
+		go func() {
+			_, err := db.Exec("select 1")
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			t.Errorf("raw pgx returned during the blackhole: %v", err)
+		case <-time.After(3 * time.Second):
+			t.Logf("MEASURE blackhole pgx: still waiting after 3s")
+		}
+		p.Thaw()
+		if err := <-done; err != nil {
+			t.Logf("raw pgx after the thaw: %v", err)
+		}
+	})
+	t.Run(DriverName, func(t *testing.T) { testBlackholePgresilient(t, c) })
+}
+
+func testBlackholePgresilient(t *testing.T, c *pgtest.Cluster) {
 	p := newProxy(t, c)
 	db := openDB(t, DriverName, c.DSNFor(p.Host(), p.Port())+"&query_timeout=500ms&breaker_failures=3&breaker_cooldown=1s")
 	db.SetMaxOpenConns(1)
