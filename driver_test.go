@@ -102,8 +102,20 @@ func TestDisconnectErrorMatching(t *testing.T) {
 			t.Errorf("%v matches driver.ErrBadConn", s)
 		}
 	}
-	if !IsDisconnect(unsafe) || !IsDisconnect(io.EOF) || IsDisconnect(&pgconn.PgError{Code: "23505"}) {
-		t.Error("IsDisconnect wrong")
+	authFail := &pgconn.PgError{Severity: "FATAL", Code: "28P01"}
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{unsafe, true},
+		{io.EOF, true},
+		{&pgconn.PgError{Code: "23505"}, false},
+		{&ConnectError{Attempts: 1, Permanent: true, Err: authFail}, false},
+		{&ConnectError{Attempts: 4, Err: syscall.ECONNREFUSED}, true},
+	} {
+		if got := IsDisconnect(tt.err); got != tt.want {
+			t.Errorf("IsDisconnect(%v) = %v, want %v", tt.err, got, tt.want)
+		}
 	}
 }
 

@@ -100,10 +100,18 @@ func (e *TxAbortedError) Unwrap() []error { return []error{ErrTxAborted, e.Err} 
 // IsDisconnect reports whether err says that the connection to the server
 // broke or could not be used, whatever the outcome: errors returned by
 // pgresilient, and raw errors from pgx or the network alike.
+//
+// A connection that could not be opened counts only for a connectivity
+// failure: a refused password or a missing database is the server answering,
+// not a disconnect.
 func IsDisconnect(err error) bool {
 	var de *DisconnectError
 	if errors.As(err, &de) {
 		return true
+	}
+	var ce *ConnectError
+	if errors.As(err, &ce) {
+		return !ce.Permanent
 	}
 	return classify(nil, err) == classGone
 }
