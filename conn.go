@@ -337,7 +337,10 @@ func (c *baseConn) failTimed(ctx, stmtCtx context.Context, op string, err error,
 
 // autoRollback rolls back the current sql.Tx on the server right away when a
 // statement in it failed and the server reports the transaction failed, so
-// its locks are released at once. Later statements and Commit then return a
+// the session leaves the aborted state at once rather than waiting, "idle in
+// transaction (aborted)", for the application (PostgreSQL itself already
+// released the transaction's locks when the statement failed: measured in
+// TestTxUniqueViolation). Later statements and Commit then return a
 // TxAbortedError without sending anything. It does nothing with
 // tx_autorollback=off, outside a sql.Tx, or once the application issued a
 // SAVEPOINT in the transaction (it then recovers with ROLLBACK TO SAVEPOINT).
