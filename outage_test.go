@@ -1,0 +1,694 @@
+package pgresilient
+
+// Outage tests (issue 3): the server is stopped, starts late, refuses
+// connections or rejects the password. Each compares pgresilient with raw
+// pgx stdlib where that makes sense, and logs what it measured on lines that
+// start with "MEASURE outage/<scenario> <driver>", for the lead to quote.
+// Timings are logged, never asserted, except as loose correctness bounds.
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgresilient/pgresilient/internal/faultproxy"
+	"github.com/pgresilient/pgresilient/internal/pgtest"
+)
+
+// outageCallTimeout bounds each call of these tests, so a hang fails the test
+// instead of stalling the run. No call needs more than a fraction of it.
+const outageCallTimeout = 10 * time.Second
+
+// outageDB opens a pgresilient *sql.DB on a Connector of its own, so the test
+// can read the breaker and the counters. Like openDB, it closes the DB at the
+// end of the test and checks that no connection leaked.
+func outageDB(t *testing.T, dsn string, opts ...Option) (*sql.DB, *Connector) {
+	t.Helper()
+	cn, err := NewConnector(dsn, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(cn)
+	t.Cleanup(func() { closeAndCheck(t, db) })
+	return db, cn
+}
+
+// outageStop stops the cluster (fast mode) and makes sure it runs again when
+// the test ends, even if the test fails while it is stopped.
+func outageStop(t *testing.T, c *pgtest.Cluster) {
+	t.Helper()
+	t.Cleanup(func() {
+		if c.Running() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := c.Resume(ctx); err != nil {
+			t.Errorf("start the cluster again: %v", err)
+		}
+	})
+	if err := c.Stop(pgtest.ModeFast); err != nil {
+		t.Fatalf("stop the cluster: %v", err)
+	}
+}
+
+// outageResume starts the stopped cluster again and returns when it accepts
+// connections.
+func outageResume(t *testing.T, c *pgtest.Cluster) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := c.Resume(ctx); err != nil {
+		t.Fatalf("resume the cluster: %v", err)
+	}
+}
+
+// outageResumed is what outageResumeLater's goroutine reports: when Resume
+// returned, or why it failed.
+type outageResumed struct {
+	at  time.Time
+	err error
+}
+
+// outageResumeLater resumes the stopped cluster after delay, in a goroutine
+// the test owns: it is waited for at the end of the test, and cancelled if the
+// test ends before delay. The channel yields Resume's outcome once.
+func outageResumeLater(t *testing.T, c *pgtest.Cluster, delay time.Duration) <-chan outageResumed {
+	t.Helper()
+	out := make(chan outageResumed, 1)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		timer := time.NewTimer(delay)
+		defer timer.Stop()
+		select {
+		case <-stop:
+			return
+		case <-timer.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		err := c.Resume(ctx)
+		out <- outageResumed{at: time.Now(), err: err}
+	}()
+	// Registered after outageStop's cleanup, so it runs first: the cluster
+	// is resumed by one goroutine at a time.
+	t.Cleanup(func() {
+		close(stop)
+		<-done
+		select {
+		case r := <-out: // the test did not get to read it
+			if r.err != nil {
+				t.Errorf("resume the cluster: %v", r.err)
+			}
+		default:
+		}
+	})
+	return out
+}
+
+// outageSettle returns p.Accepted() once it has not changed for 100ms, or
+// after at most max. pgx dials once more in the background after a failed
+// startup read, to send a CancelRequest: those late dials must not be taken
+// for calls made later.
+func outageSettle(p *faultproxy.Proxy, max time.Duration) int64 {
+	deadline := time.Now().Add(max)
+	n := p.Accepted()
+	for time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		m := p.Accepted()
+		if m == n {
+			return n
+		}
+		n = m
+	}
+	return n
+}
+
+// outageSelect runs one query, the unit of work of these tests.
+func outageSelect(db *sql.DB) error {
+	ctx, cancel := context.WithTimeout(context.Background(), outageCallTimeout)
+	defer cancel()
+	var one int
+	return db.QueryRowContext(ctx, "select 1").Scan(&one)
+}
+
+// outageCalls runs n queries and returns each one's latency and error.
+func outageCalls(db *sql.DB, n int) ([]time.Duration, []error) {
+	lat := make([]time.Duration, n)
+	errs := make([]error, n)
+	for i := range n {
+		began := time.Now()
+		errs[i] = outageSelect(db)
+		lat[i] = time.Since(began)
+	}
+	return lat, errs
+}
+
+// outageTrip makes failing calls until the breaker opens, and returns how
+// many failed without being rejected. It stops after max calls.
+func outageTrip(t *testing.T, db *sql.DB, cn *Connector, max int) int {
+	t.Helper()
+	for i := range max {
+		err := outageSelect(db)
+		if err == nil {
+			t.Fatalf("call %d succeeded against a stopped server", i+1)
+		}
+		if errors.Is(err, ErrCircuitOpen) {
+			return i
+		}
+		var ce *ConnectError
+		if !errors.As(err, &ce) || ce.Permanent || !IsDisconnect(err) {
+			t.Fatalf("call %d: want a transient *ConnectError (IsDisconnect), got %T: %v", i+1, err, err)
+		}
+		if cn.BreakerState() == BreakerOpen {
+			return i + 1
+		}
+	}
+	t.Fatalf("the breaker did not open after %d failed calls (state %v)", max, cn.BreakerState())
+	return 0
+}
+
+// outageMS formats d in milliseconds with microsecond precision, for the
+// MEASURE lines.
+func outageMS(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 3, 64) + "ms"
+}
+
+// TestOutageServerStopped: the server is down. After breaker_failures failed
+// calls, pgresilient fails every call at once with ErrCircuitOpen without
+// dialling; raw pgx dials (and fails) on every call.
+func TestOutageServerStopped(t *testing.T) {
+	const (
+		failures = 3
+		cooldown = time.Second
+		calls    = 100
+	)
+	c := needCluster(t)
+	p := newProxy(t, c)
+	params := "&breaker_failures=" + strconv.Itoa(failures) + "&breaker_cooldown=" + cooldown.String() +
+		"&connect_retries=1&connect_backoff=5ms&connect_backoff_max=10ms"
+	db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port())+params)
+	raw := openDB(t, "pgx", c.DSNFor(p.Host(), p.Port()))
+	rawDirect := openDB(t, "pgx", c.DSN())
+
+	// The path through the proxy works before the outage.
+	ctx, cancel := context.WithTimeout(context.Background(), outageCallTimeout)
+	defer cancel()
+	pc, err := pgx.Connect(ctx, c.DSNFor(p.Host(), p.Port()))
+	if err != nil {
+		t.Fatalf("through the proxy before the outage: %v", err)
+	}
+	if err := pc.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	outageStop(t, c)
+
+	t.Run(DriverName, func(t *testing.T) {
+		before := p.Accepted()
+		tripBegan := time.Now()
+		tripped := outageTrip(t, db, cn, 10)
+		trippedAt := time.Now()
+		if tripped != failures {
+			t.Errorf("the breaker opened after %d failed calls, want breaker_failures=%d", tripped, failures)
+		}
+		// Each failed call made 1 + connect_retries attempts, each one
+		// dialled; pgx may dial once more per attempt to send a
+		// CancelRequest (see outageSettle).
+		accepted := outageSettle(p, 500*time.Millisecond)
+		if got, attempts := accepted-before, int64(2*tripped); got < attempts || got > 2*attempts {
+			t.Errorf("the failing calls reached the proxy %d times, want %d attempts (+ up to %d CancelRequests)", got, attempts, attempts)
+		}
+		st := cn.Stats()
+		if st.ConnectFailures != int64(2*tripped) || st.ConnectRetries != int64(tripped) {
+			t.Errorf("ConnectFailures %d, ConnectRetries %d; want %d and %d", st.ConnectFailures, st.ConnectRetries, 2*tripped, tripped)
+		}
+
+		rejected := st.BreakerRejected
+		lat, errs := outageCalls(db, calls)
+		open := time.Since(trippedAt)
+		for i, err := range errs {
+			var coe *CircuitOpenError
+			switch {
+			case !errors.Is(err, ErrCircuitOpen) || !errors.As(err, &coe):
+				t.Errorf("call %d: want ErrCircuitOpen (*CircuitOpenError), got %v", i+1, err)
+			case errors.Is(err, driver.ErrBadConn):
+				t.Errorf("call %d: ErrCircuitOpen matches driver.ErrBadConn: %v", i+1, err)
+			case coe.NextProbe.Before(tripBegan.Add(cooldown)) || coe.NextProbe.After(trippedAt.Add(cooldown)):
+				t.Errorf("call %d: NextProbe %v, want the cooldown %v after the trip, between %v and %v",
+					i+1, coe.NextProbe, cooldown, tripBegan, trippedAt)
+			}
+		}
+		if open >= cooldown {
+			t.Errorf("the %d calls took %v, longer than the %v cooldown: the assertions above are void", calls, open, cooldown)
+		}
+		reached := outageSettle(p, 500*time.Millisecond) - accepted
+		if reached != 0 {
+			t.Errorf("the %d calls while open reached the proxy %d times, want 0", calls, reached)
+		}
+		if got := cn.Stats().BreakerRejected - rejected; got != calls {
+			t.Errorf("BreakerRejected grew by %d, want %d", got, calls)
+		}
+		t.Logf("MEASURE outage/stopped %s median_reject=%s max_reject=%s reached_proxy=%d/%d failed_before_open=%d",
+			DriverName, outageMS(median(lat)), outageMS(outageMax(lat)), reached, calls, tripped)
+		t.Logf("%s: first rejection: %v", DriverName, errs[0])
+	})
+
+	t.Run("pgx", func(t *testing.T) {
+		accepted := outageSettle(p, 500*time.Millisecond)
+		lat := make([]time.Duration, calls)
+		errs := make([]error, calls)
+		failed, reached := 0, 0
+		for i := range calls {
+			// A call's own dial is accepted before the call returns; a
+			// CancelRequest of the call before may land in its window too,
+			// so reached is an upper bound, and a call with none certainly
+			// did not reach the proxy.
+			before := p.Accepted()
+			began := time.Now()
+			errs[i] = outageSelect(raw)
+			lat[i] = time.Since(began)
+			if p.Accepted() > before {
+				reached++
+			}
+			if errs[i] != nil {
+				failed++
+			}
+		}
+		connections := outageSettle(p, 500*time.Millisecond) - accepted
+		if failed != calls {
+			t.Errorf("raw pgx: %d of %d calls failed against a stopped server", failed, calls)
+		}
+		// The fault is real: raw pgx dials on every call (and sometimes
+		// once more, for its CancelRequest).
+		if reached != calls {
+			t.Errorf("raw pgx: %d of %d calls reached the proxy, want every one", reached, calls)
+		}
+		if connections < calls || connections > 2*calls {
+			t.Errorf("raw pgx: %d calls made %d connections to the proxy, want %d to %d", calls, connections, calls, 2*calls)
+		}
+		t.Logf("MEASURE outage/stopped pgx median_fail=%s max_fail=%s reached_proxy=%d/%d proxy_connections=%d",
+			outageMS(median(lat)), outageMS(outageMax(lat)), reached, calls, connections)
+		t.Logf("pgx: first error: %v", errs[0])
+
+		// Without the proxy: each call dials the stopped server's port and
+		// is refused by the kernel.
+		lat, errs = outageCalls(rawDirect, calls)
+		t.Logf("MEASURE outage/stopped pgx-direct median_fail=%s max_fail=%s", outageMS(median(lat)), outageMS(outageMax(lat)))
+		t.Logf("pgx-direct: first error: %v", errs[0])
+	})
+}
+
+// outageMax returns the largest of d, 0 if d is empty.
+func outageMax(d []time.Duration) time.Duration {
+	var m time.Duration
+	for _, v := range d {
+		m = max(m, v)
+	}
+	return m
+}
+
+// TestOutageRecovery: the server comes back while the breaker is open.
+// pgresilient's first success comes at the latest after the cooldown and one
+// round of connect backoff; raw pgx's as soon as the server is up.
+func TestOutageRecovery(t *testing.T) {
+	const (
+		cooldown   = time.Second
+		backoffMax = 10 * time.Millisecond
+		// A correctness bound for a loaded 2-core machine, not a speed
+		// assertion.
+		slack = 2 * time.Second
+	)
+	c := needCluster(t)
+	db, cn := outageDB(t, c.DSN()+"&breaker_failures=3&breaker_cooldown="+cooldown.String()+
+		"&connect_retries=1&connect_backoff=5ms&connect_backoff_max="+backoffMax.String())
+	raw := openDB(t, "pgx", c.DSN())
+
+	outageStop(t, c)
+	outageTrip(t, db, cn, 10)
+	trippedAt := time.Now()
+	if err := outageSelect(raw); err == nil {
+		t.Fatal("raw pgx: a query succeeded against a stopped server")
+	}
+
+	outageResume(t, c)
+	up := time.Now()
+	openFor := up.Sub(trippedAt)
+
+	// Poll both every 10ms, from the same moment, until each succeeds.
+	bound := cooldown + backoffMax + slack
+	dbs := map[string]*sql.DB{DriverName: db, "pgx": raw}
+	recovered := map[string]time.Duration{}
+	tries := map[string]int{}
+	rejects := 0
+	lastErr := map[string]error{}
+	for len(recovered) < len(dbs) && time.Since(up) < bound+time.Second {
+		for name, d := range dbs {
+			if _, ok := recovered[name]; ok {
+				continue
+			}
+			tries[name]++
+			err := outageSelect(d)
+			if err == nil {
+				recovered[name] = time.Since(up)
+				continue
+			}
+			lastErr[name] = err
+			if name == DriverName && errors.Is(err, ErrCircuitOpen) {
+				rejects++
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for name := range dbs {
+		if _, ok := recovered[name]; !ok {
+			t.Fatalf("%s: no query succeeded within %v of the server accepting connections (last error: %v)",
+				name, time.Since(up).Round(time.Millisecond), lastErr[name])
+		}
+	}
+	if got := recovered[DriverName]; got > bound {
+		t.Errorf("pgresilient recovered %v after the server came back, later than cooldown %v + backoff %v + slack %v",
+			got, cooldown, backoffMax, slack)
+	}
+	if s := cn.BreakerState(); s != BreakerClosed {
+		t.Errorf("breaker %v after the first success, want closed", s)
+	}
+	t.Logf("MEASURE outage/recovery %s first_success_after_up=%s tries=%d rejected_while_open=%d breaker_open_at_up=%s cooldown=%s",
+		DriverName, outageMS(recovered[DriverName]), tries[DriverName], rejects, outageMS(openFor), cooldown)
+	t.Logf("MEASURE outage/recovery pgx first_success_after_up=%s tries=%d",
+		outageMS(recovered["pgx"]), tries["pgx"])
+}
+
+// TestOutageStartup: the app starts before the database. pgresilient's first
+// Ping retries until the server is up; raw pgx's fails at once.
+func TestOutageStartup(t *testing.T) {
+	const delay = 1500 * time.Millisecond
+	c := needCluster(t)
+	db, cn := outageDB(t, c.DSN()+"&connect_retries=20&connect_backoff=50ms&connect_backoff_max=500ms")
+	raw := openDB(t, "pgx", c.DSN())
+	outageStop(t, c)
+
+	t.Run("pgx", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		began := time.Now()
+		err := raw.PingContext(ctx)
+		took := time.Since(began)
+		if err == nil {
+			t.Fatal("raw pgx: Ping succeeded against a stopped server")
+		}
+		t.Logf("MEASURE outage/startup pgx ping_failed_after=%s", outageMS(took))
+		t.Logf("pgx: %v", err)
+	})
+
+	t.Run(DriverName, func(t *testing.T) {
+		began := time.Now()
+		up := outageResumeLater(t, c, delay)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		err := db.PingContext(ctx)
+		took := time.Since(began)
+		if err != nil {
+			t.Fatalf("Ping: %v (after %v)", err, took)
+		}
+		// Resume returns after its own readiness check, which may come
+		// just after our first connection.
+		var upAfter time.Duration
+		select {
+		case r := <-up:
+			if r.err != nil {
+				t.Fatalf("resume the cluster: %v", r.err)
+			}
+			upAfter = r.at.Sub(began)
+		case <-time.After(time.Minute):
+			t.Fatal("Resume did not return within a minute")
+		}
+		// One Ping is one breaker call, however many attempts it made.
+		st := cn.Stats()
+		if st.Breaker != BreakerClosed || st.BreakerTransitions != 0 {
+			t.Errorf("breaker %v after %d transitions, want closed and none", st.Breaker, st.BreakerTransitions)
+		}
+		if st.ConnectRetries == 0 {
+			t.Errorf("ConnectRetries = 0: the server was up before the first attempt")
+		}
+		t.Logf("MEASURE outage/startup %s ping_ok_after=%s server_resumed_after=%s resume_delay=%s connect_retries=%d connect_failures=%d",
+			DriverName, outageMS(took), outageMS(upAfter), delay, st.ConnectRetries, st.ConnectFailures)
+	})
+}
+
+// outageLogBuffer is a bytes.Buffer for a logger that several goroutines may use.
+type outageLogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *outageLogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *outageLogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestOutageWrongPassword: a wrong password is a permanent failure, reported
+// at once without retries, without the password, and without tripping the
+// breaker: the server answered.
+func TestOutageWrongPassword(t *testing.T) {
+	const calls = 10
+	c := needCluster(t)
+	password := "wrong-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	dsn := c.PasswordDSN(c.Host(), c.Port(), password)
+	params := "&connect_retries=5&connect_backoff=200ms&breaker_failures=2"
+	logs := new(outageLogBuffer)
+	db, cn := outageDB(t, dsn+params, WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	raw := openDB(t, "pgx", dsn)
+
+	t.Run(DriverName, func(t *testing.T) {
+		var lat []time.Duration
+		for i := range calls {
+			ctx, cancel := context.WithTimeout(context.Background(), outageCallTimeout)
+			began := time.Now()
+			err := db.PingContext(ctx)
+			lat = append(lat, time.Since(began))
+			cancel()
+			var ce *ConnectError
+			if !errors.As(err, &ce) {
+				t.Fatalf("call %d: want a *ConnectError, got %T: %v", i+1, err, err)
+			}
+			if ce.Attempts != 1 || !ce.Permanent {
+				t.Errorf("call %d: Attempts %d, Permanent %v; want 1, true", i+1, ce.Attempts, ce.Permanent)
+			}
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "28P01" {
+				t.Errorf("call %d: SQLSTATE 28P01 not reachable with errors.As: %v", i+1, err)
+			}
+			msg := err.Error()
+			if strings.Contains(msg, password) || strings.Contains(msg, dsn) {
+				t.Errorf("call %d: the error shows the password or the DSN: %q", i+1, msg)
+			}
+			if !strings.Contains(msg, "password authentication failed") && !strings.Contains(msg, "28P01") {
+				t.Errorf("call %d: the error does not say the password was refused: %q", i+1, msg)
+			}
+			if errors.Is(err, ErrCircuitOpen) || errors.Is(err, driver.ErrBadConn) || IsDisconnect(err) {
+				t.Errorf("call %d: a refused password reported as a connectivity problem: %v", i+1, err)
+			}
+			if i == 0 {
+				t.Logf("%s: %v", DriverName, err)
+			}
+		}
+		st := cn.Stats()
+		if st.ConnectRetries != 0 || st.ConnectFailures != calls {
+			t.Errorf("ConnectRetries %d, ConnectFailures %d; want 0 and %d", st.ConnectRetries, st.ConnectFailures, calls)
+		}
+		if st.Breaker != BreakerClosed || st.BreakerTransitions != 0 || st.BreakerRejected != 0 {
+			t.Errorf("after %d refused passwords with breaker_failures=2: breaker %v, %d transitions, %d rejected; want closed, 0, 0",
+				calls, st.Breaker, st.BreakerTransitions, st.BreakerRejected)
+		}
+		if strings.Contains(logs.String(), password) {
+			t.Errorf("the log shows the password:\n%s", logs.String())
+		}
+		t.Logf("MEASURE outage/wrong-password %s median_fail=%s max_fail=%s attempts=1 retries=%d breaker=%v",
+			DriverName, outageMS(median(lat)), outageMS(outageMax(lat)), st.ConnectRetries, st.Breaker)
+	})
+
+	t.Run("pgx", func(t *testing.T) {
+		var lat []time.Duration
+		var first error
+		for range calls {
+			ctx, cancel := context.WithTimeout(context.Background(), outageCallTimeout)
+			began := time.Now()
+			err := raw.PingContext(ctx)
+			lat = append(lat, time.Since(began))
+			cancel()
+			if err == nil {
+				t.Fatal("raw pgx: a wrong password was accepted")
+			}
+			if first == nil {
+				first = err
+			}
+		}
+		t.Logf("MEASURE outage/wrong-password pgx median_fail=%s max_fail=%s shows_password=%v",
+			outageMS(median(lat)), outageMS(outageMax(lat)), strings.Contains(first.Error(), password))
+		t.Logf("pgx: %v", first)
+	})
+
+	t.Run("right password", func(t *testing.T) {
+		good, _ := outageDB(t, c.PasswordDSN(c.Host(), c.Port(), pgtest.Password)+params)
+		ctx, cancel := context.WithTimeout(context.Background(), outageCallTimeout)
+		defer cancel()
+		var user string
+		if err := good.QueryRowContext(ctx, "select current_user").Scan(&user); err != nil {
+			t.Fatal(err)
+		}
+		if user != pgtest.PasswordUser {
+			t.Errorf("current_user = %q, want %q", user, pgtest.PasswordUser)
+		}
+	})
+}
+
+// TestOutageRefused: the server's address refuses connections for a moment
+// (the proxy stops listening). pgresilient retries and connects once it
+// listens again; raw pgx fails at once.
+func TestOutageRefused(t *testing.T) {
+	const reopenAfter = 100 * time.Millisecond
+	c := needCluster(t)
+	p := newProxy(t, c)
+	dsn := c.DSNFor(p.Host(), p.Port())
+	db, cn := outageDB(t, dsn+"&connect_retries=20&connect_backoff=20ms&connect_backoff_max=50ms")
+	raw := openDB(t, "pgx", dsn)
+	if err := p.Refuse(true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Refuse(false); err != nil {
+			t.Errorf("proxy: listen again: %v", err)
+		}
+	})
+
+	t.Run("pgx", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), outageCallTimeout)
+		defer cancel()
+		began := time.Now()
+		err := raw.PingContext(ctx)
+		took := time.Since(began)
+		if err == nil {
+			t.Fatal("raw pgx: Ping succeeded while the proxy refused connections")
+		}
+		t.Logf("MEASURE outage/refused pgx ping_failed_after=%s", outageMS(took))
+		t.Logf("pgx: %v", err)
+	})
+
+	t.Run(DriverName, func(t *testing.T) {
+		reopened := make(chan error, 1)
+		began := time.Now()
+		go func() {
+			time.Sleep(reopenAfter)
+			reopened <- p.Refuse(false)
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), outageCallTimeout)
+		defer cancel()
+		err := db.PingContext(ctx)
+		took := time.Since(began)
+		if rerr := <-reopened; rerr != nil {
+			t.Fatalf("proxy: listen again: %v", rerr)
+		}
+		if err != nil {
+			t.Fatalf("Ping: %v (after %v)", err, took)
+		}
+		st := cn.Stats()
+		if st.ConnectRetries == 0 {
+			t.Errorf("ConnectRetries = 0: no retry happened")
+		}
+		if st.Breaker != BreakerClosed {
+			t.Errorf("breaker %v, want closed", st.Breaker)
+		}
+		t.Logf("MEASURE outage/refused %s ping_ok_after=%s reopened_after=%s connect_retries=%d connect_failures=%d",
+			DriverName, outageMS(took), reopenAfter, st.ConnectRetries, st.ConnectFailures)
+	})
+}
+
+// outageTransition is one call of a WithStateChange hook.
+type outageTransition struct{ from, to BreakerState }
+
+func (tr outageTransition) String() string { return tr.from.String() + "->" + tr.to.String() }
+
+// TestOutageStateChange: WithStateChange sees closed -> open -> half-open ->
+// closed as a real server stops and comes back.
+func TestOutageStateChange(t *testing.T) {
+	const cooldown = 300 * time.Millisecond
+	// The hook runs under the breaker's lock: send without blocking.
+	seen := make(chan outageTransition, 32)
+	var dropped atomic.Int64
+	hook := func(from, to BreakerState) {
+		select {
+		case seen <- outageTransition{from, to}:
+		default:
+			dropped.Add(1)
+		}
+	}
+	c := needCluster(t)
+	db, cn := outageDB(t, c.DSN()+"&breaker_failures=2&breaker_cooldown="+cooldown.String()+
+		"&connect_retries=1&connect_backoff=5ms&connect_backoff_max=10ms", WithStateChange(hook))
+	if err := outageSelect(db); err != nil {
+		t.Fatalf("before the outage: %v", err)
+	}
+
+	outageStop(t, c)
+	began := time.Now()
+	outageTrip(t, db, cn, 10)
+	trippedAt := time.Now()
+	outageResume(t, c)
+	up := time.Now()
+	if wait := time.Until(trippedAt.Add(cooldown)); wait > 0 {
+		time.Sleep(wait + 10*time.Millisecond)
+	}
+	if err := outageSelect(db); err != nil {
+		t.Fatalf("the probe after the cooldown: %v", err)
+	}
+	recovered := time.Now()
+
+	var got []outageTransition
+drain:
+	for {
+		select {
+		case tr := <-seen:
+			got = append(got, tr)
+		default:
+			break drain
+		}
+	}
+	want := []outageTransition{{BreakerClosed, BreakerOpen}, {BreakerOpen, BreakerHalfOpen}, {BreakerHalfOpen, BreakerClosed}}
+	if n := dropped.Load(); n != 0 {
+		t.Errorf("%d transitions dropped", n)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("transitions %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("transition %d: %v, want %v", i, got[i], want[i])
+		}
+	}
+	if n := cn.Stats().BreakerTransitions; n != int64(len(want)) {
+		t.Errorf("Stats().BreakerTransitions = %d, want %d", n, len(want))
+	}
+	t.Logf("MEASURE outage/state-change %s transitions=%v trip_after=%s server_up_after=%s closed_after=%s cooldown=%s",
+		DriverName, got, outageMS(trippedAt.Sub(began)), outageMS(up.Sub(began)), outageMS(recovered.Sub(began)), cooldown)
+}
