@@ -149,10 +149,7 @@ func TestLibPQ939(t *testing.T) {
 	ctx := context.Background()
 	for _, name := range []string{DriverName, "pgx", "postgres"} {
 		t.Run(name, func(t *testing.T) {
-			table := "t939_" + strings.ReplaceAll(name, "pgresilient", "pgr")
-			if err := c.Exec(ctx, "drop table if exists "+table+"; create table "+table+" (id int)"); err != nil {
-				t.Fatal(err)
-			}
+			table := freshTable(t, c, "t939", name, "(id int)", "")
 			db := openDB(t, name, c.DSN())
 			_, err := db.Exec("begin; insert into " + table + " values (1); commit; select pg_terminate_backend(pg_backend_pid())")
 			rows, qerr := countRows(ctx, c, table)
@@ -201,10 +198,7 @@ func TestCutMidQuery(t *testing.T) {
 	ctx := context.Background()
 	for _, name := range drivers {
 		t.Run(name, func(t *testing.T) {
-			table := "tcut_" + strings.ReplaceAll(name, "pgresilient", "pgr")
-			if err := c.Exec(ctx, "drop table if exists "+table+"; create table "+table+" (id int)"); err != nil {
-				t.Fatal(err)
-			}
+			table := freshTable(t, c, "tcut", name, "(id int)", "")
 			p := newProxy(t, c)
 			db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
 			if err := db.Ping(); err != nil {
@@ -261,10 +255,7 @@ func TestCutDuringCommit(t *testing.T) {
 	ctx := context.Background()
 	for _, name := range drivers {
 		t.Run(name, func(t *testing.T) {
-			table := "tcommit_" + strings.ReplaceAll(name, "pgresilient", "pgr")
-			if err := c.Exec(ctx, "drop table if exists "+table+"; create table "+table+" (id int)"); err != nil {
-				t.Fatal(err)
-			}
+			table := freshTable(t, c, "tcommit", name, "(id int)", "")
 			p := newProxy(t, c)
 			db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
 			tx, err := db.Begin()

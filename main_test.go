@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,4 +83,19 @@ func closeAndCheck(t *testing.T, db *sql.DB) {
 	if n := db.Stats().OpenConnections; n != 0 {
 		t.Errorf("%d connections open after Close", n)
 	}
+}
+
+// freshTable (re)creates the table prefix_<driver> with the given columns
+// and, if values is not empty, inserts them ("(1), (2)"); it returns the name.
+func freshTable(t *testing.T, c *pgtest.Cluster, prefix, driverName, columns, values string) string {
+	t.Helper()
+	table := prefix + "_" + strings.ReplaceAll(driverName, "pgresilient", "pgr")
+	sql := "drop table if exists " + table + "; create table " + table + " " + columns
+	if values != "" {
+		sql += "; insert into " + table + " values " + values
+	}
+	if err := c.Exec(context.Background(), sql); err != nil {
+		t.Fatal(err)
+	}
+	return table
 }

@@ -191,10 +191,7 @@ func TestTxUniqueViolation(t *testing.T) {
 	ctx := context.Background()
 	for _, name := range drivers {
 		t.Run(name, func(t *testing.T) {
-			table := "tx_" + strings.ReplaceAll(name, "pgresilient", "pgr")
-			if err := c.Exec(ctx, "drop table if exists "+table+"; create table "+table+" (id int primary key); insert into "+table+" values (1), (2)"); err != nil {
-				t.Fatal(err)
-			}
+			table := freshTable(t, c, "tx", name, "(id int primary key)", "(1), (2)")
 			db := openDB(t, name, c.DSN())
 			tx, err := db.Begin()
 			if err != nil {
@@ -270,10 +267,7 @@ func TestSavepointRecovery(t *testing.T) {
 	ctx := context.Background()
 	for _, name := range drivers {
 		t.Run(name, func(t *testing.T) {
-			table := "tsp_" + strings.ReplaceAll(name, "pgresilient", "pgr")
-			if err := c.Exec(ctx, "drop table if exists "+table+"; create table "+table+" (id int primary key); insert into "+table+" values (1)"); err != nil {
-				t.Fatal(err)
-			}
+			table := freshTable(t, c, "tsp", name, "(id int primary key)", "(1)")
 			db := openDB(t, name, c.DSN())
 			tx, err := db.Begin()
 			if err != nil {
@@ -312,10 +306,7 @@ func TestManualBegin(t *testing.T) {
 	ctx := context.Background()
 	for _, name := range drivers {
 		t.Run(name, func(t *testing.T) {
-			table := "tmb_" + strings.ReplaceAll(name, "pgresilient", "pgr")
-			if err := c.Exec(ctx, "drop table if exists "+table+"; create table "+table+" (id int)"); err != nil {
-				t.Fatal(err)
-			}
+			table := freshTable(t, c, "tmb", name, "(id int)", "")
 			db := openDB(t, name, c.DSN())
 			db.SetMaxOpenConns(1)
 

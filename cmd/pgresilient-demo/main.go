@@ -182,8 +182,14 @@ func phaseRestart(ctx context.Context, e *env, d string) (result, error) {
 	return queries(db, 200), nil
 }
 
-func table(ctx context.Context, e *env, name string) error {
-	return e.cluster.Exec(ctx, "drop table if exists "+name+"; create table "+name+" (id int)")
+// openWithTable creates an empty table prefix_<driver> and opens a pool.
+func openWithTable(ctx context.Context, e *env, prefix, d string) (*sql.DB, string, error) {
+	name := prefix + "_" + strings.ReplaceAll(d, "pgresilient", "pgr")
+	if err := e.cluster.Exec(ctx, "drop table if exists "+name+"; create table "+name+" (id int)"); err != nil {
+		return nil, "", err
+	}
+	db, err := open(e, d)
+	return db, name, err
 }
 
 func count(ctx context.Context, e *env, name string) (int, error) {
@@ -191,11 +197,7 @@ func count(ctx context.Context, e *env, name string) (int, error) {
 }
 
 func phaseCut(ctx context.Context, e *env, d string) (result, error) {
-	name := "demo_cut_" + strings.ReplaceAll(d, "pgresilient", "pgr")
-	if err := table(ctx, e, name); err != nil {
-		return result{}, err
-	}
-	db, err := open(e, d)
+	db, name, err := openWithTable(ctx, e, "demo_cut", d)
 	if err != nil {
 		return result{}, err
 	}
@@ -213,11 +215,7 @@ func phaseCut(ctx context.Context, e *env, d string) (result, error) {
 }
 
 func phase939(ctx context.Context, e *env, d string) (result, error) {
-	name := "demo_939_" + strings.ReplaceAll(d, "pgresilient", "pgr")
-	if err := table(ctx, e, name); err != nil {
-		return result{}, err
-	}
-	db, err := open(e, d)
+	db, name, err := openWithTable(ctx, e, "demo_939", d)
 	if err != nil {
 		return result{}, err
 	}
