@@ -112,7 +112,11 @@ func open(e *env, driverName string) (*sql.DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	return db, db.Ping()
+	if err := db.Ping(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
 }
 
 // warm gives db n connections, each used twice and just now.
