@@ -499,7 +499,8 @@ func (c *baseConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.T
 		tx, err = c.beginner.BeginTx(ctx, opts)
 	} else {
 		if err = ctx.Err(); err == nil {
-			tx, err = c.inner.Begin() //nolint:staticcheck // the fallback for drivers without BeginTx
+			//lint:ignore SA1019 the fallback for drivers without BeginTx
+			tx, err = c.inner.Begin()
 		}
 	}
 	if err != nil {
@@ -752,19 +753,21 @@ type baseTx struct {
 	ctx   context.Context // BeginTx's: database/sql's context for the whole transaction
 }
 
-func (t *baseTx) end(op string) (err error, sctx context.Context) {
+// end sends COMMIT or ROLLBACK; it returns the context the statement ran
+// under (with its query_timeout deadline, if any).
+func (t *baseTx) end(op string) (context.Context, error) {
 	if t.pgx == nil {
 		if op == "commit" {
-			return t.inner.Commit(), t.ctx
+			return t.ctx, t.inner.Commit()
 		}
-		return t.inner.Rollback(), t.ctx
+		return t.ctx, t.inner.Rollback()
 	}
 	sctx, cancel := t.conn.deadline(t.ctx)
 	defer cancel()
 	if op == "commit" {
-		return t.pgx.Commit(sctx), sctx
+		return sctx, t.pgx.Commit(sctx)
 	}
-	return t.pgx.Rollback(sctx), sctx
+	return sctx, t.pgx.Rollback(sctx)
 }
 
 func (t *baseTx) Commit() error {
@@ -776,7 +779,7 @@ func (t *baseTx) Commit() error {
 		return err
 	}
 	m := t.conn.mark()
-	err, sctx := t.end("commit")
+	sctx, err := t.end("commit")
 	if err != nil {
 		if errors.Is(err, pgx.ErrTxCommitRollback) || classify(t.ctx, err) != classGone && !t.conn.innerClosed() {
 			return err
@@ -796,7 +799,7 @@ func (t *baseTx) Rollback() error {
 		t.conn.broken.Store(true)
 		return nil
 	}
-	err, _ := t.end("rollback")
+	_, err := t.end("rollback")
 	if err != nil && (classify(t.ctx, err) == classGone || t.conn.innerClosed()) {
 		// The server rolls back a transaction whose connection is gone:
 		// the rollback's outcome is known.
@@ -823,11 +826,13 @@ func (s *baseStmt) Close() error { return s.inner.Close() }
 func (s *baseStmt) NumInput() int { return s.inner.NumInput() }
 
 func (s *baseStmt) Exec(args []driver.Value) (driver.Result, error) {
-	return s.inner.Exec(args) //nolint:staticcheck // database/sql never calls it: StmtExecContext exists
+	//lint:ignore SA1019 database/sql never calls it: StmtExecContext exists
+	return s.inner.Exec(args)
 }
 
 func (s *baseStmt) Query(args []driver.Value) (driver.Rows, error) {
-	return s.inner.Query(args) //nolint:staticcheck // database/sql never calls it: StmtQueryContext exists
+	//lint:ignore SA1019 database/sql never calls it: StmtQueryContext exists
+	return s.inner.Query(args)
 }
 
 func (s *baseStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
@@ -850,7 +855,8 @@ func (s *baseStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (d
 		var vals []driver.Value
 		if vals, err = namedToValues(args); err == nil {
 			if err = ctx.Err(); err == nil {
-				res, err = s.inner.Exec(vals) //nolint:staticcheck // fallback for old drivers
+				//lint:ignore SA1019 fallback for old drivers
+				res, err = s.inner.Exec(vals)
 			}
 		}
 	}
@@ -879,7 +885,8 @@ func (s *baseStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (
 		var vals []driver.Value
 		if vals, err = namedToValues(args); err == nil {
 			if err = ctx.Err(); err == nil {
-				rows, err = s.inner.Query(vals) //nolint:staticcheck // fallback for old drivers
+				//lint:ignore SA1019 fallback for old drivers
+				rows, err = s.inner.Query(vals)
 			}
 		}
 	}
@@ -900,7 +907,8 @@ func (s *baseStmt) CheckNamedValue(nv *driver.NamedValue) error {
 // ColumnConverter keeps the wrapped statement's converter for drivers that
 // still use it (go-sqlmock does).
 func (s *baseStmt) ColumnConverter(idx int) driver.ValueConverter {
-	if c, ok := s.inner.(driver.ColumnConverter); ok { //nolint:staticcheck // forwarded for old drivers
+	//lint:ignore SA1019 forwarded for old drivers
+	if c, ok := s.inner.(driver.ColumnConverter); ok {
 		return c.ColumnConverter(idx)
 	}
 	return driver.DefaultParameterConverter

@@ -113,7 +113,7 @@ func IsDisconnect(err error) bool {
 	if errors.As(err, &ce) {
 		return !ce.Permanent
 	}
-	return classify(nil, err) == classGone
+	return classify(context.Background(), err) == classGone
 }
 
 // errClass is what the classifier decides about an error.
