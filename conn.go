@@ -692,6 +692,7 @@ func (c *baseConn) verify(ctx context.Context) error {
 	if pc == nil {
 		return nil
 	}
+	c.owner.stats.verifications.Add(1)
 	if err := pc.Ping(ctx); err != nil {
 		c.discard(ctx, "failed verification: "+errString(err))
 		return driver.ErrBadConn

@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/lib/pq" // for the lib/pq issue 939 comparison
+
+	"github.com/pgresilient/pgresilient/internal/pgtest"
 )
 
 // drivers are compared side by side in the integration tests.
@@ -473,3 +475,73 @@ func TestDSNParamsNeverReachServer(t *testing.T) {
 }
 
 var _ = fmt.Sprintf
+
+// TestPoolInvalidation: when one connection learns the server is gone, the
+// other pooled connections are verified before their next use. On a frozen
+// network nothing tells the second connection it is dead (the socket peek
+// sees nothing); without the verification its statement would be sent into
+// the void and come back as ErrConnLost.
+func TestPoolInvalidation(t *testing.T) {
+	c := needCluster(t)
+	p := newProxy(t, c)
+	cn, err := NewConnector(c.DSNFor(p.Host(), p.Port()) + "&query_timeout=300ms&breaker=off&connect_retries=0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(cn)
+	t.Cleanup(func() { closeAndCheck(t, db) })
+	warmPool(t, db, 2)
+	p.Freeze()
+	defer p.Thaw()
+
+	// The first connection meets the blackhole mid-statement.
+	if _, err := db.Exec("select 1"); !errors.Is(err, ErrConnLost) {
+		t.Fatalf("first call: want ErrConnLost, got %v", err)
+	}
+	before := cn.Stats()
+	if before.Invalidations == 0 {
+		t.Fatal("no pool invalidation after a lost connection")
+	}
+	// The second is verified, fails verification, and is discarded before
+	// anything is sent: the call then fails to connect, safely.
+	_, err = db.Exec("select 1")
+	after := cn.Stats()
+	t.Logf("second call: %v; verifications %d, discarded %d", err, after.Verifications-before.Verifications, after.Discarded-before.Discarded)
+	if errors.Is(err, ErrConnLost) {
+		t.Errorf("the second pooled connection was used without verification: %v", err)
+	}
+	if after.Verifications <= before.Verifications || after.Discarded <= before.Discarded {
+		t.Errorf("want a verification and a discard, got %+v -> %+v", before, after)
+	}
+}
+
+// TestConnectHooks: pgx's before- and after-connect hooks run through the
+// connector: the first supplies the password (as an IAM token provider
+// would), the second sets a session parameter.
+func TestConnectHooks(t *testing.T) {
+	c := needCluster(t)
+	var before, after int
+	cn, err := NewConnector(c.PasswordDSN(c.Host(), c.Port(), "not-the-password"),
+		WithBeforeConnect(func(_ context.Context, cfg *pgx.ConnConfig) error {
+			before++
+			cfg.Password = pgtest.Password
+			return nil
+		}),
+		WithAfterConnect(func(ctx context.Context, conn *pgx.Conn) error {
+			after++
+			_, err := conn.Exec(ctx, "set application_name = 'from-after-connect'")
+			return err
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(cn)
+	t.Cleanup(func() { closeAndCheck(t, db) })
+	var app, user string
+	if err := db.QueryRow("select current_setting('application_name'), current_user").Scan(&app, &user); err != nil {
+		t.Fatal(err)
+	}
+	if app != "from-after-connect" || user != pgtest.PasswordUser || before != 1 || after != 1 {
+		t.Errorf("application_name %q, user %q, hooks ran %d and %d times", app, user, before, after)
+	}
+}

@@ -15,12 +15,14 @@ type counters struct {
 	connectRetries  atomic.Int64
 	autoRollbacks   atomic.Int64
 	poolRollbacks   atomic.Int64
+	verifications   atomic.Int64
 }
 
 // Stats is a snapshot of a Connector's counters since it was created.
 type Stats struct {
 	Opened         int64 // connections opened
 	Discarded      int64 // pooled connections found dead or failing verification on reuse
+	Verifications  int64 // pooled connections verified with a round trip before reuse (pending data, or a pool invalidation)
 	BadConnRetries int64 // errors handed to database/sql as driver.ErrBadConn (nothing was sent; it retries)
 	ConnLost       int64 // errors returned as ErrConnLost (outcome unknown)
 	Invalidations  int64 // pool invalidations: a connection learned that the server went away
@@ -43,6 +45,7 @@ func (c *Connector) Stats() Stats {
 		BadConnRetries: c.stats.badConnRetries.Load(),
 		ConnLost:       c.stats.connLost.Load(),
 		Invalidations:  c.stats.invalidations.Load(),
+		Verifications:  c.stats.verifications.Load(),
 
 		ConnectFailures: c.stats.connectFailures.Load(),
 		ConnectRetries:  c.stats.connectRetries.Load(),
