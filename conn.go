@@ -608,7 +608,9 @@ func (c *baseConn) Ping(ctx context.Context) error {
 	if !ok {
 		return nil
 	}
-	if err := p.Ping(ctx); err != nil {
+	sctx, cancel := c.deadline(ctx)
+	defer cancel()
+	if err := p.Ping(sctx); err != nil {
 		if classify(ctx, err) == classCanceled {
 			if c.innerClosed() {
 				c.broken.Store(true)
