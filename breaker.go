@@ -68,8 +68,23 @@ func (e *CircuitOpenError) Error() string {
 	return "pgresilient: circuit open: the database failed repeatedly; next probe in " + d.String()
 }
 
-// Unwrap returns ErrCircuitOpen and the gobreaker error.
-func (e *CircuitOpenError) Unwrap() []error { return []error{ErrCircuitOpen, e.Err} }
+// Unwrap returns ErrCircuitOpen and the gobreaker error. database/sql asks
+// errors.Is(err, driver.ErrBadConn) of every error, so it allocates nothing
+// for gobreaker's two errors.
+func (e *CircuitOpenError) Unwrap() []error {
+	switch e.Err {
+	case gobreaker.ErrOpenState:
+		return unwrapOpenState
+	case gobreaker.ErrTooManyRequests:
+		return unwrapTooMany
+	}
+	return []error{ErrCircuitOpen, e.Err}
+}
+
+var (
+	unwrapOpenState = []error{ErrCircuitOpen, gobreaker.ErrOpenState}
+	unwrapTooMany   = []error{ErrCircuitOpen, gobreaker.ErrTooManyRequests}
+)
 
 // errExcluded marks an outcome that is neither a success nor a failure: the
 // caller's own cancellation, or a client-side error.

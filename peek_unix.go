@@ -24,9 +24,17 @@ const (
 // closing it (a FATAL message, then FIN), or for asynchronous notices and
 // notifications, which a verification ping then consumes. It costs one
 // system call and no allocation.
+//
+// It runs the system call through RawConn.Control, not RawConn.Read: Read
+// takes the socket's read lock, which pgx's background reader may hold,
+// parked in Read, on an idle connection after a slow write; the peek then
+// waited forever, whatever the deadline. A MSG_PEEK|MSG_DONTWAIT recv neither
+// blocks nor consumes, so it needs no lock. If that background reader is
+// parked, bytes the server sends go to it, not to the peek: the pool
+// invalidation and pgx's own checks cover that case.
 type peeker struct {
 	raw syscall.RawConn
-	fn  func(fd uintptr) bool // p.read, bound once to avoid an allocation per peek
+	fn  func(fd uintptr) // p.read, bound once to avoid an allocation per peek
 	buf [1]byte
 	n   int
 	err error
@@ -55,14 +63,13 @@ func newPeeker(nc net.Conn) *peeker {
 	return p
 }
 
-func (p *peeker) read(fd uintptr) bool {
+func (p *peeker) read(fd uintptr) {
 	p.n, _, p.err = syscall.Recvfrom(int(fd), p.buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	return true // never wait for readiness
 }
 
 // state is called only while database/sql holds the connection exclusively.
 func (p *peeker) state() peekState {
-	if err := p.raw.Read(p.fn); err != nil {
+	if err := p.raw.Control(p.fn); err != nil {
 		return peekDead // the descriptor is closed
 	}
 	switch {
