@@ -156,7 +156,8 @@ func queries(db *sql.DB, n int) (r result) {
 	return r
 }
 
-func phaseTerminate(ctx context.Context, e *env, d string) (result, error) {
+// warmFault warms a pool of 8, applies fault, then runs 200 queries.
+func warmFault(e *env, d string, fault func() error) (result, error) {
 	db, err := open(e, d)
 	if err != nil {
 		return result{}, err
@@ -165,25 +166,21 @@ func phaseTerminate(ctx context.Context, e *env, d string) (result, error) {
 	if err := warm(db, 8); err != nil {
 		return result{}, err
 	}
-	if _, err := e.cluster.TerminateBackends(ctx); err != nil {
+	if err := fault(); err != nil {
 		return result{}, err
 	}
 	return queries(db, 200), nil
 }
 
-func phaseRestart(ctx context.Context, e *env, d string) (result, error) {
-	db, err := open(e, d)
-	if err != nil {
-		return result{}, err
-	}
-	defer db.Close()
-	if err := warm(db, 8); err != nil {
-		return result{}, err
-	}
-	if err := e.cluster.Restart(pgtest.ModeFast); err != nil {
-		return result{}, err
-	}
-	return queries(db, 200), nil
+func phaseTerminate(ctx context.Context, e *env, d string) (result, error) {
+	return warmFault(e, d, func() error {
+		_, err := e.cluster.TerminateBackends(ctx)
+		return err
+	})
+}
+
+func phaseRestart(_ context.Context, e *env, d string) (result, error) {
+	return warmFault(e, d, func() error { return e.cluster.Restart(pgtest.ModeFast) })
 }
 
 // openWithTable creates an empty table prefix_<driver> and opens a pool.
