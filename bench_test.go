@@ -138,7 +138,7 @@ func openBenchDB(b *testing.B, d benchDriver, dsn string, conns int) *sql.DB {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { closeBenchDB(b, db) })
+	b.Cleanup(func() { closeAndCheck(b, db) })
 	db.SetMaxOpenConns(conns)
 	db.SetMaxIdleConns(conns) // the default, 2, would close and redial
 	ctx := context.Background()
@@ -164,20 +164,6 @@ func openBenchDB(b *testing.B, d benchDriver, dsn string, conns int) *sql.DB {
 		b.Fatalf("%d connections open after warming, want %d", n, conns)
 	}
 	return db
-}
-
-// closeBenchDB closes db after checking that nothing is in use.
-func closeBenchDB(b *testing.B, db *sql.DB) {
-	b.Helper()
-	if n := db.Stats().InUse; n != 0 {
-		b.Errorf("%d connections still in use at the end of the benchmark: a leak", n)
-	}
-	if err := db.Close(); err != nil {
-		b.Errorf("close: %v", err)
-	}
-	if n := db.Stats().OpenConnections; n != 0 {
-		b.Errorf("%d connections open after Close", n)
-	}
 }
 
 // waitNoBackends waits for the server to have no client connection left:
@@ -224,23 +210,30 @@ func reportCPU(b *testing.B, start time.Duration) {
 // timing it: pgx prepares and caches each statement on first use.
 const benchWarmOps = 20
 
+// measure runs op warm times, then times it in b.Loop, reporting allocations
+// and client CPU per operation.
+func measure(b *testing.B, warm int, op func()) {
+	b.Helper()
+	for range warm {
+		op()
+	}
+	b.ReportAllocs()
+	cpu := cpuStart()
+	for b.Loop() {
+		op()
+	}
+	reportCPU(b, cpu)
+}
+
 // BenchmarkQueryRow is one round trip, select 1, sequentially.
 func BenchmarkQueryRow(b *testing.B) {
 	forEachDriver(b, 1, func(b *testing.B, db *sql.DB) {
 		ctx := context.Background()
-		for range benchWarmOps {
+		measure(b, benchWarmOps, func() {
 			if err := queryOne(ctx, db); err != nil {
 				b.Fatal(err)
 			}
-		}
-		b.ReportAllocs()
-		cpu := cpuStart()
-		for b.Loop() {
-			if err := queryOne(ctx, db); err != nil {
-				b.Fatal(err)
-			}
-		}
-		reportCPU(b, cpu)
+		})
 	})
 }
 
@@ -312,15 +305,7 @@ func warmParallel(b *testing.B, op func() error) {
 func BenchmarkScan1000(b *testing.B) {
 	forEachDriver(b, 1, func(b *testing.B, db *sql.DB) {
 		ctx := context.Background()
-		for range benchWarmOps {
-			scan1000(b, ctx, db)
-		}
-		b.ReportAllocs()
-		cpu := cpuStart()
-		for b.Loop() {
-			scan1000(b, ctx, db)
-		}
-		reportCPU(b, cpu)
+		measure(b, benchWarmOps, func() { scan1000(b, ctx, db) })
 	})
 }
 
@@ -392,15 +377,7 @@ func BenchmarkPreparedInsert(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		for range benchWarmOps {
-			insert()
-		}
-		b.ReportAllocs()
-		cpu := cpuStart()
-		for b.Loop() {
-			insert()
-		}
-		reportCPU(b, cpu)
+		measure(b, benchWarmOps, insert)
 	})
 }
 
@@ -428,15 +405,7 @@ func BenchmarkTx(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		for range benchWarmOps {
-			tx()
-		}
-		b.ReportAllocs()
-		cpu := cpuStart()
-		for b.Loop() {
-			tx()
-		}
-		reportCPU(b, cpu)
+		measure(b, benchWarmOps, tx)
 	})
 }
 
@@ -483,28 +452,22 @@ func benchBreakerOpen(b *testing.B) {
 			b.Fatalf("exec: %v, want ErrCircuitOpen", err)
 		}
 		connects := fd.connects.Load()
-		b.ReportAllocs()
-		cpu := cpuStart()
-		for b.Loop() {
+		measure(b, 0, func() {
 			if _, err := db.ExecContext(ctx, "insert"); err == nil {
 				b.Fatal("exec through an open breaker succeeded")
 			}
-		}
-		reportCPU(b, cpu)
+		})
 		check(b, fd, connects)
 	})
 	b.Run("via=Connector", func(b *testing.B) {
 		c, fd := open(b)
 		ctx := context.Background()
 		connects := fd.connects.Load()
-		b.ReportAllocs()
-		cpu := cpuStart()
-		for b.Loop() {
+		measure(b, 0, func() {
 			if _, err := c.Connect(ctx); err == nil {
 				b.Fatal("connect through an open breaker succeeded")
 			}
-		}
-		reportCPU(b, cpu)
+		})
 		check(b, fd, connects)
 	})
 }
@@ -538,12 +501,9 @@ func benchPeek(b *testing.B) {
 	if s := p.state(); s != peekIdle {
 		b.Fatalf("peek at an idle connection: %d, want idle", s)
 	}
-	b.ReportAllocs()
-	cpu := cpuStart()
-	for b.Loop() {
+	measure(b, 0, func() {
 		if p.state() != peekIdle {
 			b.Fatal("the idle connection stopped looking idle")
 		}
-	}
-	reportCPU(b, cpu)
+	})
 }

@@ -72,7 +72,7 @@ func openDB(t *testing.T, driverName, dsn string) *sql.DB {
 }
 
 // closeAndCheck closes db after checking nothing is left in use.
-func closeAndCheck(t *testing.T, db *sql.DB) {
+func closeAndCheck(t testing.TB, db *sql.DB) {
 	t.Helper()
 	if n := db.Stats().InUse; n != 0 {
 		t.Errorf("%d connections still in use at the end of the test: a leak", n)
