@@ -638,44 +638,23 @@ func (c *baseConn) CheckNamedValue(nv *driver.NamedValue) error {
 // on another connection) for a connection that is broken, that the server
 // already closed, or that fails verification after a pool invalidation.
 //
-// Without a deadline in ctx, the checks that make a round trip (ours and
-// pgx's ping of a connection idle for over a second) are bounded by the
-// verification timeout: 2s, or query_timeout if shorter. A blackholed
-// connection then costs that much, not forever.
+// Its one possible round trip, verify's ping (after a second idle, on the
+// first reuse, when bytes are pending, after a pool invalidation), is bounded
+// by the verification timeout when ctx has no deadline: 2s, or query_timeout
+// if shorter. A blackholed connection then costs that much, not forever.
 func (c *baseConn) ResetSession(ctx context.Context) error {
 	if c.broken.Load() || c.innerClosed() {
 		return driver.ErrBadConn
 	}
 	c.endTx() // database/sql reuses a connection only after its Tx ended
 
-	// Bound the context only when a round trip will follow: a timer per
-	// checkout costs 4 allocations and a poller wake-up (measured: ~25% of
-	// a select 1's client CPU). pgx pings a connection idle for over a
-	// second (and on its first reuse); the threshold here is lower, so that
-	// ours never misses one of its pings.
+	// A connection idle for over a second, or reused for the first time
+	// since it was dialled, is pinged: pgx's own rule, which pgresilient
+	// applies itself (pgx's is turned off with OptionShouldPing) so that
+	// every round trip of a reuse goes through verify and its deadline.
 	now := time.Now()
-	pgxWillPing := c.pgx != nil && now.Sub(c.lastReset) > pgxPingAfter
+	verify := c.pgx != nil && (c.lastReset.IsZero() || now.Sub(c.lastReset) > idlePingAfter)
 	c.lastReset = now
-	var cancel context.CancelFunc
-	bound := func() {
-		if cancel != nil {
-			return
-		}
-		cancel = noCancel
-		if _, ok := ctx.Deadline(); !ok {
-			ctx, cancel = context.WithTimeout(ctx, c.owner.verifyTimeout)
-		}
-	}
-	defer func() {
-		if cancel != nil {
-			cancel()
-		}
-	}()
-	if pgxWillPing {
-		bound()
-	}
-
-	verify := false
 	if c.peek != nil {
 		switch c.peek.state() {
 		case peekDead:
@@ -695,7 +674,6 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 		verify = true
 	}
 	if verify {
-		bound()
 		if err := c.verify(ctx); err != nil {
 			return err
 		}
@@ -713,16 +691,22 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	return nil
 }
 
-// pgxPingAfter is below the idle time after which pgx's ResetSession pings
-// (one second): ResetSession bounds its context whenever pgx may ping.
-const pgxPingAfter = 900 * time.Millisecond
+// idlePingAfter is how long a pooled connection may sit idle before its
+// reuse pings it (pgx's default, which pgresilient takes over).
+const idlePingAfter = time.Second
 
-// verify pings the connection within a short deadline; on failure it marks it
-// broken and returns driver.ErrBadConn.
+// verify pings the connection, within the verification timeout when ctx has
+// no deadline; on failure it marks it broken and returns driver.ErrBadConn.
+// It is the only round trip of a reuse: only it needs a timer.
 func (c *baseConn) verify(ctx context.Context) error {
 	pc := c.pgConn()
 	if pc == nil {
 		return nil
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.owner.verifyTimeout)
+		defer cancel()
 	}
 	c.owner.stats.verifications.Add(1)
 	if err := pc.Ping(ctx); err != nil {

@@ -156,7 +156,9 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 			c.inner = dsnConnector{dsn: rest, d: o.driver}
 		}
 	} else {
-		var popts []stdlib.OptionOpenDB
+		// pgresilient decides when a reused connection is pinged (verify,
+		// under a deadline); pgx's own ping would run without one.
+		popts := []stdlib.OptionOpenDB{stdlib.OptionShouldPing(neverPing)}
 		if o.beforeConnect != nil {
 			popts = append(popts, stdlib.OptionBeforeConnect(o.beforeConnect))
 		}
@@ -238,6 +240,8 @@ func (b baseConnector) Connect(ctx context.Context) (driver.Conn, error) {
 }
 
 func (b baseConnector) Driver() driver.Driver { return b.c.Driver() }
+
+func neverPing(context.Context, stdlib.ShouldPingParams) bool { return false }
 
 // interceptors returns the chain, outermost first: the user's, then the
 // built-in ones.

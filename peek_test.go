@@ -82,9 +82,9 @@ func TestPeekWithParkedBackgroundReader(t *testing.T) {
 	}
 }
 
-// TestFirstReuseOnFrozenNetwork: pgx pings a connection on its first reuse
-// after dialling; on a frozen network that ping must be bounded (ResetSession
-// bounds its context whenever pgx may ping), never wait forever.
+// TestFirstReuseOnFrozenNetwork: a connection is pinged on its first reuse
+// after dialling (pgx's rule, applied by pgresilient's verify); on a frozen
+// network that ping must be bounded, never wait forever.
 func TestFirstReuseOnFrozenNetwork(t *testing.T) {
 	cl := needCluster(t)
 	p := newProxy(t, cl)
@@ -107,6 +107,6 @@ func TestFirstReuseOnFrozenNetwork(t *testing.T) {
 		}
 		t.Logf("first reuse on a frozen network: %v", err)
 	case <-time.After(5 * time.Second):
-		t.Fatal("the first reuse is still blocked after 5 s: pgx's ping was not bounded")
+		t.Fatal("the first reuse is still blocked after 5 s: its ping was not bounded")
 	}
 }

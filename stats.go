@@ -22,7 +22,7 @@ type counters struct {
 type Stats struct {
 	Opened         int64 // connections opened
 	Discarded      int64 // pooled connections found dead or failing verification on reuse
-	Verifications  int64 // pooled connections verified with a round trip before reuse (pending data, or a pool invalidation)
+	Verifications  int64 // pooled connections pinged before reuse: first reuse, idle over 1s, pending data, or a pool invalidation
 	BadConnRetries int64 // errors handed to database/sql as driver.ErrBadConn (nothing was sent; it retries)
 	ConnLost       int64 // errors returned as ErrConnLost (outcome unknown)
 	Invalidations  int64 // pool invalidations: a connection learned that the server went away
