@@ -509,3 +509,22 @@ func TestPgxConnRejectsOthers(t *testing.T) {
 		t.Errorf("PgxConn over sqlmock: %v, want errNotPgx", err)
 	}
 }
+
+// TestQueryTimeoutLabelsOnlyItsOwnDeadline: with query_timeout set, an error
+// that is not the deadline firing (an SQL error, a reset) must not be
+// reported as "query_timeout exceeded".
+func TestQueryTimeoutLabelsOnlyItsOwnDeadline(t *testing.T) {
+	for _, cause := range []error{&pgconn.PgError{Severity: "ERROR", Code: "23505"}, io.EOF} {
+		fd := &fakeDriver{execErrs: []error{cause}}
+		c, err := NewConnector("fake?breaker=off&query_timeout=5s", WithDriver(fd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		db := sql.OpenDB(c)
+		_, err = db.Exec("insert")
+		db.Close()
+		if err == nil || strings.Contains(err.Error(), "query_timeout") || errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("cause %v: got %v, want no query_timeout label", cause, err)
+		}
+	}
+}
