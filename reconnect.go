@@ -20,12 +20,9 @@ import (
 // password, no such database): a permanent failure, and a sign the server is
 // up. Only the FATALs that mean "not now" are connectivity failures.
 func connectClass(ctx context.Context, err error) errClass {
-	if err == nil {
-		return classNone
-	}
-	if ctx != nil && ctx.Err() != nil && (errors.Is(err, context.Canceled) ||
-		errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err)) {
-		return classCanceled
+	general := classify(ctx, err)
+	if general == classNone || general == classCanceled {
+		return general
 	}
 	var coe *CircuitOpenError
 	if errors.As(err, &coe) {
@@ -48,9 +45,8 @@ func connectClass(ctx context.Context, err error) errClass {
 		}
 		return classGone
 	}
-	switch c := classify(ctx, err); c {
-	case classGone, classCanceled:
-		return c
+	if general == classGone {
+		return classGone
 	}
 	return classOther
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -36,7 +37,7 @@ func (c *countingConn) NetConn() net.Conn { return c.Conn }
 func countWrites(cfg *pgx.ConnConfig) {
 	dial := cfg.DialFunc
 	if dial == nil {
-		d := &net.Dialer{KeepAlive: 5 * 60e9}
+		d := &net.Dialer{KeepAlive: 5 * time.Minute}
 		dial = d.DialContext
 	}
 	cfg.DialFunc = pgconn.DialFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
