@@ -401,18 +401,7 @@ func TestOutageStartup(t *testing.T) {
 	raw := openDB(t, "pgx", c.DSN())
 	outageStop(t, c)
 
-	t.Run("pgx", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		began := time.Now()
-		err := raw.PingContext(ctx)
-		took := time.Since(began)
-		if err == nil {
-			t.Fatal("raw pgx: Ping succeeded against a stopped server")
-		}
-		t.Logf("MEASURE outage/startup pgx ping_failed_after=%s", outageMS(took))
-		t.Logf("pgx: %v", err)
-	})
+	t.Run("pgx", func(t *testing.T) { rawPingFails(t, raw, 10*time.Second, "startup", "against a stopped server") })
 
 	t.Run(DriverName, func(t *testing.T) {
 		began := time.Now()
@@ -583,16 +572,7 @@ func TestOutageRefused(t *testing.T) {
 	})
 
 	t.Run("pgx", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), outageCallTimeout)
-		defer cancel()
-		began := time.Now()
-		err := raw.PingContext(ctx)
-		took := time.Since(began)
-		if err == nil {
-			t.Fatal("raw pgx: Ping succeeded while the proxy refused connections")
-		}
-		t.Logf("MEASURE outage/refused pgx ping_failed_after=%s", outageMS(took))
-		t.Logf("pgx: %v", err)
+		rawPingFails(t, raw, outageCallTimeout, "refused", "while the proxy refused connections")
 	})
 
 	t.Run(DriverName, func(t *testing.T) {
@@ -691,4 +671,20 @@ drain:
 	}
 	t.Logf("MEASURE outage/state-change %s transitions=%v trip_after=%s server_up_after=%s closed_after=%s cooldown=%s",
 		DriverName, got, outageMS(trippedAt.Sub(began)), outageMS(up.Sub(began)), outageMS(recovered.Sub(began)), cooldown)
+}
+
+// rawPingFails checks that raw pgx's Ping fails at once during an outage
+// (it has no retries) and logs how long it took as outage/<scenario>.
+func rawPingFails(t *testing.T, raw *sql.DB, timeout time.Duration, scenario, during string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	began := time.Now()
+	err := raw.PingContext(ctx)
+	took := time.Since(began)
+	if err == nil {
+		t.Fatal("raw pgx: Ping succeeded " + during)
+	}
+	t.Logf("MEASURE outage/%s pgx ping_failed_after=%s", scenario, outageMS(took))
+	t.Logf("pgx: %v", err)
 }
