@@ -274,7 +274,7 @@ func (c *baseConn) fail(ctx context.Context, op string, err error, mark int64) e
 		}
 		// pgx closes the connection when a context ends during I/O: the
 		// statement may have run.
-		c.broken.Store(true)
+		c.markBroken(discardLost)
 		c.owner.stats.connLost.Add(1)
 		return &DisconnectError{Op: op, InTx: c.inTx.Load(), Err: err}
 	default:
@@ -288,7 +288,7 @@ func (c *baseConn) fail(ctx context.Context, op string, err error, mark int64) e
 		// not a disconnect in itself (a protocol error, say).
 	}
 
-	c.broken.Store(true)
+	c.markBroken(discardLost)
 	c.owner.invalidate(op, err)
 	inTx := c.inTx.Load()
 	safe := !inTx && c.safeToRetry(mark, err)
@@ -369,7 +369,7 @@ func (c *baseConn) autoRollback(ctx context.Context, cause error) {
 		}
 		if err := c.tx.inner.Rollback(); err != nil {
 			if classify(ctx, err) == classGone {
-				c.broken.Store(true)
+				c.markBroken(discardLost)
 			}
 			return
 		}
@@ -392,7 +392,7 @@ func (c *baseConn) rollbackNow(ctx context.Context) error {
 	pc := c.pgConn()
 	err := pc.Exec(ctx, "rollback").Close()
 	if err != nil || pc.TxStatus() != 'I' {
-		c.broken.Store(true)
+		c.markBroken(discardRollback)
 		if err == nil {
 			err = errors.New("pgresilient: rollback left the connection in a transaction")
 		}
@@ -442,7 +442,7 @@ func isIdentByte(b byte) bool {
 // is sent on it, and database/sql retries elsewhere.
 func (c *baseConn) usable(op string) error {
 	if c.broken.Load() || c.innerClosed() {
-		c.broken.Store(true)
+		c.markBroken(discardLost)
 		if c.inTx.Load() {
 			return &DisconnectError{Op: op, InTx: true, Err: pgconn.ErrConnClosed}
 		}
@@ -482,7 +482,10 @@ func (c *baseConn) PrepareContext(ctx context.Context, query string) (driver.Stm
 	return &baseStmt{inner: st, conn: c}, nil
 }
 
-func (c *baseConn) Close() error { return c.inner.Close() }
+func (c *baseConn) Close() error {
+	c.owner.stats.closed.Add(1)
+	return c.inner.Close()
+}
 
 func (c *baseConn) Begin() (driver.Tx, error) {
 	return c.BeginTx(context.Background(), driver.TxOptions{})
@@ -618,11 +621,11 @@ func (c *baseConn) Ping(ctx context.Context) error {
 	if err := p.Ping(sctx); err != nil {
 		if classify(ctx, err) == classCanceled {
 			if c.innerClosed() {
-				c.broken.Store(true)
+				c.markBroken(discardLost)
 			}
 			return ctx.Err()
 		}
-		c.broken.Store(true)
+		c.markBroken(discardLost)
 		return &DisconnectError{Op: "ping", Safe: true, Err: err}
 	}
 	return nil
@@ -660,7 +663,7 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	if c.peek != nil {
 		switch c.peek.state() {
 		case peekDead:
-			c.discard(ctx, "closed by the server while idle")
+			c.discard(ctx, discardIdle, "closed by the server while idle")
 			return driver.ErrBadConn
 		case peekPending:
 			// The server said something while we were idle: a notice, a
@@ -686,7 +689,7 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	}
 	if c.resetter != nil {
 		if err := c.resetter.ResetSession(ctx); err != nil {
-			c.broken.Store(true)
+			c.markBroken(discardLost)
 			return driver.ErrBadConn
 		}
 	}
@@ -712,17 +715,27 @@ func (c *baseConn) verify(ctx context.Context) error {
 	}
 	c.owner.stats.verifications.Add(1)
 	if err := pc.Ping(ctx); err != nil {
-		c.discard(ctx, "failed verification: "+errString(err))
+		c.discard(ctx, discardVerify, "failed verification: "+errString(err))
 		return driver.ErrBadConn
 	}
 	return nil
 }
 
-func (c *baseConn) discard(ctx context.Context, why string) {
-	c.broken.Store(true)
-	c.owner.stats.discarded.Add(1)
+// discard takes a pooled connection out of use on its way out of the pool,
+// and logs why.
+func (c *baseConn) discard(ctx context.Context, r discardReason, why string) {
+	c.markBroken(r)
 	c.owner.logger.LogAttrs(ctx, slog.LevelDebug, "pgresilient: discarding pooled connection",
 		slog.String("why", why))
+}
+
+// markBroken takes the connection out of use: database/sql closes it at the
+// next ResetSession or IsValid, or at once after driver.ErrBadConn. Only the
+// first call counts, under reason r.
+func (c *baseConn) markBroken(r discardReason) {
+	if c.broken.CompareAndSwap(false, true) {
+		c.owner.stats.discarded[r].Add(1)
+	}
 }
 
 // clean makes sure the connection is outside any transaction block, rolling
@@ -735,11 +748,11 @@ func (c *baseConn) clean(ctx context.Context) bool {
 	}
 	status := pc.TxStatus()
 	if pc.IsBusy() {
-		c.broken.Store(true)
+		c.markBroken(discardRollback)
 		return false
 	}
 	if err := c.rollbackNow(ctx); err != nil {
-		c.discard(ctx, "left in a transaction block, and its rollback failed")
+		c.discard(ctx, discardRollback, "left in a transaction block, and its rollback failed")
 		return false
 	}
 	c.owner.stats.poolRollbacks.Add(1)
@@ -815,14 +828,14 @@ func (t *baseTx) Rollback() error {
 	}
 	if t.conn.broken.Load() || t.conn.innerClosed() {
 		// The server ends the transaction with the session.
-		t.conn.broken.Store(true)
+		t.conn.markBroken(discardLost)
 		return nil
 	}
 	_, err := t.end("rollback")
 	if err != nil && (classify(t.ctx, err) == classGone || t.conn.innerClosed()) {
 		// The server rolls back a transaction whose connection is gone:
 		// the rollback's outcome is known.
-		t.conn.broken.Store(true)
+		t.conn.markBroken(discardLost)
 		return nil
 	}
 	return err

@@ -506,11 +506,11 @@ func TestPoolInvalidation(t *testing.T) {
 	// anything is sent: the call then fails to connect, safely.
 	_, err = db.Exec("select 1")
 	after := cn.Stats()
-	t.Logf("second call: %v; verifications %d, discarded %d", err, after.Verifications-before.Verifications, after.Discarded-before.Discarded)
+	t.Logf("second call: %v; verifications %d, discarded %d", err, after.Verifications-before.Verifications, after.DiscardedVerify-before.DiscardedVerify)
 	if errors.Is(err, ErrConnLost) {
 		t.Errorf("the second pooled connection was used without verification: %v", err)
 	}
-	if after.Verifications <= before.Verifications || after.Discarded <= before.Discarded {
+	if after.Verifications <= before.Verifications || after.DiscardedVerify <= before.DiscardedVerify {
 		t.Errorf("want a verification and a discard, got %+v -> %+v", before, after)
 	}
 }

@@ -2,11 +2,24 @@ package pgresilient
 
 import "sync/atomic"
 
+// discardReason says why pgresilient took a connection out of use.
+type discardReason int
+
+const (
+	discardLost     discardReason = iota // an error during use: the network, a shutdown, canceled I/O
+	discardIdle                          // closed by the server while idle in the pool (socket peek)
+	discardVerify                        // failed the ping before reuse
+	discardRollback                      // inside a transaction block whose rollback failed
+	numDiscardReasons
+)
+
 // counters are the Connector's event counts: atomics only, cheap enough to
-// keep on the query path.
+// keep on the query path (they move only on rare events, and never contend
+// with a statement).
 type counters struct {
 	opened         atomic.Int64
-	discarded      atomic.Int64
+	closed         atomic.Int64
+	discarded      [numDiscardReasons]atomic.Int64
 	badConnRetries atomic.Int64
 	connLost       atomic.Int64
 	invalidations  atomic.Int64
@@ -18,13 +31,24 @@ type counters struct {
 	verifications   atomic.Int64
 }
 
-// Stats is a snapshot of a Connector's counters since it was created.
+// Stats is a snapshot of a Connector's counters since it was created. All
+// but Breaker only grow, so the difference of two snapshots counts what
+// happened in between.
 type Stats struct {
-	Opened         int64 // connections opened
-	Discarded      int64 // pooled connections found dead or failing verification on reuse
+	Opened int64 // connections opened
+	Closed int64 // connections closed, by database/sql (SetConnMaxLifetime, SetMaxIdleConns, db.Close) or after a discard
+
+	// Discarded counts the connections pgresilient took out of use, each
+	// once; the four Discarded* fields below say why, and add up to it.
+	Discarded         int64
+	DiscardedLost     int64 // broken by an error during use: the network, a server shutdown, I/O canceled by a context
+	DiscardedIdle     int64 // found closed by the server while idle in the pool (socket peek on reuse)
+	DiscardedVerify   int64 // failed the ping before reuse
+	DiscardedRollback int64 // left inside a transaction block whose rollback failed
+
 	Verifications  int64 // pooled connections pinged before reuse: first reuse, idle over 1s, pending data, or a pool invalidation
-	BadConnRetries int64 // errors handed to database/sql as driver.ErrBadConn (nothing was sent; it retries)
-	ConnLost       int64 // errors returned as ErrConnLost (outcome unknown)
+	BadConnRetries int64 // errors handed to database/sql as driver.ErrBadConn (nothing was sent; it retries on another connection)
+	ConnLost       int64 // errors returned as ErrConnLost (the statement may have run: outcome unknown)
 	Invalidations  int64 // pool invalidations: a connection learned that the server went away
 
 	ConnectFailures int64 // failed connection attempts, retried or not
@@ -37,11 +61,18 @@ type Stats struct {
 	BreakerRejected    int64 // calls failed at once with ErrCircuitOpen
 }
 
-// Stats returns a snapshot of the counters.
+// Stats returns a snapshot of the counters. It takes no lock: each counter
+// is read atomically, but the snapshot as a whole is not one instant.
 func (c *Connector) Stats() Stats {
 	s := Stats{
-		Opened:         c.stats.opened.Load(),
-		Discarded:      c.stats.discarded.Load(),
+		Opened: c.stats.opened.Load(),
+		Closed: c.stats.closed.Load(),
+
+		DiscardedLost:     c.stats.discarded[discardLost].Load(),
+		DiscardedIdle:     c.stats.discarded[discardIdle].Load(),
+		DiscardedVerify:   c.stats.discarded[discardVerify].Load(),
+		DiscardedRollback: c.stats.discarded[discardRollback].Load(),
+
 		BadConnRetries: c.stats.badConnRetries.Load(),
 		ConnLost:       c.stats.connLost.Load(),
 		Invalidations:  c.stats.invalidations.Load(),
@@ -52,6 +83,7 @@ func (c *Connector) Stats() Stats {
 		AutoRollbacks:   c.stats.autoRollbacks.Load(),
 		PoolRollbacks:   c.stats.poolRollbacks.Load(),
 	}
+	s.Discarded = s.DiscardedLost + s.DiscardedIdle + s.DiscardedVerify + s.DiscardedRollback
 	s.Breaker = c.BreakerState()
 	if c.breaker != nil {
 		s.BreakerTransitions = c.breaker.transitions.Load()
