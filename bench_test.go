@@ -46,13 +46,13 @@ type benchDriver struct {
 var benchDrivers = []benchDriver{
 	{"pgx", func(dsn string) (*sql.DB, error) { return sql.Open("pgx", dsn) }},
 	{"pgresilient", func(dsn string) (*sql.DB, error) { return sql.Open(DriverName, dsn) }},
-	// No breaker, so no sqlmw layer at all, and no automatic rollback: what
-	// the conn and baseConn layers cost by themselves.
+	// No breaker and no automatic rollback: what the conn and baseConn
+	// layers cost by themselves, resilience aside.
 	{"pgresilient-lean", func(dsn string) (*sql.DB, error) {
 		return sql.Open(DriverName, withParams(dsn, "breaker=off&tx_autorollback=off"))
 	}},
-	// One user interceptor that does nothing: the price of one more sqlmw
-	// layer over the default configuration.
+	// One user interceptor that does nothing: the price of the sqlmw chain,
+	// which the default configuration does without.
 	{"pgresilient-nullmw", func(dsn string) (*sql.DB, error) {
 		c, err := NewConnector(dsn, WithInterceptor(sqlmw.NullInterceptor{}))
 		if err != nil {

@@ -2,14 +2,12 @@ package pgresilient
 
 import (
 	"context"
-	"database/sql/driver"
 	"errors"
 	"log/slog"
 	"strconv"
 	"sync/atomic"
 	"time"
 
-	"github.com/ngrok/sqlmw"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -164,9 +162,10 @@ func (b *breaker) isOpen() bool {
 }
 
 // before lets a call through or rejects it. A non-nil probe must be given the
-// call's outcome through after.
+// call's outcome through after (or done). A nil breaker (breaker=off) lets
+// everything through; closed, it costs one atomic load.
 func (b *breaker) before() (probe func(error), err error) {
-	if BreakerState(b.state.Load()) == BreakerClosed {
+	if b == nil || BreakerState(b.state.Load()) == BreakerClosed {
 		return nil, nil
 	}
 	done, err := b.cb.Allow()
@@ -183,6 +182,15 @@ func (b *breaker) openError(err error) error {
 		e.NextProbe = time.Unix(0, b.openedAt.Load()+int64(b.cooldown))
 	}
 	return e
+}
+
+// done records the outcome of a call that before let through, classified
+// by its error. A nil breaker records nothing.
+func (b *breaker) done(ctx context.Context, probe func(error), err error) {
+	if b == nil {
+		return
+	}
+	b.after(probe, classify(ctx, err))
 }
 
 // after records the outcome of a call that before let through.
@@ -228,103 +236,4 @@ func (c *Connector) BreakerState() BreakerState {
 		return BreakerDisabled
 	}
 	return c.breaker.State()
-}
-
-// breakerInterceptor is the built-in interceptor that puts every call behind
-// the breaker: rejected at once while open, counted by what its error says
-// about the server's reachability. It is stateless beyond the shared breaker.
-type breakerInterceptor struct {
-	sqlmw.NullInterceptor
-	b *breaker
-}
-
-var _ sqlmw.Interceptor = breakerInterceptor{}
-
-func (i breakerInterceptor) ConnectorConnect(ctx context.Context, next driver.Connector) (driver.Conn, error) {
-	probe, err := i.b.before()
-	if err != nil {
-		return nil, err
-	}
-	conn, err := next.Connect(ctx)
-	i.b.after(probe, connectClass(ctx, err))
-	return conn, err
-}
-
-func (i breakerInterceptor) ConnPing(ctx context.Context, conn driver.Pinger) error {
-	probe, err := i.b.before()
-	if err != nil {
-		return err
-	}
-	err = conn.Ping(ctx)
-	i.b.after(probe, classify(ctx, err))
-	return err
-}
-
-func (i breakerInterceptor) ConnBeginTx(ctx context.Context, conn driver.ConnBeginTx, opts driver.TxOptions) (context.Context, driver.Tx, error) {
-	probe, err := i.b.before()
-	if err != nil {
-		return ctx, nil, err
-	}
-	tx, err := conn.BeginTx(ctx, opts)
-	i.b.after(probe, classify(ctx, err))
-	return ctx, tx, err
-}
-
-func (i breakerInterceptor) ConnPrepareContext(ctx context.Context, conn driver.ConnPrepareContext, query string) (context.Context, driver.Stmt, error) {
-	probe, err := i.b.before()
-	if err != nil {
-		return ctx, nil, err
-	}
-	st, err := conn.PrepareContext(ctx, query)
-	i.b.after(probe, classify(ctx, err))
-	return ctx, st, err
-}
-
-func (i breakerInterceptor) ConnExecContext(ctx context.Context, conn driver.ExecerContext, query string, args []driver.NamedValue) (driver.Result, error) {
-	probe, err := i.b.before()
-	if err != nil {
-		return nil, err
-	}
-	res, err := conn.ExecContext(ctx, query, args)
-	i.b.after(probe, classify(ctx, err))
-	return res, err
-}
-
-func (i breakerInterceptor) ConnQueryContext(ctx context.Context, conn driver.QueryerContext, query string, args []driver.NamedValue) (context.Context, driver.Rows, error) {
-	probe, err := i.b.before()
-	if err != nil {
-		return ctx, nil, err
-	}
-	rows, err := conn.QueryContext(ctx, query, args)
-	i.b.after(probe, classify(ctx, err))
-	return ctx, rows, err
-}
-
-func (i breakerInterceptor) StmtExecContext(ctx context.Context, st driver.StmtExecContext, _ string, args []driver.NamedValue) (driver.Result, error) {
-	probe, err := i.b.before()
-	if err != nil {
-		return nil, err
-	}
-	res, err := st.ExecContext(ctx, args)
-	i.b.after(probe, classify(ctx, err))
-	return res, err
-}
-
-func (i breakerInterceptor) StmtQueryContext(ctx context.Context, st driver.StmtQueryContext, _ string, args []driver.NamedValue) (context.Context, driver.Rows, error) {
-	probe, err := i.b.before()
-	if err != nil {
-		return ctx, nil, err
-	}
-	rows, err := st.QueryContext(ctx, args)
-	i.b.after(probe, classify(ctx, err))
-	return ctx, rows, err
-}
-
-// TxCommit is counted but never rejected: a transaction under way on a live
-// connection is finished, not thrown away, when other calls open the breaker.
-// Rollback is neither rejected nor counted.
-func (i breakerInterceptor) TxCommit(ctx context.Context, tx driver.Tx) error {
-	err := tx.Commit()
-	i.b.after(nil, classify(ctx, err))
-	return err
 }

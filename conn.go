@@ -455,7 +455,23 @@ func (c *baseConn) Prepare(query string) (driver.Stmt, error) {
 	return c.PrepareContext(context.Background(), query)
 }
 
+// The breaker gates every call that may reach the server from here, beneath
+// the user's interceptors (they see its rejections) and above the error
+// model (it counts what the error model concluded). With breaker=off,
+// owner.breaker is nil and its methods do nothing.
+
 func (c *baseConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	b := c.owner.breaker
+	probe, err := b.before()
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.prepare(ctx, query)
+	b.done(ctx, probe, err)
+	return st, err
+}
+
+func (c *baseConn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 	if err := c.usable("prepare"); err != nil {
 		return nil, err
 	}
@@ -492,6 +508,17 @@ func (c *baseConn) Begin() (driver.Tx, error) {
 }
 
 func (c *baseConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	b := c.owner.breaker
+	probe, err := b.before()
+	if err != nil {
+		return nil, err
+	}
+	tx, err := c.begin(ctx, opts)
+	b.done(ctx, probe, err)
+	return tx, err
+}
+
+func (c *baseConn) begin(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	if err := c.usable("begin"); err != nil {
 		return nil, err
 	}
@@ -568,8 +595,19 @@ func (c *baseConn) endTx() {
 
 func (c *baseConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	if c.execer == nil {
-		return nil, driver.ErrSkip
+		return nil, driver.ErrSkip // database/sql prepares instead
 	}
+	b := c.owner.breaker
+	probe, err := b.before()
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.exec(ctx, query, args)
+	b.done(ctx, probe, err)
+	return res, err
+}
+
+func (c *baseConn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	if err := c.usable("exec"); err != nil {
 		return nil, err
 	}
@@ -588,8 +626,19 @@ func (c *baseConn) ExecContext(ctx context.Context, query string, args []driver.
 
 func (c *baseConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	if c.queryer == nil {
-		return nil, driver.ErrSkip
+		return nil, driver.ErrSkip // database/sql prepares instead
 	}
+	b := c.owner.breaker
+	probe, err := b.before()
+	if err != nil {
+		return nil, err
+	}
+	rows, err := c.query(ctx, query, args)
+	b.done(ctx, probe, err)
+	return rows, err
+}
+
+func (c *baseConn) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	if err := c.usable("query"); err != nil {
 		return nil, err
 	}
@@ -609,6 +658,17 @@ func (c *baseConn) QueryContext(ctx context.Context, query string, args []driver
 // Ping checks the connection with a round trip. A failure is always safe to
 // retry: a ping changes nothing on the server.
 func (c *baseConn) Ping(ctx context.Context) error {
+	b := c.owner.breaker
+	probe, err := b.before()
+	if err != nil {
+		return err
+	}
+	err = c.ping(ctx)
+	b.done(ctx, probe, err)
+	return err
+}
+
+func (c *baseConn) ping(ctx context.Context) error {
 	if err := c.usable("ping"); err != nil {
 		return err
 	}
@@ -802,7 +862,16 @@ func (t *baseTx) end(op string) (context.Context, error) {
 	return sctx, t.pgx.Rollback(sctx)
 }
 
+// Commit is counted by the breaker but never rejected: a transaction under
+// way on a live connection is finished, not thrown away, when other calls
+// open the breaker. Rollback is neither rejected nor counted.
 func (t *baseTx) Commit() error {
+	err := t.commit()
+	t.conn.owner.breaker.done(t.ctx, nil, err)
+	return err
+}
+
+func (t *baseTx) commit() error {
 	defer t.conn.endTx()
 	if a := t.conn.aborted.Load(); a != nil {
 		return a // rolled back already: nothing to commit
@@ -868,6 +937,17 @@ func (s *baseStmt) Query(args []driver.Value) (driver.Rows, error) {
 }
 
 func (s *baseStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	b := s.conn.owner.breaker
+	probe, err := b.before()
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.exec(ctx, args)
+	b.done(ctx, probe, err)
+	return res, err
+}
+
+func (s *baseStmt) exec(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
 	if err := s.conn.usable("exec"); err != nil {
 		return nil, err
 	}
@@ -899,6 +979,17 @@ func (s *baseStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (d
 }
 
 func (s *baseStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	b := s.conn.owner.breaker
+	probe, err := b.before()
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.query(ctx, args)
+	b.done(ctx, probe, err)
+	return rows, err
+}
+
+func (s *baseStmt) query(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
 	if err := s.conn.usable("query"); err != nil {
 		return nil, err
 	}

@@ -173,7 +173,9 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 	if !c.cfg.DisableBreaker {
 		c.breaker = newBreaker(c.cfg.BreakerFailures, c.cfg.BreakerCooldown, c.logger, o.stateChange)
 	}
-	c.chain = buildChain(baseConnector{c}, c.interceptors())
+	if len(o.interceptors) > 0 {
+		c.chain = buildChain(baseConnector{c}, o.interceptors)
+	}
 	return c, nil
 }
 
@@ -190,6 +192,14 @@ func (c *Connector) Config() Config {
 
 // Connect opens a connection. It implements driver.Connector.
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	if c.chain == nil {
+		// No interceptor: no chain to carry the baseConn up through.
+		bc, err := c.openBase(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return newConn(bc, bc), nil
+	}
 	slot := new(baseSlot)
 	top, err := c.chain.Connect(context.WithValue(ctx, baseSlotKey{}, slot))
 	if err != nil {
@@ -228,30 +238,37 @@ type (
 type baseConnector struct{ c *Connector }
 
 func (b baseConnector) Connect(ctx context.Context) (driver.Conn, error) {
-	inner, err := b.c.connect(ctx)
+	bc, err := b.c.openBase(ctx)
 	if err != nil {
 		return nil, err
 	}
-	bc := newBaseConn(b.c, inner)
 	if slot, ok := ctx.Value(baseSlotKey{}).(*baseSlot); ok {
 		slot.conn = bc
 	}
 	return bc, nil
 }
 
+// openBase opens the wrapped driver's connection, retrying as configured,
+// behind the breaker: rejected at once while it is open, and counted by what
+// the last attempt's error says about the server's reachability.
+func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
+	probe, err := c.breaker.before()
+	if err != nil {
+		return nil, err
+	}
+	inner, err := c.connect(ctx)
+	if c.breaker != nil {
+		c.breaker.after(probe, connectClass(ctx, err))
+	}
+	if err != nil {
+		return nil, err
+	}
+	return newBaseConn(c, inner), nil
+}
+
 func (b baseConnector) Driver() driver.Driver { return b.c.Driver() }
 
 func neverPing(context.Context, stdlib.ShouldPingParams) bool { return false }
-
-// interceptors returns the chain, outermost first: the user's, then the
-// built-in ones.
-func (c *Connector) interceptors() []sqlmw.Interceptor {
-	in := append([]sqlmw.Interceptor(nil), c.opts.interceptors...)
-	if c.breaker != nil {
-		in = append(in, breakerInterceptor{b: c.breaker})
-	}
-	return in
-}
 
 // buildChain wraps base in the interceptors, the first one outermost.
 func buildChain(base driver.Connector, in []sqlmw.Interceptor) driver.Connector {
