@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"runtime"
@@ -469,6 +470,25 @@ func benchBreakerOpen(b *testing.B) {
 			}
 		})
 		check(b, fd, connects)
+	})
+}
+
+// BenchmarkBreakerClosed measures what the breaker costs every call while
+// closed: the gate before it and the record after a success.
+func BenchmarkBreakerClosed(b *testing.B) {
+	b.Run("driver=pgresilient", func(b *testing.B) {
+		br := newBreaker(5, time.Minute, slog.New(slog.DiscardHandler), nil)
+		ctx := context.Background()
+		measure(b, 0, func() {
+			probe, err := br.before()
+			if err != nil {
+				b.Fatal(err)
+			}
+			br.done(ctx, probe, nil)
+		})
+		if s := br.State(); s != BreakerClosed {
+			b.Fatalf("breaker %v, want closed", s)
+		}
 	})
 }
 

@@ -190,6 +190,12 @@ func (b *breaker) done(ctx context.Context, probe func(error), err error) {
 	if b == nil {
 		return
 	}
+	if err == nil && probe == nil { // the closed state's success: the common case
+		if b.dirty.Load() {
+			b.record(nil)
+		}
+		return
+	}
 	b.after(probe, classify(ctx, err))
 }
 
