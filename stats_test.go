@@ -1,0 +1,736 @@
+package pgresilient
+
+// Tests of Connector.Stats: every counter is provoked by a real fault against
+// the test cluster, and the difference of two snapshots is compared with what
+// that fault must do. The growth is exact where the fault makes it
+// deterministic, a lower bound where it depends on timing, and every counter a
+// case does not name must not move at all.
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"math"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/ngrok/sqlmw"
+
+	"github.com/pgresilient/pgresilient/internal/faultproxy"
+)
+
+// statsSpan is the range a counter's growth must fall in.
+type statsSpan struct{ lo, hi int64 }
+
+func exactly(n int64) statsSpan { return statsSpan{n, n} }
+
+func atLeast(n int64) statsSpan { return statsSpan{n, math.MaxInt64} }
+
+// idleVerify is the growth of Verifications in cases about something else
+// that reuse a connection: a reuse more than a second after the previous one
+// is verified, and a loaded machine may pause that long between two
+// statements.
+var idleVerify = statsSpan{0, 1}
+
+func (s statsSpan) String() string {
+	switch {
+	case s.lo == s.hi:
+		return strconv.FormatInt(s.lo, 10)
+	case s.hi == math.MaxInt64:
+		return "at least " + strconv.FormatInt(s.lo, 10)
+	}
+	return fmt.Sprintf("%d to %d", s.lo, s.hi)
+}
+
+// statsWant is the growth a fault must cause, by Stats field name. A counter
+// it does not name must not move.
+type statsWant map[string]statsSpan
+
+// statsCounters are the names of Stats's counters: its int64 fields, found
+// by reflection so that a counter added later is checked too (it must stay
+// still in every case that does not name it).
+var statsCounters = func() []string {
+	var names []string
+	st := reflect.TypeFor[Stats]()
+	for i := range st.NumField() {
+		if f := st.Field(i); f.Type.Kind() == reflect.Int64 {
+			names = append(names, f.Name)
+		}
+	}
+	return names
+}()
+
+func statsGet(s Stats, name string) int64 {
+	return reflect.ValueOf(s).FieldByName(name).Int()
+}
+
+// checkStats compares after-before with want, and checks that Discarded is
+// the sum of its four reasons in both snapshots.
+func checkStats(t *testing.T, before, after Stats, want statsWant) {
+	t.Helper()
+	for name := range want {
+		if !slices.Contains(statsCounters, name) {
+			t.Fatalf("statsWant names %q, which is not a counter of Stats", name)
+		}
+	}
+	bad := false
+	for _, name := range statsCounters {
+		got := statsGet(after, name) - statsGet(before, name)
+		w := want[name] // the zero span: must not move
+		if got < w.lo || got > w.hi {
+			t.Errorf("%s grew by %d, want %v", name, got, w)
+			bad = true
+		}
+	}
+	for _, s := range []Stats{before, after} {
+		if sum := s.DiscardedLost + s.DiscardedIdle + s.DiscardedVerify + s.DiscardedRollback; s.Discarded != sum {
+			t.Errorf("Discarded = %d, but its reasons add up to %d: %+v", s.Discarded, sum, s)
+			bad = true
+		}
+	}
+	if bad {
+		t.Logf("before: %+v", before)
+		t.Logf("after:  %+v", after)
+	}
+}
+
+// statsBase returns the baseConn of a connection of db, taken and put back at
+// once (dialling it if the pool is empty): the test may then peek at its
+// socket while database/sql holds it, or while nobody uses db.
+func statsBase(t *testing.T, db *sql.DB) *baseConn {
+	t.Helper()
+	sc, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	var bc *baseConn
+	if err := sc.Raw(func(dc any) error {
+		c, ok := dc.(*conn)
+		if !ok {
+			return fmt.Errorf("Raw gave a %T, want a *conn", dc)
+		}
+		bc = c.base
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return bc
+}
+
+// statsWaitDead waits until the socket of each connection has seen the
+// proxy's reset, so the fault is in place before the next step, whatever the
+// scheduler does.
+func statsWaitDead(t *testing.T, bcs ...*baseConn) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, bc := range bcs {
+		for bc.peek.state() != peekDead {
+			if time.Now().After(deadline) {
+				t.Fatal("a connection's socket did not see the proxy's reset within 5s")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
+
+// statsWarm gives db one connection, dialled and then reused once (a first
+// reuse is always verified): the statements that follow reuse it without a
+// verification.
+func statsWarm(t *testing.T, db *sql.DB) {
+	t.Helper()
+	db.SetMaxOpenConns(1)
+	for range 2 {
+		if _, err := db.Exec("select 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// statsPid returns the server process of db's one connection.
+func statsPid(t *testing.T, db *sql.DB) int {
+	t.Helper()
+	var pid int
+	if err := db.QueryRow("select pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// statsKill ends pid, a backend left running a pg_sleep by a client that is
+// gone, so that it does not linger into later tests that count backends.
+func statsKill(t *testing.T, pid int) {
+	t.Helper()
+	if err := cluster.Exec(context.Background(), "select pg_terminate_backend($1, 5000)", pid); err != nil {
+		t.Errorf("terminate backend %d: %v", pid, err)
+	}
+}
+
+// TestStatsOpenedClosed: Opened counts connections dialled; Closed those
+// database/sql closes, however it decides to.
+func TestStatsOpenedClosed(t *testing.T) {
+	c := needCluster(t)
+
+	t.Run("db.Close", func(t *testing.T) {
+		db, cn := outageDB(t, c.DSN())
+		db.SetMaxIdleConns(3)
+		ctx := context.Background()
+		var held []*sql.Conn
+		for range 3 { // held at once: three distinct connections
+			sc, err := db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, sc)
+		}
+		for _, sc := range held {
+			sc.Close()
+		}
+		opened := cn.Stats()
+		checkStats(t, Stats{}, opened, statsWant{"Opened": exactly(3)})
+		closeAndCheck(t, db)
+		checkStats(t, opened, cn.Stats(), statsWant{"Closed": exactly(3)})
+	})
+
+	t.Run("SetMaxIdleConns(0)", func(t *testing.T) {
+		db, cn := outageDB(t, c.DSN())
+		db.SetMaxIdleConns(0) // every connection is closed on its way back
+		if failed, first := runQueries(db, 3); failed != 0 {
+			t.Fatal(first)
+		}
+		checkStats(t, Stats{}, cn.Stats(), statsWant{"Opened": exactly(3), "Closed": exactly(3)})
+	})
+
+	t.Run("SetConnMaxLifetime", func(t *testing.T) {
+		db, cn := outageDB(t, c.DSN())
+		db.SetMaxOpenConns(1)
+		db.SetConnMaxLifetime(200 * time.Millisecond)
+		if failed, first := runQueries(db, 1); failed != 0 {
+			t.Fatal(first)
+		}
+		// Until database/sql retires the connection: on a checkout, or by
+		// its cleaner.
+		deadline := time.Now().Add(5 * time.Second)
+		for db.Stats().MaxLifetimeClosed == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("database/sql closed no connection for its age within 5s")
+			}
+			if failed, first := runQueries(db, 1); failed != 0 {
+				t.Fatal(first)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		// A checkout that finds the connection expired closes it and dials
+		// another; database/sql's cleaner closes it without one. Either way
+		// the next statement runs on a new connection.
+		if failed, first := runQueries(db, 1); failed != 0 {
+			t.Fatal(first)
+		}
+		expired := db.Stats().MaxLifetimeClosed
+		// The old connection's reuses before it expired were verified (the
+		// first always is).
+		checkStats(t, Stats{}, cn.Stats(), statsWant{
+			"Opened":        exactly(1 + expired),
+			"Closed":        exactly(expired),
+			"Verifications": atLeast(0),
+		})
+	})
+}
+
+// TestStatsConnLost: a connection that breaks during a statement is
+// discarded as lost and counted in ConnLost (outcome unknown). A network or
+// server failure also invalidates the pool; the caller's own deadline does
+// not, since it says nothing about the server.
+func TestStatsConnLost(t *testing.T) {
+	c := needCluster(t)
+	lost := statsWant{
+		"ConnLost":      exactly(1),
+		"DiscardedLost": exactly(1),
+		"Discarded":     exactly(1),
+		"Invalidations": exactly(1),
+		"Closed":        exactly(1), // database/sql closes what IsValid rejects
+		"Verifications": idleVerify,
+	}
+	callerDeadline := statsMerge(lost, statsWant{"Invalidations": exactly(0)})
+
+	cases := []struct {
+		name  string
+		fault func(t *testing.T, db *sql.DB, p *faultproxy.Proxy) error
+		want  statsWant
+	}{
+		{"reset after the statement was sent", func(t *testing.T, db *sql.DB, p *faultproxy.Proxy) error {
+			// One simple-protocol message: forwarded, then the client is
+			// reset before any reply.
+			p.CutOn([]byte("stats_sent_then_reset"), true)
+			_, err := db.Exec("select 'stats_sent_then_reset'")
+			if p.Armed() {
+				t.Fatal("the proxy never saw the statement")
+			}
+			return err
+		}, lost},
+		{"backend terminated mid-statement", func(t *testing.T, db *sql.DB, _ *faultproxy.Proxy) error {
+			pid := statsPid(t, db)
+			done := make(chan error, 1)
+			go func() {
+				_, err := db.Exec("select pg_sleep(10)")
+				done <- err
+			}()
+			deadline := time.Now().Add(5 * time.Second)
+			for backendState(t, pid) != "active" {
+				if time.Now().After(deadline) {
+					t.Fatal("the statement did not start within 5s")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			statsKill(t, pid)
+			err := <-done
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "57P01" {
+				t.Errorf("want the server's 57P01, got %v", err)
+			}
+			return err
+		}, lost},
+		{"caller's deadline mid-statement", func(t *testing.T, db *sql.DB, _ *faultproxy.Proxy) error {
+			pid := statsPid(t, db)
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			_, err := db.ExecContext(ctx, "select pg_sleep(10)")
+			statsKill(t, pid) // still sleeping: the server does not notice the client left
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("want the caller's DeadlineExceeded, got %v", err)
+			}
+			return err
+		}, callerDeadline},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newProxy(t, c)
+			db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port()))
+			statsWarm(t, db)
+			before := cn.Stats()
+			err := tc.fault(t, db, p)
+			if !errors.Is(err, ErrConnLost) || errors.Is(err, driver.ErrBadConn) {
+				t.Errorf("want ErrConnLost, not ErrBadConn; got %v", err)
+			}
+			checkStats(t, before, cn.Stats(), tc.want)
+		})
+	}
+}
+
+// statsMerge returns a copy of base with over's entries set.
+func statsMerge(base, over statsWant) statsWant {
+	out := statsWant{}
+	for k, v := range base {
+		out[k] = v
+	}
+	for k, v := range over {
+		out[k] = v
+	}
+	return out
+}
+
+// statsResetBefore is an interceptor that, on the first statement containing
+// marker, has the proxy reset the connection and waits until its socket has
+// seen the reset, before passing the statement on: nothing of it can be
+// written.
+type statsResetBefore struct {
+	sqlmw.NullInterceptor
+	marker string
+	once   *sync.Once
+	fault  func()
+}
+
+func (i statsResetBefore) ConnExecContext(ctx context.Context, conn driver.ExecerContext, query string, args []driver.NamedValue) (driver.Result, error) {
+	if strings.Contains(query, i.marker) {
+		i.once.Do(i.fault)
+	}
+	return conn.ExecContext(ctx, query, args)
+}
+
+// TestStatsBadConnRetries: a statement on a connection whose socket was reset
+// before anything was sent fails with driver.ErrBadConn; database/sql retries
+// it on a new connection, and the caller sees success. The insert runs once.
+func TestStatsBadConnRetries(t *testing.T) {
+	c := needCluster(t)
+	table := freshTable(t, c, "tstats_badconn", DriverName, "(id int)", "")
+	p := newProxy(t, c)
+	var bc *baseConn
+	reset := statsResetBefore{marker: table, once: new(sync.Once), fault: func() {
+		p.Cut()
+		statsWaitDead(t, bc)
+	}}
+	db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port()), WithInterceptor(reset))
+	statsWarm(t, db)
+	bc = statsBase(t, db)
+	before := cn.Stats()
+	if _, err := db.Exec("insert into " + table + " values (1)"); err != nil {
+		t.Fatalf("want database/sql's retry to succeed, got %v", err)
+	}
+	checkStats(t, before, cn.Stats(), statsWant{
+		"BadConnRetries": exactly(1),
+		"DiscardedLost":  exactly(1),
+		"Discarded":      exactly(1),
+		"Invalidations":  exactly(1),
+		"Closed":         exactly(1),
+		"Opened":         exactly(1), // the retry's connection
+		"Verifications":  idleVerify,
+	})
+	if n, err := countRows(context.Background(), c, table); err != nil || n != 1 {
+		t.Errorf("the insert ran %d times (%v), want once", n, err)
+	}
+}
+
+// TestStatsDiscardedIdle: pooled connections reset by the network while idle
+// are found dead by the socket peek on reuse, and discarded before anything
+// is sent, without a verification.
+func TestStatsDiscardedIdle(t *testing.T) {
+	c := needCluster(t)
+	p := newProxy(t, c)
+	db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port()))
+	db.SetMaxOpenConns(2)
+	ctx := context.Background()
+	var bcs []*baseConn
+	var held []*sql.Conn
+	for range 2 { // held at once: two distinct connections
+		sc, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, sc)
+		if err := sc.Raw(func(dc any) error { bcs = append(bcs, dc.(*conn).base); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, sc := range held {
+		sc.Close()
+	}
+	before := cn.Stats()
+	p.Cut()
+	statsWaitDead(t, bcs...)
+	// Both pooled connections are tried, discarded, and a third is dialled.
+	if failed, first := runQueries(db, 1); failed != 0 {
+		t.Fatal(first)
+	}
+	checkStats(t, before, cn.Stats(), statsWant{
+		"DiscardedIdle": exactly(2),
+		"Discarded":     exactly(2),
+		"Closed":        exactly(2),
+		"Opened":        exactly(1),
+	})
+}
+
+// TestStatsDiscardedVerify: pooled connections that fail their verification
+// ping before reuse.
+func TestStatsDiscardedVerify(t *testing.T) {
+	c := needCluster(t)
+
+	// The server terminates idle pooled connections: each one holds the
+	// server's FATAL, so the peek sees bytes pending (not a closed socket)
+	// and the verification ping reads the FATAL.
+	t.Run("terminated while idle", func(t *testing.T) {
+		db, cn := outageDB(t, c.DSN())
+		db.SetMaxOpenConns(2)
+		warmPool(t, db, 2)
+		before := cn.Stats()
+		n, err := c.TerminateBackends(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n < 2 { // and any backend another test left behind
+			t.Fatalf("terminated %d backends, want at least the pool's 2", n)
+		}
+		if failed, first := runQueries(db, 1); failed != 0 {
+			t.Fatal(first)
+		}
+		checkStats(t, before, cn.Stats(), statsWant{
+			"Verifications":   exactly(2),
+			"DiscardedVerify": exactly(2),
+			"Discarded":       exactly(2),
+			"Closed":          exactly(2),
+			"Opened":          exactly(1),
+		})
+	})
+
+	// A statement on a frozen network times out and invalidates the pool;
+	// the other pooled connection, used a moment ago, is verified before
+	// its reuse, and its ping times out too. The retry's connect then times
+	// out against the frozen network.
+	t.Run("frozen after a pool invalidation", func(t *testing.T) {
+		p := newProxy(t, c)
+		db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port())+"&query_timeout=300ms&breaker=off&connect_retries=0")
+		warmPool(t, db, 2)
+		before := cn.Stats()
+		p.Freeze()
+		defer p.Thaw()
+		if _, err := db.Exec("select 1"); !errors.Is(err, ErrConnLost) {
+			t.Fatalf("first statement: want ErrConnLost, got %v", err)
+		}
+		_, err := db.Exec("select 1")
+		var ce *ConnectError
+		if !errors.As(err, &ce) || ce.Permanent {
+			t.Fatalf("second statement: want a transient *ConnectError after the verification failed, got %v", err)
+		}
+		checkStats(t, before, cn.Stats(), statsWant{
+			"ConnLost":        exactly(1),
+			"DiscardedLost":   exactly(1),
+			"Invalidations":   exactly(1),
+			"Verifications":   exactly(1),
+			"DiscardedVerify": exactly(1),
+			"Discarded":       exactly(2),
+			"Closed":          exactly(2),
+			"ConnectFailures": exactly(1), // a timeout: not retried
+		})
+	})
+}
+
+// TestStatsVerifications: a pooled connection is verified on its first
+// reuse, and after a pool invalidation; a healthy one passes and is kept.
+func TestStatsVerifications(t *testing.T) {
+	c := needCluster(t)
+
+	t.Run("first reuse", func(t *testing.T) {
+		db, cn := outageDB(t, c.DSN())
+		db.SetMaxOpenConns(1)
+		if failed, first := runQueries(db, 3); failed != 0 {
+			t.Fatal(first)
+		}
+		// Dialled by the first, verified by the second, reused as is by
+		// the third.
+		checkStats(t, Stats{}, cn.Stats(), statsWant{"Opened": exactly(1), "Verifications": statsSpan{1, 2}})
+	})
+
+	t.Run("after a pool invalidation", func(t *testing.T) {
+		p := newProxy(t, c)
+		db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port()))
+		warmPool(t, db, 2)
+		before := cn.Stats()
+		p.CutOn([]byte("stats_invalidate"), true)
+		if _, err := db.Exec("select 'stats_invalidate'"); !errors.Is(err, ErrConnLost) {
+			t.Fatalf("want ErrConnLost, got %v", err)
+		}
+		var pid int
+		if err := db.QueryRow("select pg_backend_pid()").Scan(&pid); err != nil {
+			t.Fatalf("the other pooled connection: %v", err)
+		}
+		checkStats(t, before, cn.Stats(), statsWant{
+			"ConnLost":      exactly(1),
+			"DiscardedLost": exactly(1),
+			"Discarded":     exactly(1),
+			"Invalidations": exactly(1),
+			"Closed":        exactly(1),
+			"Verifications": exactly(1), // the other one, which passes
+		})
+	})
+}
+
+// TestStatsRollbacks: a connection that comes back to the pool inside a
+// transaction block (BEGIN sent by hand) is rolled back on its way in; if the
+// rollback fails, it is discarded.
+func TestStatsRollbacks(t *testing.T) {
+	c := needCluster(t)
+	cases := []struct {
+		name   string
+		frozen bool
+		want   statsWant
+	}{
+		{"rolled back", false, statsWant{"PoolRollbacks": exactly(1)}},
+		{"rollback on a frozen network", true, statsWant{
+			"DiscardedRollback": exactly(1),
+			"Discarded":         exactly(1),
+			"Closed":            exactly(1),
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newProxy(t, c)
+			db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port())+"&query_timeout=300ms")
+			statsWarm(t, db)
+			ctx := context.Background()
+			before := cn.Stats()
+			sc, err := db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := sc.ExecContext(ctx, "begin"); err != nil {
+				t.Fatal(err)
+			}
+			if tc.frozen {
+				p.Freeze()
+				defer p.Thaw()
+			}
+			sc.Close() // back to the pool, inside the block
+			after := cn.Stats()
+			want := statsMerge(tc.want, statsWant{"Verifications": idleVerify})
+			checkStats(t, before, after, want)
+		})
+	}
+}
+
+// TestStatsAutoRollbacks: a unique violation inside a sql.Tx is rolled back
+// at once, unless tx_autorollback=off.
+func TestStatsAutoRollbacks(t *testing.T) {
+	c := needCluster(t)
+	cases := []struct {
+		name, params string
+		want         int64
+	}{
+		{"on", "", 1},
+		{"off", "&tx_autorollback=off", 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			table := freshTable(t, c, "tstats_auto", DriverName, "(id int primary key)", "(1)")
+			db, cn := outageDB(t, c.DSN()+tc.params)
+			statsWarm(t, db)
+			before := cn.Stats()
+			tx, err := db.Begin()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = tx.Exec("insert into " + table + " values (1)")
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "23505" {
+				t.Errorf("want a unique violation, got %v", err)
+			}
+			if err := tx.Rollback(); err != nil {
+				t.Errorf("rollback: %v", err)
+			}
+			checkStats(t, before, cn.Stats(), statsWant{"AutoRollbacks": exactly(tc.want), "Verifications": idleVerify})
+		})
+	}
+}
+
+// TestStatsConnect: failed connection attempts, and the retries among them.
+func TestStatsConnect(t *testing.T) {
+	c := needCluster(t)
+
+	t.Run("refused, retries exhausted", func(t *testing.T) {
+		p := newProxy(t, c)
+		db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port())+"&connect_retries=2&connect_backoff=1ms&connect_backoff_max=2ms")
+		if err := p.Refuse(true); err != nil {
+			t.Fatal(err)
+		}
+		err := db.Ping()
+		var ce *ConnectError
+		if !errors.As(err, &ce) || ce.Attempts != 3 {
+			t.Fatalf("want a *ConnectError after 3 attempts, got %v", err)
+		}
+		checkStats(t, Stats{}, cn.Stats(), statsWant{"ConnectFailures": exactly(3), "ConnectRetries": exactly(2)})
+	})
+
+	t.Run("refused, then listening again", func(t *testing.T) {
+		p := newProxy(t, c)
+		db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port())+"&connect_retries=100&connect_backoff=5ms&connect_backoff_max=20ms")
+		if err := p.Refuse(true); err != nil {
+			t.Fatal(err)
+		}
+		// Listen again once two attempts have failed: the retries are
+		// under way.
+		reopened := make(chan error, 1)
+		go func() {
+			deadline := time.Now().Add(10 * time.Second)
+			for cn.Stats().ConnectFailures < 2 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			reopened <- p.Refuse(false)
+		}()
+		err := db.Ping()
+		if rerr := <-reopened; rerr != nil {
+			t.Fatalf("proxy: listen again: %v", rerr)
+		}
+		if err != nil {
+			t.Fatalf("Ping: %v", err)
+		}
+		st := cn.Stats()
+		checkStats(t, Stats{}, st, statsWant{"Opened": exactly(1), "ConnectFailures": atLeast(2), "ConnectRetries": atLeast(2)})
+		if st.ConnectRetries != st.ConnectFailures {
+			t.Errorf("ConnectRetries %d, ConnectFailures %d: every failure before the success is retried", st.ConnectRetries, st.ConnectFailures)
+		}
+	})
+
+	t.Run("wrong password, not retried", func(t *testing.T) {
+		db, cn := outageDB(t, c.PasswordDSN(c.Host(), c.Port(), "not-the-password")+"&connect_retries=3")
+		var ce *ConnectError
+		if err := db.Ping(); !errors.As(err, &ce) || !ce.Permanent {
+			t.Fatalf("want a permanent *ConnectError, got %v", err)
+		}
+		checkStats(t, Stats{}, cn.Stats(), statsWant{"ConnectFailures": exactly(1)})
+	})
+}
+
+// TestStatsBreaker: the server stops; with breaker_failures=1 one failed
+// connect opens the breaker, which then rejects calls; after the cooldown it
+// reports half-open, and a successful probe closes it.
+func TestStatsBreaker(t *testing.T) {
+	const cooldown = 300 * time.Millisecond
+	c := needCluster(t)
+
+	t.Run("off", func(t *testing.T) {
+		db, cn := outageDB(t, c.DSN()+"&breaker=off")
+		if err := db.Ping(); err != nil {
+			t.Fatal(err)
+		}
+		if s := cn.Stats().Breaker; s != BreakerDisabled {
+			t.Errorf("Breaker = %v with breaker=off, want disabled", s)
+		}
+	})
+
+	t.Run("server stopped", func(t *testing.T) {
+		db, cn := outageDB(t, c.DSN()+"&breaker_failures=1&connect_retries=0&breaker_cooldown="+cooldown.String())
+		if s := cn.Stats().Breaker; s != BreakerClosed {
+			t.Fatalf("Breaker = %v before any call, want closed", s)
+		}
+		outageStop(t, c)
+
+		err := outageSelect(db)
+		if !IsDisconnect(err) || errors.Is(err, ErrCircuitOpen) {
+			t.Fatalf("first call: want a connect failure, got %v", err)
+		}
+		tripped := cn.Stats()
+		checkStats(t, Stats{}, tripped, statsWant{"ConnectFailures": exactly(1), "BreakerTransitions": exactly(1)})
+		if tripped.Breaker != BreakerOpen {
+			t.Errorf("Breaker = %v after the failure, want open", tripped.Breaker)
+		}
+
+		for i := range 3 {
+			if err := outageSelect(db); !errors.Is(err, ErrCircuitOpen) {
+				t.Fatalf("call %d while open: want ErrCircuitOpen, got %v", i+2, err)
+			}
+		}
+		rejected := cn.Stats()
+		checkStats(t, tripped, rejected, statsWant{"BreakerRejected": exactly(3)})
+		if rejected.Breaker != BreakerOpen {
+			t.Errorf("Breaker = %v while rejecting, want open", rejected.Breaker)
+		}
+
+		outageResume(t, c)
+		// Reading the state after the cooldown moves the breaker to
+		// half-open, as the next call would find it.
+		deadline := time.Now().Add(10 * time.Second)
+		for cn.Stats().Breaker != BreakerHalfOpen {
+			if time.Now().After(deadline) {
+				t.Fatalf("the breaker is %v 10s after opening, want half-open", cn.Stats().Breaker)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		half := cn.Stats()
+		checkStats(t, rejected, half, statsWant{"BreakerTransitions": exactly(1)})
+
+		if err := outageSelect(db); err != nil {
+			t.Fatalf("the probe: %v", err)
+		}
+		closed := cn.Stats()
+		checkStats(t, half, closed, statsWant{"BreakerTransitions": exactly(1), "Opened": exactly(1)})
+		if closed.Breaker != BreakerClosed {
+			t.Errorf("Breaker = %v after the probe succeeded, want closed", closed.Breaker)
+		}
+	})
+}
