@@ -1,0 +1,221 @@
+// Package pgresilientprom exports a pgresilient Connector's Stats as
+// Prometheus metrics.
+//
+//	connector, err := pgresilient.NewConnector(dsn)
+//	...
+//	db := sql.OpenDB(connector)
+//	prometheus.MustRegister(pgresilientprom.NewCollector(connector,
+//		pgresilientprom.WithConstLabels(prometheus.Labels{"db_name": "orders"})))
+//
+// Every scrape reads one Stats snapshot and reports it as constant metrics:
+// the collector starts no goroutine and holds no state besides its
+// descriptors. database/sql's own pool gauges (open, in use, idle, waits) come
+// from client_golang's collectors.NewDBStatsCollector; register both (see the
+// example).
+//
+// The metrics, with the default namespace "pgresilient":
+//
+//	pgresilient_connections_opened_total                counter  Stats.Opened
+//	pgresilient_connections_closed_total                counter  Stats.Closed
+//	pgresilient_connections_discarded_total{reason}     counter  Stats.DiscardedLost, Idle, Verify, Rollback (reason "lost", "idle", "verify", "rollback")
+//	pgresilient_connection_verifications_total          counter  Stats.Verifications
+//	pgresilient_badconn_retries_total                   counter  Stats.BadConnRetries
+//	pgresilient_conn_lost_total                         counter  Stats.ConnLost
+//	pgresilient_pool_invalidations_total                counter  Stats.Invalidations
+//	pgresilient_connect_failures_total                  counter  Stats.ConnectFailures
+//	pgresilient_connect_retries_total                   counter  Stats.ConnectRetries
+//	pgresilient_tx_autorollbacks_total                  counter  Stats.AutoRollbacks
+//	pgresilient_pool_rollbacks_total                    counter  Stats.PoolRollbacks
+//	pgresilient_breaker_state{state}                    gauge    1 for Stats.Breaker's state ("closed", "half-open", "open"), 0 for the others
+//	pgresilient_breaker_transitions_total               counter  Stats.BreakerTransitions
+//	pgresilient_breaker_rejected_total                  counter  Stats.BreakerRejected
+//
+// With breaker=off there is no breaker: pgresilient_breaker_state is not
+// exported, and the two breaker counters stay 0.
+//
+// docs/observability.md in the pgresilient repository says when each one
+// moves and what to alert on.
+package pgresilientprom
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgresilient/pgresilient"
+)
+
+// DefaultNamespace is the prefix of every metric name unless WithNamespace
+// changes it.
+const DefaultNamespace = "pgresilient"
+
+// Source is what a Collector reads: *pgresilient.Connector implements it.
+type Source interface {
+	Stats() pgresilient.Stats
+}
+
+var _ Source = (*pgresilient.Connector)(nil)
+
+// Option sets a setting of NewCollector.
+type Option func(*options)
+
+type options struct {
+	namespace   string
+	constLabels prometheus.Labels
+}
+
+// WithNamespace sets the prefix of the metric names (default "pgresilient";
+// "" leaves the names without one). Names are checked when the Collector is
+// registered.
+func WithNamespace(ns string) Option {
+	return func(o *options) { o.namespace = ns }
+}
+
+// WithConstLabels adds labels with fixed values to every metric, such as
+// {"db_name": "orders"} (the label client_golang's DBStatsCollector uses),
+// so that the Collectors of several Connectors can be registered side by
+// side. Calling it again adds to the labels. Names are checked when the
+// Collector is registered: "reason" and "state", the Collector's own label
+// names, are refused then.
+func WithConstLabels(labels prometheus.Labels) Option {
+	return func(o *options) {
+		if o.constLabels == nil {
+			o.constLabels = prometheus.Labels{}
+		}
+		for k, v := range labels {
+			o.constLabels[k] = v
+		}
+	}
+}
+
+// counterSpec is one counter: its name without the namespace, its help, and
+// the Stats field it reports.
+type counterSpec struct {
+	name, help string
+	get        func(pgresilient.Stats) int64
+}
+
+// counterSpecs are the counters without variable labels, in the order they
+// are described and collected.
+var counterSpecs = []counterSpec{
+	{"connections_opened_total", "Connections opened to the server.",
+		func(s pgresilient.Stats) int64 { return s.Opened }},
+	{"connections_closed_total", "Connections closed: by database/sql (SetConnMaxLifetime, SetConnMaxIdleTime, SetMaxIdleConns, DB.Close) or after pgresilient discarded them.",
+		func(s pgresilient.Stats) int64 { return s.Closed }},
+	{"connection_verifications_total", "Pooled connections pinged before reuse: on their first reuse, after over 1s idle, with unread bytes pending, or after a pool invalidation.",
+		func(s pgresilient.Stats) int64 { return s.Verifications }},
+	{"badconn_retries_total", "Failures returned to database/sql as driver.ErrBadConn because nothing had been sent: database/sql retried the operation on another connection.",
+		func(s pgresilient.Stats) int64 { return s.BadConnRetries }},
+	{"conn_lost_total", "Operations that failed with ErrConnLost: the connection broke after the statement or COMMIT may have reached the server, so its outcome is unknown.",
+		func(s pgresilient.Stats) int64 { return s.ConnLost }},
+	{"pool_invalidations_total", "Pool invalidations: a connection learned that the server went away, so every pooled connection is verified before its next use.",
+		func(s pgresilient.Stats) int64 { return s.Invalidations }},
+	{"connect_failures_total", "Failed connection attempts, retried or not.",
+		func(s pgresilient.Stats) int64 { return s.ConnectFailures }},
+	{"connect_retries_total", "Connection attempts that were retries of a transient failure (connect_retries).",
+		func(s pgresilient.Stats) int64 { return s.ConnectRetries }},
+	{"tx_autorollbacks_total", "Transactions rolled back on the server as soon as one of their statements failed (tx_autorollback).",
+		func(s pgresilient.Stats) int64 { return s.AutoRollbacks }},
+	{"pool_rollbacks_total", "Connections returned to the pool inside a transaction block and rolled back on the way in.",
+		func(s pgresilient.Stats) int64 { return s.PoolRollbacks }},
+	{"breaker_transitions_total", "Circuit breaker state changes.",
+		func(s pgresilient.Stats) int64 { return s.BreakerTransitions }},
+	{"breaker_rejected_total", "Calls failed at once with ErrCircuitOpen by the open circuit breaker, without dialling or sending anything.",
+		func(s pgresilient.Stats) int64 { return s.BreakerRejected }},
+}
+
+// discardReasons are the values of the reason label, with the Stats field
+// each one reports.
+var discardReasons = []struct {
+	reason string
+	get    func(pgresilient.Stats) int64
+}{
+	{"lost", func(s pgresilient.Stats) int64 { return s.DiscardedLost }},
+	{"idle", func(s pgresilient.Stats) int64 { return s.DiscardedIdle }},
+	{"verify", func(s pgresilient.Stats) int64 { return s.DiscardedVerify }},
+	{"rollback", func(s pgresilient.Stats) int64 { return s.DiscardedRollback }},
+}
+
+// breakerStates are the values of the state label.
+var breakerStates = []pgresilient.BreakerState{
+	pgresilient.BreakerClosed,
+	pgresilient.BreakerHalfOpen,
+	pgresilient.BreakerOpen,
+}
+
+// Collector is a prometheus.Collector for one Connector's Stats. It is safe
+// for concurrent use.
+type Collector struct {
+	src       Source
+	counters  []*prometheus.Desc // one per counterSpecs entry
+	discarded *prometheus.Desc
+	breaker   *prometheus.Desc
+}
+
+var _ prometheus.Collector = (*Collector)(nil)
+
+// NewCollector returns a Collector that reads src, usually a
+// *pgresilient.Connector, once per scrape. It panics if src is nil.
+func NewCollector(src Source, opts ...Option) *Collector {
+	if src == nil {
+		panic("pgresilientprom: NewCollector: nil Source")
+	}
+	o := options{namespace: DefaultNamespace}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	name := func(n string) string { return prometheus.BuildFQName(o.namespace, "", n) }
+	c := &Collector{src: src}
+	for _, s := range counterSpecs {
+		c.counters = append(c.counters, prometheus.NewDesc(name(s.name), s.help, nil, o.constLabels))
+	}
+	c.discarded = prometheus.NewDesc(name("connections_discarded_total"),
+		"Connections pgresilient took out of use, each counted once, by reason: lost (broke during use), "+
+			"idle (seen closed or reset by the socket peek on reuse), verify (failed the ping before reuse: "+
+			"terminated by the server while idle, or a silent network), rollback (left inside a transaction block whose rollback failed).",
+		[]string{"reason"}, o.constLabels)
+	c.breaker = prometheus.NewDesc(name("breaker_state"),
+		"Circuit breaker state: 1 for the current state, 0 for the others. Not exported with breaker=off.",
+		[]string{"state"}, o.constLabels)
+	return c
+}
+
+// Describe sends the descriptors of every metric the Collector exports.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.counters {
+		ch <- d
+	}
+	ch <- c.discarded
+	ch <- c.breaker
+}
+
+// Collect reads one Stats snapshot and sends it as constant metrics.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src.Stats()
+	for i, spec := range counterSpecs {
+		send(ch, c.counters[i], prometheus.CounterValue, float64(spec.get(s)))
+	}
+	for _, r := range discardReasons {
+		send(ch, c.discarded, prometheus.CounterValue, float64(r.get(s)), r.reason)
+	}
+	if s.Breaker == pgresilient.BreakerDisabled {
+		return
+	}
+	for _, st := range breakerStates {
+		v := 0.0
+		if s.Breaker == st {
+			v = 1
+		}
+		send(ch, c.breaker, prometheus.GaugeValue, v, st.String())
+	}
+}
+
+// send sends one constant metric, or an invalid one carrying the error (an
+// invalid descriptor, which registration reports first).
+func send(ch chan<- prometheus.Metric, d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
+	m, err := prometheus.NewConstMetric(d, t, v, labels...)
+	if err != nil {
+		m = prometheus.NewInvalidMetric(d, err)
+	}
+	ch <- m
+}
