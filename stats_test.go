@@ -276,6 +276,23 @@ func TestStatsConnLost(t *testing.T) {
 			}
 			return err
 		}, lost},
+		{"reset inside a transaction", func(t *testing.T, db *sql.DB, p *faultproxy.Proxy) error {
+			tx, err := db.Begin()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.CutOn([]byte("stats_tx_reset"), true)
+			_, err = tx.Exec("select 'stats_tx_reset'")
+			// The transaction is gone: its next statement and its Commit say
+			// so again, sending nothing, and the loss is counted once.
+			if _, err := tx.Exec("select 1"); !errors.Is(err, ErrConnLost) {
+				t.Errorf("next statement of the transaction: want ErrConnLost, got %v", err)
+			}
+			if err := tx.Commit(); !errors.Is(err, ErrConnLost) {
+				t.Errorf("commit: want ErrConnLost, got %v", err)
+			}
+			return err
+		}, lost},
 		{"backend terminated mid-statement", func(t *testing.T, db *sql.DB, _ *faultproxy.Proxy) error {
 			pid := statsPid(t, db)
 			done := make(chan error, 1)
