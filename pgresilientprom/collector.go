@@ -104,7 +104,7 @@ var counterSpecs = []counterSpec{
 		func(s pgresilient.Stats) int64 { return s.Verifications }},
 	{"badconn_retries_total", "Failures returned to database/sql as driver.ErrBadConn because nothing had been sent: database/sql retried the operation on another connection.",
 		func(s pgresilient.Stats) int64 { return s.BadConnRetries }},
-	{"conn_lost_total", "Operations that failed with ErrConnLost: the connection broke after the statement or COMMIT may have reached the server, so its outcome is unknown.",
+	{"conn_lost_total", "Connections lost during an operation whose outcome is unknown, counted once each: the caller got ErrConnLost, and the statement or COMMIT may have reached the server.",
 		func(s pgresilient.Stats) int64 { return s.ConnLost }},
 	{"pool_invalidations_total", "Pool invalidations: a connection learned that the server went away, so every pooled connection is verified before its next use.",
 		func(s pgresilient.Stats) int64 { return s.Invalidations }},

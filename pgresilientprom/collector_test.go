@@ -76,7 +76,7 @@ pgresilient_breaker_state{state="open"} 1
 # HELP pgresilient_breaker_transitions_total Circuit breaker state changes.
 # TYPE pgresilient_breaker_transitions_total counter
 pgresilient_breaker_transitions_total 25
-# HELP pgresilient_conn_lost_total Operations that failed with ErrConnLost: the connection broke after the statement or COMMIT may have reached the server, so its outcome is unknown.
+# HELP pgresilient_conn_lost_total Connections lost during an operation whose outcome is unknown, counted once each: the caller got ErrConnLost, and the statement or COMMIT may have reached the server.
 # TYPE pgresilient_conn_lost_total counter
 pgresilient_conn_lost_total 19
 # HELP pgresilient_connect_failures_total Failed connection attempts, retried or not.
@@ -195,7 +195,7 @@ func TestRegistry(t *testing.T) {
 		}
 	}
 	want := `
-# HELP pgresilient_conn_lost_total Operations that failed with ErrConnLost: the connection broke after the statement or COMMIT may have reached the server, so its outcome is unknown.
+# HELP pgresilient_conn_lost_total Connections lost during an operation whose outcome is unknown, counted once each: the caller got ErrConnLost, and the statement or COMMIT may have reached the server.
 # TYPE pgresilient_conn_lost_total counter
 pgresilient_conn_lost_total{db_name="orders"} 1
 pgresilient_conn_lost_total{db_name="users"} 2
