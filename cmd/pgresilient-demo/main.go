@@ -1,12 +1,18 @@
-// Command pgresilient-demo starts a throwaway PostgreSQL cluster, puts a
-// fault proxy in front of it, and runs the same faults against two pools, one
-// over raw pgx stdlib and one over pgresilient, printing what the application
-// saw in each case.
+// Command pgresilient-demo runs the same concurrent workload, transfers
+// between the accounts of a small ledger, through two pools side by side, one
+// over raw pgx stdlib and one over pgresilient, while a script of real faults
+// hits a real PostgreSQL: terminated backends, a restart, a network cut and a
+// blackhole, a stopped server, an aborted transaction, a database that starts
+// after the application. It then checks each ledger (money conserved, every
+// acknowledged transfer present exactly once) and prints, per phase and pool,
+// what the application saw.
 //
-//	go run ./cmd/pgresilient-demo
+//	go run ./cmd/pgresilient-demo                      # a throwaway cluster, every fault
+//	go run ./cmd/pgresilient-demo -report report.html  # also a self-contained HTML report with charts
+//	go run ./cmd/pgresilient-demo -dsn postgres://app@localhost/app  # an existing server: only the faults it allows
 //
-// It needs the PostgreSQL server binaries (initdb, pg_ctl); it never touches
-// another server.
+// With no -dsn it needs the PostgreSQL server binaries (initdb, pg_ctl); it
+// never touches another server. docs/demo.md explains every column.
 package main
 
 import (
@@ -15,274 +21,336 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
-	"text/tabwriter"
+	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/pgresilient/pgresilient"
-	"github.com/pgresilient/pgresilient/internal/faultproxy"
-	"github.com/pgresilient/pgresilient/internal/pgtest"
 )
 
-// result is what one pool saw in one phase.
-type result struct {
-	ok, failed int
-	rows       int // rows the phase's write left in its table, where it counts
-	note       string
+// config is the demo's settings: flags, and the pace of the workload.
+type config struct {
+	dsn    string // an existing server; "" starts a throwaway cluster
+	report string // HTML report path; "" for none
+
+	baseline time.Duration // length of the baseline phase
+	outage   time.Duration // how long the lasting faults last (blackhole, stopped server, ...)
+	observe  time.Duration // how long each phase watches the recovery after its fault
+
+	workers   int           // per pool
+	accounts  int           // per ledger
+	interval  time.Duration // between the starts of two transfers of one worker
+	opTimeout time.Duration // context deadline of every transfer, in both pools
+
+	progress io.Writer // live progress line; nil for none
 }
 
-type phase struct {
-	name, what string
-	run        func(ctx context.Context, env *env, driverName string) (result, error)
+func defaultConfig() config {
+	return config{
+		baseline:  3 * time.Second,
+		outage:    3 * time.Second,
+		observe:   4 * time.Second,
+		workers:   8,
+		accounts:  100,
+		interval:  20 * time.Millisecond,
+		opTimeout: time.Second,
+	}
 }
 
-type env struct {
-	cluster *pgtest.Cluster
-	proxy   *faultproxy.Proxy
+// pgresilientParams are the pgresilient DSN parameters of the demo's pool:
+// a breaker that opens after 5 connectivity failures in a row and probes
+// every second, connection retries within a second, and a statement deadline.
+func pgresilientParams(cfg *config) []string {
+	return []string{
+		"breaker_failures", "5",
+		"breaker_cooldown", "1s",
+		"connect_retries", "3",
+		"connect_backoff", "50ms",
+		"connect_backoff_max", "500ms",
+		"query_timeout", cfg.opTimeout.String(),
+	}
 }
-
-func (e *env) dsn() string { return e.cluster.DSNFor(e.proxy.Host(), e.proxy.Port()) }
-
-var drivers = []string{"pgx", pgresilient.DriverName}
 
 func main() {
-	timeout := flag.Duration("timeout", 2*time.Minute, "give up after this long")
+	cfg := defaultConfig()
+	flag.StringVar(&cfg.dsn, "dsn", "", "run against this existing server (a pgx DSN) instead of a throwaway cluster;\nonly the faults that need no control of the server run")
+	flag.StringVar(&cfg.report, "report", "", "also write a self-contained HTML `file` with a timeline chart per pool")
+	flag.DurationVar(&cfg.outage, "outage", cfg.outage, "how long the blackhole, the stopped server and the late start last")
+	flag.DurationVar(&cfg.observe, "observe", cfg.observe, "how long each phase watches the recovery after its fault")
+	flag.IntVar(&cfg.workers, "workers", cfg.workers, "concurrent workers (and connections) per pool")
+	flag.DurationVar(&cfg.opTimeout, "op-timeout", cfg.opTimeout, "context deadline of each transfer, in both pools (also pgresilient's query_timeout)")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: pgresilient-demo [flags]\n\n"+
+			"Runs the same ledger workload through raw pgx stdlib and through pgresilient\n"+
+			"while faults hit PostgreSQL, then prints what each pool saw. See docs/demo.md.\n\n")
+		flag.PrintDefaults()
+	}
 	flag.Parse()
-	if err := run(*timeout); err != nil {
+	if flag.NArg() > 0 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	if isTerminal(os.Stdout) {
+		cfg.progress = os.Stdout
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	began := time.Now()
+	_, err := run(ctx, &cfg, os.Stdout)
+	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(os.Stderr, "\npgresilient-demo: interrupted; cleaned up")
+			os.Exit(130)
+		}
 		fmt.Fprintln(os.Stderr, "pgresilient-demo:", err)
 		os.Exit(1)
 	}
+	fmt.Printf("\ndone in %v\n", time.Since(began).Round(100*time.Millisecond))
 }
 
-func run(timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
-	defer stop()
-
-	fmt.Println("starting a throwaway PostgreSQL cluster ...")
-	cluster, err := pgtest.Start(ctx)
-	if err != nil {
-		return err
-	}
-	defer cluster.Close()
-	proxy, err := faultproxy.New(cluster.Addr())
-	if err != nil {
-		return err
-	}
-	defer proxy.Close()
-	e := &env{cluster: cluster, proxy: proxy}
-	fmt.Printf("cluster on %s, fault proxy on %s\n\n", cluster.Addr(), proxy.Addr())
-
-	phases := []phase{
-		{"terminate", "pg_terminate_backend on every backend of a warm pool of 8, then 200 queries", phaseTerminate},
-		{"restart", "pg_ctl restart -m fast under a warm pool of 8, then 200 queries", phaseRestart},
-		{"cut-mid-statement", "network reset during `begin; insert; commit; select pg_sleep(0.5)`", phaseCut},
-		{"lib/pq#939", "`begin; insert; commit; select pg_terminate_backend(pg_backend_pid())`", phase939},
-		{"aborted-tx", "a unique violation inside a transaction, then one more statement", phaseAbortedTx},
-	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PHASE\tPOOL\tOK\tERRORS\tROWS\tWHAT THE APP SAW")
-	for _, ph := range phases {
-		fmt.Fprintf(os.Stderr, "phase %s: %s\n", ph.name, ph.what)
-		for _, d := range drivers {
-			r, err := ph.run(ctx, e, d)
-			if err != nil {
-				return fmt.Errorf("phase %s (%s): %w", ph.name, d, err)
-			}
-			rows := "-"
-			if r.rows >= 0 {
-				rows = fmt.Sprint(r.rows)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", ph.name, d, r.ok, r.failed, rows, r.note)
-		}
-	}
-	fmt.Println()
-	return tw.Flush()
+// isTerminal reports whether f is a character device, such as a terminal.
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-func open(e *env, driverName string) (*sql.DB, error) {
-	db, err := sql.Open(driverName, e.dsn())
-	if err != nil {
-		return nil, err
-	}
-	if err := db.Ping(); err != nil {
-		db.Close()
-		return nil, err
-	}
-	return db, nil
-}
-
-// warm gives db n connections, each used twice and just now.
-func warm(db *sql.DB, n int) error {
-	db.SetMaxOpenConns(n)
-	db.SetMaxIdleConns(n)
-	for range 2 {
-		var wg sync.WaitGroup
-		errs := make([]error, n)
-		for i := range n {
-			wg.Go(func() { _, errs[i] = db.Exec("select pg_sleep(0.05)") })
-		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
-			return err
-		}
+func (c *config) validate() error {
+	switch {
+	case c.workers < 1 || c.workers > 100:
+		return errors.New("-workers: want 1 to 100")
+	case c.outage <= 0 || c.observe <= 0 || c.baseline <= 0:
+		return errors.New("-outage and -observe must be positive")
+	case c.opTimeout < 10*time.Millisecond:
+		return errors.New("-op-timeout: want at least 10ms")
+	case c.accounts < 2:
+		return errors.New("need at least 2 accounts")
 	}
 	return nil
 }
 
-func queries(db *sql.DB, n int) (r result) {
-	r.rows = -1
-	for range n {
-		var one int
-		if err := db.QueryRow("select 1").Scan(&one); err != nil {
-			if r.failed == 0 {
-				r.note = short(err)
-			}
-			r.failed++
-		} else {
-			r.ok++
+// demo is one run.
+type demo struct {
+	cfg    *config
+	env    *env
+	wl     *workload
+	runs   []*phaseRun
+	prefix string // table name prefix, unique per run
+	out    io.Writer
+}
+
+// run runs the demo and prints its tables to out. It returns the results, or
+// why the demo could not run. Whatever happens, the cluster it started is
+// stopped and removed, and the tables it created are dropped.
+func run(ctx context.Context, cfg *config, out io.Writer) (res *results, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	d := &demo{cfg: cfg, out: out, prefix: fmt.Sprintf("demo_%x", time.Now().UnixNano()&0xffffff)}
+	if cfg.dsn == "" {
+		fmt.Fprintln(out, "starting a throwaway PostgreSQL cluster...")
+		d.env, err = startCluster(ctx)
+	} else {
+		d.env, err = useServer(ctx, cfg.dsn)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := d.env.close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+
+	d.wl = &workload{cfg: cfg, obs: d.env.obs}
+	for _, name := range []string{"pgx", pgresilient.DriverName} {
+		d.wl.pools = append(d.wl.pools, &pool{name: name, led: newLedger(d.prefix, name, cfg.accounts)})
+	}
+	for _, p := range d.wl.pools {
+		if err := p.led.create(ctx, d.env.obs); err != nil {
+			return nil, fmt.Errorf("creating the ledger: %w", err)
 		}
 	}
-	if r.failed == 0 {
-		r.note = "nothing"
+	if cfg.dsn != "" {
+		defer d.dropLedgers()
 	}
-	return r
-}
+	d.printIntro()
 
-// warmFault warms a pool of 8, applies fault, then runs 200 queries.
-func warmFault(e *env, d string, fault func() error) (result, error) {
-	db, err := open(e, d)
+	if err := d.openPools(); err != nil {
+		return nil, err
+	}
+	d.wl.start(ctx)
+	stopProgress := d.startProgress()
+	err = d.runPhases(ctx)
+	d.wl.halt()
+	stopProgress()
+	if cerr := d.closePools(); err == nil {
+		err = cerr
+	}
 	if err != nil {
-		return result{}, err
+		return nil, err
 	}
-	defer db.Close()
-	if err := warm(db, 8); err != nil {
-		return result{}, err
+	total := d.wl.since()
+
+	// A statement whose client was cut off may still be running on the
+	// server: let it finish before reading the ledgers.
+	if err := d.env.obs.waitBackendsGone(ctx, 10*time.Second); err != nil {
+		return nil, err
 	}
-	if err := fault(); err != nil {
-		return result{}, err
-	}
-	return queries(db, 200), nil
-}
-
-func phaseTerminate(ctx context.Context, e *env, d string) (result, error) {
-	return warmFault(e, d, func() error {
-		_, err := e.cluster.TerminateBackends(ctx)
-		return err
-	})
-}
-
-func phaseRestart(_ context.Context, e *env, d string) (result, error) {
-	return warmFault(e, d, func() error { return e.cluster.Restart(pgtest.ModeFast) })
-}
-
-// openWithTable creates an empty table prefix_<driver> and opens a pool.
-func openWithTable(ctx context.Context, e *env, prefix, d string) (*sql.DB, string, error) {
-	name := prefix + "_" + strings.ReplaceAll(d, "pgresilient", "pgr")
-	if err := e.cluster.Exec(ctx, "drop table if exists "+name+"; create table "+name+" (id int)"); err != nil {
-		return nil, "", err
-	}
-	db, err := open(e, d)
-	return db, name, err
-}
-
-func count(ctx context.Context, e *env, name string) (int, error) {
-	return pgtest.QueryValue[int](ctx, e.cluster, "select count(*)::int from "+name)
-}
-
-func phaseCut(ctx context.Context, e *env, d string) (result, error) {
-	db, name, err := openWithTable(ctx, e, "demo_cut", d)
+	res, err = d.results(ctx, total)
 	if err != nil {
-		return result{}, err
+		return nil, err
 	}
-	defer db.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		time.Sleep(150 * time.Millisecond)
-		e.proxy.Cut()
-	}()
-	_, err = db.Exec("begin; insert into " + name + " values (1); commit; select pg_sleep(0.5)")
-	<-done
-	time.Sleep(600 * time.Millisecond) // the server finishes on its side
-	return writeResult(ctx, e, name, err)
+	printResults(out, d, res)
+	if cfg.report != "" {
+		if err := writeReport(cfg.report, d, res); err != nil {
+			return nil, fmt.Errorf("writing the report: %w", err)
+		}
+		fmt.Fprintf(out, "\nreport written to %s\n", cfg.report)
+	}
+	return res, nil
 }
 
-func phase939(ctx context.Context, e *env, d string) (result, error) {
-	db, name, err := openWithTable(ctx, e, "demo_939", d)
-	if err != nil {
-		return result{}, err
-	}
-	defer db.Close()
-	_, err = db.Exec("begin; insert into " + name + " values (1); commit; select pg_terminate_backend(pg_backend_pid())")
-	return writeResult(ctx, e, name, err)
-}
-
-func writeResult(ctx context.Context, e *env, name string, err error) (result, error) {
-	n, cerr := count(ctx, e, name)
-	if cerr != nil {
-		return result{}, cerr
-	}
-	r := result{rows: n, note: "nil error"}
-	if err != nil {
-		r.failed = 1
-		r.note = short(err)
+// printIntro says where the demo runs, with what, and what it will do.
+func (d *demo) printIntro() {
+	w, cfg := d.out, d.cfg
+	if d.env.cluster != nil {
+		fmt.Fprintf(w, "cluster on %s, fault proxy on %s\n", d.env.cluster.Addr(), d.env.proxy.Addr())
 	} else {
-		r.ok = 1
+		if d.env.proxy != nil {
+			fmt.Fprintf(w, "existing server (-dsn), fault proxy on %s in front of it\n", d.env.proxy.Addr())
+		} else {
+			fmt.Fprintf(w, "existing server (-dsn), no fault proxy: %s\n", d.env.noProxy)
+		}
+		fmt.Fprintf(w, "tables %s_* (dropped at the end)\n", d.prefix)
 	}
-	if n > 1 {
-		r.note += fmt.Sprintf(" -- the insert ran %d times", n)
+	fmt.Fprintf(w, "workload: %d workers per pool, each starting a transfer every %v\n", cfg.workers, cfg.interval)
+	fmt.Fprintf(w, "  between %d accounts; even workers use a sql.Tx, odd ones a single\n", cfg.accounts)
+	fmt.Fprintf(w, "  autocommit statement; every transfer has a %v context deadline\n", cfg.opTimeout)
+	fmt.Fprintf(w, "pools: SetMaxOpenConns(%d), SetMaxIdleConns(%d)\n", cfg.workers, cfg.workers)
+	fmt.Fprintf(w, "  pgx          raw pgx v5 stdlib (driver \"pgx\")\n")
+	fmt.Fprintf(w, "  pgresilient  %s\n", wrap(paramString(pgresilientParams(cfg)), 63, "               "))
+	fmt.Fprintln(w, "phases:")
+	for i, def := range phaseDefs {
+		if why := skipReason(def, d.env); why != "" {
+			fmt.Fprintf(w, "  %d %-10s skipped: %s\n", i+1, def.name, why)
+			continue
+		}
+		fmt.Fprintf(w, "  %d %-10s %s\n", i+1, def.name, wrap(def.title, 63, "               "))
 	}
-	return r, nil
+	fmt.Fprintln(w)
 }
 
-func phaseAbortedTx(ctx context.Context, e *env, d string) (result, error) {
-	name := "demo_tx_" + strings.ReplaceAll(d, "pgresilient", "pgr")
-	if err := e.cluster.Exec(ctx, "drop table if exists "+name+"; create table "+name+" (id int primary key); insert into "+name+" values (1)"); err != nil {
-		return result{}, err
+// paramString formats key, value pairs as "key=value key=value".
+func paramString(params []string) string {
+	var b strings.Builder
+	for i := 0; i+1 < len(params); i += 2 {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(params[i] + "=" + params[i+1])
 	}
-	db, err := open(e, d)
-	if err != nil {
-		return result{}, err
-	}
-	defer db.Close()
-	tx, err := db.Begin()
-	if err != nil {
-		return result{}, err
-	}
-	defer tx.Rollback()
-	var pid int
-	if err := tx.QueryRow("select pg_backend_pid()").Scan(&pid); err != nil {
-		return result{}, err
-	}
-	_, _ = tx.Exec("insert into " + name + " values (1)")
-	var state string
-	err = e.cluster.WithConn(ctx, func(c *pgx.Conn) error {
-		return c.QueryRow(ctx, "select coalesce(state, '') from pg_stat_activity where pid = $1", pid).Scan(&state)
-	})
-	if err != nil {
-		return result{}, err
-	}
-	_, err = tx.Exec("insert into " + name + " values (2)")
-	r := result{rows: -1, failed: 2, note: fmt.Sprintf("server: %q; next: %s", state, short(err))}
-	return r, nil
+	return b.String()
 }
 
-// short returns an error's message cut to fit a table.
-func short(err error) string {
-	if err == nil {
-		return "nil error"
+// wrap breaks s into lines of at most width bytes, indenting the later ones.
+func wrap(s string, width int, indent string) string {
+	var b strings.Builder
+	n := 0
+	for i, word := range strings.Fields(s) {
+		if i > 0 {
+			if n+1+len(word) > width {
+				b.WriteString("\n" + indent)
+				n = 0
+			} else {
+				b.WriteByte(' ')
+				n++
+			}
+		}
+		b.WriteString(word)
+		n += len(word)
 	}
-	s := err.Error()
-	if len(s) > 110 {
-		s = s[:107] + "..."
+	return b.String()
+}
+
+// openPools opens a new *sql.DB for each pool; the workers use it from their
+// next transfer. sql.Open connects to nothing yet.
+func (d *demo) openPools() error {
+	for _, p := range d.wl.pools {
+		app := []string{"application_name", appNamePrefix + p.name}
+		var db *sql.DB
+		if p.name == "pgx" {
+			dsn, err := withParams(d.env.base, "", 0, app)
+			if err != nil {
+				return err
+			}
+			db, err = sql.Open("pgx", dsn)
+			if err != nil {
+				return err
+			}
+		} else {
+			dsn, err := withParams(d.env.base, "", 0, append(app, pgresilientParams(d.cfg)...))
+			if err != nil {
+				return err
+			}
+			cn, err := pgresilient.NewConnector(dsn)
+			if err != nil {
+				return err
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, cn)
+			p.mu.Unlock()
+			db = sql.OpenDB(cn)
+		}
+		db.SetMaxOpenConns(d.cfg.workers)
+		db.SetMaxIdleConns(d.cfg.workers)
+		p.db.Store(db)
 	}
-	return s
+	return nil
+}
+
+// closePools closes both pools' current *sql.DB.
+func (d *demo) closePools() error {
+	var errs []error
+	for _, p := range d.wl.pools {
+		if db := p.db.Swap(nil); db != nil {
+			errs = append(errs, db.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// runPhases runs the fault script.
+func (d *demo) runPhases(ctx context.Context) error {
+	for i, def := range phaseDefs {
+		r := &phaseRun{def: def, idx: i, skipped: skipReason(def, d.env)}
+		d.runs = append(d.runs, r)
+		if !r.ran() {
+			continue
+		}
+		r.start = d.wl.since()
+		r.faultStart = r.start
+		d.wl.phase.Store(uint32(i))
+		if err := def.run(ctx, d, r); err != nil {
+			return fmt.Errorf("phase %s: %w", def.name, err)
+		}
+		r.end = d.wl.since()
+	}
+	return nil
+}
+
+// dropLedgers drops the tables the run created on a server given with -dsn.
+func (d *demo) dropLedgers() {
+	ctx, cancel := context.WithTimeout(context.Background(), observerTimeout)
+	defer cancel()
+	for _, p := range d.wl.pools {
+		if err := d.env.obs.exec(ctx, p.led.dropSQL()); err != nil {
+			fmt.Fprintf(os.Stderr, "pgresilient-demo: dropping %s: %v\n", p.led.accounts, err)
+		}
+	}
 }
