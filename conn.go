@@ -297,7 +297,7 @@ func (c *baseConn) fail(ctx context.Context, op string, err error, mark int64) e
 	} else {
 		c.owner.stats.connLost.Add(1)
 		c.owner.logger.LogAttrs(ctx, slog.LevelWarn, "pgresilient: connection lost, outcome unknown",
-			slog.String("op", op), slog.Bool("in_tx", inTx), slog.String("cause", errString(err)))
+			slog.String("op", op), slog.Bool("in_tx", inTx), slog.String("cause", logCause(err)))
 	}
 	return &DisconnectError{Op: op, Safe: safe, InTx: inTx, Err: err}
 }
@@ -377,7 +377,7 @@ func (c *baseConn) autoRollback(ctx context.Context, cause error) {
 	c.aborted.Store(&TxAbortedError{Err: cause})
 	c.owner.stats.autoRollbacks.Add(1)
 	c.owner.logger.LogAttrs(ctx, slog.LevelDebug, "pgresilient: transaction rolled back after a failed statement",
-		slog.String("cause", errString(cause)))
+		slog.String("cause", logCause(cause)))
 }
 
 // rollbackNow sends ROLLBACK on the pgx connection, within the verification
@@ -723,7 +723,7 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	if c.peek != nil {
 		switch c.peek.state() {
 		case peekDead:
-			c.discard(ctx, discardIdle, "closed by the server while idle")
+			c.discard(ctx, discardIdle, "closed while idle")
 			return driver.ErrBadConn
 		case peekPending:
 			// The server said something while we were idle: a notice, a
@@ -775,7 +775,7 @@ func (c *baseConn) verify(ctx context.Context) error {
 	}
 	c.owner.stats.verifications.Add(1)
 	if err := pc.Ping(ctx); err != nil {
-		c.discard(ctx, discardVerify, "failed verification: "+errString(err))
+		c.discard(ctx, discardVerify, "failed verification: "+logCause(err))
 		return driver.ErrBadConn
 	}
 	return nil

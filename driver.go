@@ -224,7 +224,7 @@ func (c *Connector) invalidate(op string, cause error) {
 	c.gen.Add(1)
 	c.stats.invalidations.Add(1)
 	c.logger.LogAttrs(context.Background(), slog.LevelInfo, "pgresilient: pool invalidated: pooled connections will be verified before reuse",
-		slog.String("op", op), slog.String("cause", errString(cause)))
+		slog.String("op", op), slog.String("cause", logCause(cause)))
 }
 
 // baseSlot carries the baseConn from the bottom of the chain to Connect.

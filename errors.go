@@ -82,6 +82,20 @@ func errString(err error) string {
 	return err.Error()
 }
 
+// logCause is err as a log attribute's text. A statement's error from the
+// server is reduced to its SQLSTATE and severity: its message can quote the
+// statement's arguments (22P02: invalid input syntax for type integer:
+// "..."), which must not reach a log. Errors that end the session (FATAL,
+// PANIC, shutdowns, the network's) are logged whole: they say why a
+// connection went away and quote no argument.
+func logCause(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && !serverGone(pgErr) {
+		return "SQLSTATE " + pgErr.Code
+	}
+	return errString(err)
+}
+
 // TxAbortedError is returned by the statements and the Commit of a
 // transaction that pgresilient rolled back on the server after one of its
 // statements failed (tx_autorollback=on). It matches ErrTxAborted and wraps

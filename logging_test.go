@@ -203,6 +203,38 @@ func TestLogEvents(t *testing.T) {
 	t.Logf("%d records:\n%s", logs.count(), logs)
 }
 
+// TestLogNoArguments: a failed statement's arguments never reach the log,
+// even when the server's message quotes them.
+func TestLogNoArguments(t *testing.T) {
+	c := needCluster(t)
+	table := freshTable(t, c, "log_args", DriverName, "(id int)", "")
+	logs := new(logCapture)
+	cn, err := NewConnector(c.DSN(), WithLogger(slog.New(logs)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(cn)
+	t.Cleanup(func() { closeAndCheck(t, db) })
+	ctx := context.Background()
+
+	const secret = "secret-arg-4711"
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tx.ExecContext(ctx, "insert into "+table+" values ($1)", secret)
+	if err == nil || !strings.Contains(err.Error(), secret) {
+		t.Fatalf("insert of %q into an int column: %v; want the server's 22P02 quoting it", secret, err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	wantEvent(t, logs, "pgresilient: transaction rolled back after a failed statement", slog.LevelDebug, "cause")
+	if text := logs.String(); strings.Contains(text, secret) || !strings.Contains(text, "22P02") {
+		t.Errorf("want the SQLSTATE and not the argument in the log:\n%s", text)
+	}
+}
+
 // TestLogSilentByDefault: without WithLogger, nothing reaches slog.Default,
 // even for the events that would be warnings.
 func TestLogSilentByDefault(t *testing.T) {

@@ -169,7 +169,7 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 		}
 		c.stats.connectRetries.Add(1)
 		c.logger.LogAttrs(ctx, slog.LevelDebug, "pgresilient: connect failed, retrying",
-			slog.Int("attempt", attempt+1), slog.Duration("backoff", wait), slog.String("cause", errString(err)))
+			slog.Int("attempt", attempt+1), slog.Duration("backoff", wait), slog.String("cause", logCause(err)))
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():

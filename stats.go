@@ -7,7 +7,7 @@ type discardReason int
 
 const (
 	discardLost     discardReason = iota // an error during use: the network, a shutdown, canceled I/O
-	discardIdle                          // closed by the server while idle in the pool (socket peek)
+	discardIdle                          // closed while idle in the pool, without a message (socket peek)
 	discardVerify                        // failed the ping before reuse
 	discardRollback                      // inside a transaction block whose rollback failed
 	numDiscardReasons
@@ -42,13 +42,13 @@ type Stats struct {
 	// once; the four Discarded* fields below say why, and add up to it.
 	Discarded         int64
 	DiscardedLost     int64 // broken by an error during use: the network, a server shutdown, I/O canceled by a context
-	DiscardedIdle     int64 // found closed by the server while idle in the pool (socket peek on reuse)
-	DiscardedVerify   int64 // failed the ping before reuse
+	DiscardedIdle     int64 // found closed while idle in the pool, without a word from the server (socket peek on reuse: a reset, a cut)
+	DiscardedVerify   int64 // failed the ping before reuse; this includes backends terminated or restarted while idle, whose FATAL message waits on the socket
 	DiscardedRollback int64 // left inside a transaction block whose rollback failed
 
 	Verifications  int64 // pooled connections pinged before reuse: first reuse, idle over 1s, pending data, or a pool invalidation
 	BadConnRetries int64 // errors handed to database/sql as driver.ErrBadConn (nothing was sent; it retries on another connection)
-	ConnLost       int64 // errors returned as ErrConnLost (the statement may have run: outcome unknown)
+	ConnLost       int64 // connections lost with an operation's outcome unknown (ErrConnLost): once per connection, though a lost transaction's later calls return ErrConnLost too
 	Invalidations  int64 // pool invalidations: a connection learned that the server went away
 
 	ConnectFailures int64 // failed connection attempts, retried or not
