@@ -196,6 +196,12 @@ func (b *breaker) done(ctx context.Context, probe func(error), err error) {
 		}
 		return
 	}
+	if de := (*DisconnectError)(nil); errors.As(err, &de) && de.known {
+		// The failure of a connection to an event already counted: the
+		// breaker counts outages, not the connections one outage ends.
+		b.after(probe, classOther)
+		return
+	}
 	b.after(probe, classify(ctx, err))
 }
 

@@ -289,7 +289,7 @@ func (c *baseConn) fail(ctx context.Context, op string, err error, mark int64) e
 	}
 
 	c.markBroken(discardLost)
-	c.owner.invalidate(op, err)
+	news := c.owner.invalidate(c.gen, op, err)
 	inTx := c.inTx.Load()
 	safe := !inTx && c.safeToRetry(mark, err)
 	if safe {
@@ -299,7 +299,7 @@ func (c *baseConn) fail(ctx context.Context, op string, err error, mark int64) e
 		c.owner.logger.LogAttrs(ctx, slog.LevelWarn, "pgresilient: connection lost, outcome unknown",
 			slog.String("op", op), slog.Bool("in_tx", inTx), slog.String("cause", logCause(err)))
 	}
-	return &DisconnectError{Op: op, Safe: safe, InTx: inTx, Err: err}
+	return &DisconnectError{Op: op, Safe: safe, InTx: inTx, Err: err, known: !news}
 }
 
 // deadline gives ctx the query_timeout deadline when it has none. cancel is
@@ -444,9 +444,9 @@ func (c *baseConn) usable(op string) error {
 	if c.broken.Load() || c.innerClosed() {
 		c.markBroken(discardLost)
 		if c.inTx.Load() {
-			return &DisconnectError{Op: op, InTx: true, Err: pgconn.ErrConnClosed}
+			return &DisconnectError{Op: op, InTx: true, Err: pgconn.ErrConnClosed, known: true}
 		}
-		return driver.ErrBadConn
+		return &DisconnectError{Op: op, Safe: true, Err: pgconn.ErrConnClosed, known: true}
 	}
 	return nil
 }

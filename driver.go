@@ -61,6 +61,7 @@ type Connector struct {
 	// gen is bumped whenever a connection learns that the server went away;
 	// pooled connections of an older generation are verified before reuse.
 	gen           atomic.Uint64
+	invalidatedAt atomic.Int64 // unix nanoseconds of the last bump of gen
 	verifyTimeout time.Duration
 	stats         counters
 	breaker       *breaker // nil with breaker=off
@@ -219,13 +220,31 @@ var errForeignConn = errors.New("pgresilient: an interceptor's ConnectorConnect 
 func (c *Connector) Driver() driver.Driver { return &Driver{} }
 
 // invalidate records that the server went away (restart, crash, termination,
-// network): every pooled connection older than now is verified before reuse.
-func (c *Connector) invalidate(op string, cause error) {
-	c.gen.Add(1)
+// network), as a connection last known good at generation from found out:
+// every pooled connection older than now is verified before reuse. It
+// reports whether that was news: false if another connection reported it
+// since this one was last known good, less than sameEvent ago (a restart
+// ends every connection at once), which is then neither counted nor logged
+// again.
+func (c *Connector) invalidate(from uint64, op string, cause error) (news bool) {
+	now := time.Now().UnixNano()
+	if !c.gen.CompareAndSwap(from, from+1) {
+		if now-c.invalidatedAt.Load() < int64(sameEvent) {
+			return false
+		}
+		c.gen.Add(1) // an older report, of another event
+	}
+	c.invalidatedAt.Store(now)
 	c.stats.invalidations.Add(1)
 	c.logger.LogAttrs(context.Background(), slog.LevelInfo, "pgresilient: pool invalidated: pooled connections will be verified before reuse",
 		slog.String("op", op), slog.String("cause", logCause(cause)))
+	return true
 }
+
+// sameEvent is how close together connection failures reported after one
+// another must be to count as one event: the connections a restart or a
+// network cut ends all fail within it.
+const sameEvent = time.Second
 
 // baseSlot carries the baseConn from the bottom of the chain to Connect.
 type (

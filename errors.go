@@ -40,6 +40,11 @@ type DisconnectError struct {
 	Safe bool   // nothing reached the server
 	InTx bool   // the connection was inside a transaction
 	Err  error  // the cause, from the wrapped driver
+
+	// known: the pool had already learned that the server went away when
+	// this connection failed (a restart ends every connection at once), or
+	// the connection was broken before. The breaker counts one event once.
+	known bool
 }
 
 func (e *DisconnectError) Error() string {

@@ -688,3 +688,60 @@ func rawPingFails(t *testing.T, raw *sql.DB, timeout time.Duration, scenario, du
 	t.Logf("MEASURE outage/%s pgx ping_failed_after=%s", scenario, outageMS(took))
 	t.Logf("pgx: %v", err)
 }
+
+// TestOutageCountedOnce: one event that ends every connection at once (a
+// network cut, a restart) is one breaker failure, not one per connection:
+// with breaker_failures=2, four connections lost together leave the breaker
+// closed. Connection attempts that fail afterwards are new evidence and open
+// it.
+func TestOutageCountedOnce(t *testing.T) {
+	const conns = 4
+	c := needCluster(t)
+	proxy := newProxy(t, c)
+	db, cn := outageDB(t, c.DSNFor(proxy.Host(), proxy.Port())+"&breaker_failures=2&breaker_cooldown=1h&connect_retries=0")
+	ctx := context.Background()
+
+	held := make([]*sql.Conn, conns)
+	for i := range held {
+		sc, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sc.PingContext(ctx); err != nil {
+			t.Fatal(err)
+		}
+		held[i] = sc
+	}
+	proxy.Cut()
+	for i, sc := range held {
+		if _, err := sc.ExecContext(ctx, "select 1"); !IsDisconnect(err) {
+			t.Errorf("conn %d after the cut: %v, want a disconnect", i, err)
+		}
+		_ = sc.Close()
+	}
+	st := cn.Stats()
+	if st.Breaker != BreakerClosed || st.BreakerTransitions != 0 {
+		t.Errorf("%d connections lost to one cut with breaker_failures=2: breaker %v after %d transitions, want closed",
+			conns, st.Breaker, st.BreakerTransitions)
+	}
+	if st.Invalidations != 1 || st.DiscardedLost != conns {
+		t.Errorf("Invalidations %d, DiscardedLost %d; want 1 and %d", st.Invalidations, st.DiscardedLost, conns)
+	}
+
+	if err := proxy.Refuse(true); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := proxy.Refuse(false); err != nil {
+			t.Error(err)
+		}
+	}()
+	for range 2 {
+		if err := db.PingContext(ctx); err == nil {
+			t.Fatal("ping through a refusing proxy succeeded")
+		}
+	}
+	if s := cn.BreakerState(); s != BreakerOpen {
+		t.Errorf("after 2 refused connection attempts: breaker %v, want open", s)
+	}
+}
