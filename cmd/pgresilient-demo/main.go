@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -47,6 +48,8 @@ type config struct {
 	interval  time.Duration // between the starts of two transfers of one worker
 	opTimeout time.Duration // context deadline of every transfer, in both pools
 
+	breakerFailures int // pgresilient's breaker_failures
+
 	progress io.Writer // live progress line; nil for none
 }
 
@@ -62,16 +65,21 @@ func defaultConfig() config {
 	}
 }
 
-// pgresilientParams are the pgresilient DSN parameters of the demo's pool:
-// a breaker that opens after 5 connectivity failures in a row and probes
-// every second, connection retries within a second, and a statement deadline.
+// pgresilientParams are the pgresilient DSN parameters of the demo's pool.
+// The breaker opens after cfg.breakerFailures connectivity failures in a row
+// and probes every second. A restart fails every statement in flight at once,
+// up to one per connection, so a threshold at or below the pool size opens
+// the breaker on a plain restart: the default is twice the pool size.
+// Connection attempts are retried for up to about a second, the transfers'
+// deadline; query_timeout bounds what runs without a deadline of its own
+// (every transfer here has one, which wins).
 func pgresilientParams(cfg *config) []string {
 	return []string{
-		"breaker_failures", "5",
+		"breaker_failures", strconv.Itoa(cfg.breakerFailures),
 		"breaker_cooldown", "1s",
-		"connect_retries", "3",
+		"connect_retries", "5",
 		"connect_backoff", "50ms",
-		"connect_backoff_max", "500ms",
+		"connect_backoff_max", "1s",
 		"query_timeout", cfg.opTimeout.String(),
 	}
 }
@@ -83,6 +91,7 @@ func main() {
 	flag.DurationVar(&cfg.outage, "outage", cfg.outage, "how long the blackhole, the stopped server and the late start last")
 	flag.DurationVar(&cfg.observe, "observe", cfg.observe, "how long each phase watches the recovery after its fault")
 	flag.IntVar(&cfg.workers, "workers", cfg.workers, "concurrent workers (and connections) per pool")
+	flag.IntVar(&cfg.breakerFailures, "breaker-failures", 0, "pgresilient's breaker_failures (default: twice -workers)")
 	flag.DurationVar(&cfg.opTimeout, "op-timeout", cfg.opTimeout, "context deadline of each transfer, in both pools (also pgresilient's query_timeout)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: pgresilient-demo [flags]\n\n"+
@@ -121,6 +130,9 @@ func isTerminal(f *os.File) bool {
 }
 
 func (c *config) validate() error {
+	if c.breakerFailures == 0 {
+		c.breakerFailures = 2 * c.workers
+	}
 	switch {
 	case c.workers < 1 || c.workers > 100:
 		return errors.New("-workers: want 1 to 100")
@@ -128,6 +140,8 @@ func (c *config) validate() error {
 		return errors.New("-outage and -observe must be positive")
 	case c.opTimeout < 10*time.Millisecond:
 		return errors.New("-op-timeout: want at least 10ms")
+	case c.breakerFailures < 1:
+		return errors.New("-breaker-failures: want at least 1")
 	case c.accounts < 2:
 		return errors.New("need at least 2 accounts")
 	}
