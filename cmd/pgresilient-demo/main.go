@@ -62,17 +62,18 @@ func defaultConfig() config {
 		accounts:  100,
 		interval:  20 * time.Millisecond,
 		opTimeout: time.Second,
+
+		breakerFailures: 5,
 	}
 }
 
-// pgresilientParams are the pgresilient DSN parameters of the demo's pool.
-// The breaker opens after cfg.breakerFailures connectivity failures in a row
-// and probes every second. A restart fails every statement in flight at once,
-// up to one per connection, so a threshold at or below the pool size opens
-// the breaker on a plain restart: the default is twice the pool size.
-// Connection attempts are retried for up to about a second, the transfers'
-// deadline; query_timeout bounds what runs without a deadline of its own
-// (every transfer here has one, which wins).
+// pgresilientParams are the pgresilient DSN parameters of the demo's pool:
+// the breaker opens after cfg.breakerFailures connectivity failures in a row
+// (pgresilient's default, 5) and probes every second, shorter than the
+// default 5s to suit outages of a few seconds; connection attempts are
+// retried for up to about a second, the transfers' deadline; query_timeout
+// bounds what runs without a deadline of its own (every transfer here has
+// one, and the caller's deadline wins).
 func pgresilientParams(cfg *config) []string {
 	return []string{
 		"breaker_failures", strconv.Itoa(cfg.breakerFailures),
@@ -91,7 +92,7 @@ func main() {
 	flag.DurationVar(&cfg.outage, "outage", cfg.outage, "how long the blackhole, the stopped server and the late start last")
 	flag.DurationVar(&cfg.observe, "observe", cfg.observe, "how long each phase watches the recovery after its fault")
 	flag.IntVar(&cfg.workers, "workers", cfg.workers, "concurrent workers (and connections) per pool")
-	flag.IntVar(&cfg.breakerFailures, "breaker-failures", 0, "pgresilient's breaker_failures (default: twice -workers)")
+	flag.IntVar(&cfg.breakerFailures, "breaker-failures", cfg.breakerFailures, "pgresilient's breaker_failures")
 	flag.DurationVar(&cfg.opTimeout, "op-timeout", cfg.opTimeout, "context deadline of each transfer, in both pools (also pgresilient's query_timeout)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: pgresilient-demo [flags]\n\n"+
@@ -130,9 +131,6 @@ func isTerminal(f *os.File) bool {
 }
 
 func (c *config) validate() error {
-	if c.breakerFailures == 0 {
-		c.breakerFailures = 2 * c.workers
-	}
 	switch {
 	case c.workers < 1 || c.workers > 100:
 		return errors.New("-workers: want 1 to 100")
