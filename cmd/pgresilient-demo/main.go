@@ -105,6 +105,10 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
+	if err := cfg.validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "pgresilient-demo:", err)
+		os.Exit(2)
+	}
 	if isTerminal(os.Stdout) {
 		cfg.progress = os.Stdout
 	}
