@@ -50,6 +50,12 @@ func TestDemo(t *testing.T) {
 
 	checkResults(t, res, phaseNames(phaseDefs))
 	checkReport(t, cfg.report)
+	checkWidth(t, out)
+}
+
+// checkWidth asserts that the output fits an 80-column terminal.
+func checkWidth(t *testing.T, out string) {
+	t.Helper()
 	for _, line := range strings.Split(out, "\n") {
 		if n := len([]rune(line)); n > 79 {
 			t.Errorf("output line of %d columns, want at most 79: %q", n, line)
@@ -87,6 +93,7 @@ func TestDemoDSN(t *testing.T) {
 	}
 	checkResults(t, res, want)
 	checkReport(t, cfg.report)
+	checkWidth(t, out)
 	if !strings.Contains(out, "skipped: needs control of the server") {
 		t.Error("the output does not say which phases were skipped and why")
 	}

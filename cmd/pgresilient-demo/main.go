@@ -157,7 +157,6 @@ type demo struct {
 	wl     *workload
 	runs   []*phaseRun
 	prefix string // table name prefix, unique per run
-	out    io.Writer
 }
 
 // run runs the demo and prints its tables to out. It returns the results, or
@@ -167,7 +166,7 @@ func run(ctx context.Context, cfg *config, out io.Writer) (res *results, err err
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	d := &demo{cfg: cfg, out: out, prefix: fmt.Sprintf("demo_%x", time.Now().UnixNano()&0xffffff)}
+	d := &demo{cfg: cfg, prefix: fmt.Sprintf("demo_%x", time.Now().UnixNano()&0xffffff)}
 	if cfg.dsn == "" {
 		fmt.Fprintln(out, "starting a throwaway PostgreSQL cluster...")
 		d.env, err = startCluster(ctx)
@@ -187,15 +186,15 @@ func run(ctx context.Context, cfg *config, out io.Writer) (res *results, err err
 	for _, name := range []string{"pgx", pgresilient.DriverName} {
 		d.wl.pools = append(d.wl.pools, &pool{name: name, led: newLedger(d.prefix, name, cfg.accounts)})
 	}
+	if cfg.dsn != "" {
+		defer d.dropLedgers()
+	}
 	for _, p := range d.wl.pools {
 		if err := p.led.create(ctx, d.env.obs); err != nil {
 			return nil, fmt.Errorf("creating the ledger: %w", err)
 		}
 	}
-	if cfg.dsn != "" {
-		defer d.dropLedgers()
-	}
-	d.printIntro()
+	d.printIntro(out)
 
 	if err := d.openPools(); err != nil {
 		return nil, err
@@ -233,8 +232,8 @@ func run(ctx context.Context, cfg *config, out io.Writer) (res *results, err err
 }
 
 // printIntro says where the demo runs, with what, and what it will do.
-func (d *demo) printIntro() {
-	w, cfg := d.out, d.cfg
+func (d *demo) printIntro(w io.Writer) {
+	cfg := d.cfg
 	if d.env.cluster != nil {
 		fmt.Fprintf(w, "cluster on %s, fault proxy on %s\n", d.env.cluster.Addr(), d.env.proxy.Addr())
 	} else {
@@ -254,7 +253,7 @@ func (d *demo) printIntro() {
 	fmt.Fprintln(w, "phases:")
 	for i, def := range phaseDefs {
 		if why := skipReason(def, d.env); why != "" {
-			fmt.Fprintf(w, "  %d %-10s skipped: %s\n", i+1, def.name, why)
+			fmt.Fprintf(w, "  %d %-10s %s\n", i+1, def.name, wrap("skipped: "+why, 63, "               "))
 			continue
 		}
 		fmt.Fprintf(w, "  %d %-10s %s\n", i+1, def.name, wrap(def.title, 63, "               "))
@@ -351,6 +350,7 @@ func (d *demo) runPhases(ctx context.Context) error {
 		}
 		r.start = d.wl.since()
 		r.faultStart = r.start
+		d.wl.markPhase(i)
 		d.wl.phase.Store(uint32(i))
 		if err := def.run(ctx, d, r); err != nil {
 			return fmt.Errorf("phase %s: %w", def.name, err)

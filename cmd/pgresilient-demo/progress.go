@@ -2,17 +2,36 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"sync"
 	"time"
 )
 
 const progressEvery = 250 * time.Millisecond
 
-// startProgress rewrites one line on cfg.progress while the phases run:
-// the phase, its elapsed time, and each pool's acknowledged and failed
-// transfers since the phase started. When a phase ends its last line stays.
-// It does nothing without cfg.progress (stdout is not a terminal). stop ends
-// it and waits for it.
+// progressMark is the state of the counters when a phase started.
+type progressMark struct {
+	phase      int
+	at         time.Duration
+	ok, failed []int64 // per pool
+}
+
+// markPhase records the counters at the start of phase i, for the progress
+// line.
+func (w *workload) markPhase(i int) {
+	m := &progressMark{phase: i, at: w.since()}
+	for _, p := range w.pools {
+		m.ok = append(m.ok, p.ok.Load())
+		m.failed = append(m.failed, p.failed.Load())
+	}
+	w.mark.Store(m)
+}
+
+// startProgress rewrites one line on cfg.progress while the phases run: the
+// phase, its elapsed time, and each pool's acknowledged and failed transfers
+// since the phase started. When a phase ends its last line stays. It does
+// nothing without cfg.progress (stdout is not a terminal). stop ends it and
+// waits for it.
 func (d *demo) startProgress() (stop func()) {
 	w := d.cfg.progress
 	if w == nil {
@@ -23,47 +42,55 @@ func (d *demo) startProgress() (stop func()) {
 	wg.Go(func() {
 		t := time.NewTicker(progressEvery)
 		defer t.Stop()
-		cur := -1
-		var base [2][2]int64 // per pool: ok, failed at the phase's start
-		var started time.Duration
-		line := func() string {
-			pools := d.wl.pools
-			var n [2][2]int64
-			for i, p := range pools {
-				n[i] = [2]int64{p.ok.Load() - base[i][0], p.failed.Load() - base[i][1]}
-			}
-			s := fmt.Sprintf("%d/%d %-10s %5.1fs  pgx ok %6d err %5d  pgresilient ok %6d err %5d",
-				cur+1, len(phaseDefs), phaseDefs[cur].name, (d.wl.since() - started).Seconds(),
-				n[0][0], n[0][1], n[1][0], n[1][1])
-			if len(s) > 79 {
-				s = s[:79]
-			}
-			return s
-		}
+		var cur *progressMark
 		for {
 			select {
 			case <-done:
-				if cur >= 0 {
-					fmt.Fprintf(w, "\r%-79s\n", line())
+				if cur != nil {
+					d.progressLine(w, cur, nil, "\n")
 				}
 				return
 			case <-t.C:
 			}
-			if p := int(d.wl.phase.Load()); p != cur {
-				if cur >= 0 {
-					fmt.Fprintf(w, "\r%-79s\n", line())
-				}
-				cur = p
-				started = d.wl.since()
-				for i, pl := range d.wl.pools {
-					base[i] = [2]int64{pl.ok.Load(), pl.failed.Load()}
-				}
+			m := d.wl.mark.Load()
+			if m == nil {
+				continue
 			}
-			fmt.Fprintf(w, "\r%-79s", line())
+			if cur != nil && m.phase != cur.phase {
+				d.progressLine(w, cur, m, "\n") // the phase that ended, to its last transfer
+			}
+			cur = m
+			d.progressLine(w, cur, nil, "")
 		}
 	})
 	return func() {
 		close(done)
 		wg.Wait()
 	}
+}
+
+// progressLine writes the line of the phase that started at from, counted up
+// to next (nil: now), within 79 columns.
+func (d *demo) progressLine(w io.Writer, from, next *progressMark, end string) {
+	var ok, failed [2]int64
+	at := d.wl.since()
+	for i, p := range d.wl.pools[:2] {
+		if next != nil {
+			ok[i], failed[i] = next.ok[i], next.failed[i]
+		} else {
+			ok[i], failed[i] = p.ok.Load(), p.failed.Load()
+		}
+		ok[i] -= from.ok[i]
+		failed[i] -= from.failed[i]
+	}
+	if next != nil {
+		at = next.at
+	}
+	s := fmt.Sprintf("%d/%d %-10s %5.1fs  pgx ok %6d err %5d  pgresilient ok %6d err %5d",
+		from.phase+1, len(phaseDefs), phaseDefs[from.phase].name, (at - from.at).Seconds(),
+		ok[0], failed[0], ok[1], failed[1])
+	if len(s) > 79 {
+		s = s[:79]
+	}
+	fmt.Fprintf(w, "\r%-79s%s", s, end)
 }

@@ -80,10 +80,7 @@ type reportData struct {
 // introText is what the demo printed before the run, for the report.
 func (d *demo) introText() string {
 	var b bytes.Buffer
-	saved := d.out
-	d.out = &b
-	d.printIntro()
-	d.out = saved
+	d.printIntro(&b)
 	return strings.TrimSpace(b.String())
 }
 

@@ -37,7 +37,7 @@ func printResults(w io.Writer, d *demo, res *results) {
 	for _, r := range d.runs {
 		switch {
 		case !r.ran():
-			fmt.Fprintf(w, "  %-10s skipped: %s\n", r.def.name, r.skipped)
+			fmt.Fprintf(w, "  %-10s %s\n", r.def.name, wrap("skipped: "+r.skipped, 65, "             "))
 		case r.detail != "":
 			fmt.Fprintf(w, "  %-10s %s\n", r.def.name, wrap(r.detail, 65, "             "))
 		}

@@ -177,6 +177,7 @@ type workload struct {
 	gate      sync.RWMutex // workers hold it for reading during a transfer; a phase takes it to swap pools
 	phase     atomic.Uint32
 	overdraft atomic.Bool // phase "aborted tx": transaction workers insert deliberate failures
+	mark      atomic.Pointer[progressMark]
 	obs       *observer
 
 	stop chan struct{}
