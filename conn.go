@@ -302,14 +302,19 @@ func (c *baseConn) fail(ctx context.Context, op string, err error, mark int64) e
 	return &DisconnectError{Op: op, Safe: safe, InTx: inTx, Err: err, known: !news}
 }
 
-// deadline gives ctx the query_timeout deadline when it has none. cancel is
-// never nil.
+// deadline bounds ctx by query_timeout. cancel is never nil.
 func (c *baseConn) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
-	d := c.owner.cfg.QueryTimeout
+	return within(ctx, c.owner.cfg.QueryTimeout)
+}
+
+// within bounds ctx by d from now, unless d is 0 or ctx ends no later
+// anyway: the earlier deadline wins, the caller's or ours. cancel is never
+// nil.
+func within(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
 	if d <= 0 {
 		return ctx, noCancel
 	}
-	if _, ok := ctx.Deadline(); ok {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
 		return ctx, noCancel
 	}
 	return context.WithTimeout(ctx, d)
@@ -705,8 +710,9 @@ func (c *baseConn) CheckNamedValue(nv *driver.NamedValue) error {
 //
 // Its one possible round trip, verify's ping (after a second idle, on the
 // first reuse, when bytes are pending, after a pool invalidation), is bounded
-// by the verification timeout when ctx has no deadline: 2s, or query_timeout
-// if shorter. A blackholed connection then costs that much, not forever.
+// by the verification timeout, 2s or query_timeout if shorter, or by ctx's
+// deadline if that comes first. A blackholed connection then costs that
+// much, not forever.
 func (c *baseConn) ResetSession(ctx context.Context) error {
 	if c.broken.Load() || c.innerClosed() {
 		return driver.ErrBadConn
@@ -768,11 +774,8 @@ func (c *baseConn) verify(ctx context.Context) error {
 	if pc == nil {
 		return nil
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.owner.verifyTimeout)
-		defer cancel()
-	}
+	ctx, cancel := within(ctx, c.owner.verifyTimeout)
+	defer cancel()
 	c.owner.stats.verifications.Add(1)
 	if err := pc.Ping(ctx); err != nil {
 		c.discard(ctx, discardVerify, "failed verification: "+logCause(err))

@@ -46,7 +46,7 @@
 //	connect_retries      int >= 0  3        extra attempts when opening a connection fails transiently
 //	connect_backoff      duration  100ms    first retry delay; doubles per attempt, full jitter
 //	connect_backoff_max  duration  5s       ceiling of the retry delay
-//	query_timeout        duration  0 (off)  deadline for a statement whose context has none
+//	query_timeout        duration  0 (off)  upper bound on each statement; an earlier deadline of the caller wins
 //	tx_autorollback      on|off    on       roll a failed transaction back on the server at once
 //
 // docs/configuration.md describes each one. Go-only settings (a logger, extra

@@ -68,7 +68,7 @@ type Connector struct {
 }
 
 // defaultVerifyTimeout bounds the ping that verifies a pooled connection
-// after a pool invalidation, when the caller's context has no deadline.
+// before reuse, unless the caller's context ends sooner.
 const defaultVerifyTimeout = 2 * time.Second
 
 // NewConnector parses dsn (any DSN pgx accepts, with pgresilient's parameters

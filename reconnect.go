@@ -114,16 +114,11 @@ func backoff(n int, base, max time.Duration) time.Duration {
 	return rand.N(ceil + 1)
 }
 
-// connectOnce makes one attempt, bounded by query_timeout when ctx has no
-// deadline (pgx's connect_timeout, when set, bounds it too).
+// connectOnce makes one attempt, bounded by query_timeout (pgx's
+// connect_timeout, when set, bounds it too).
 func (c *Connector) connectOnce(ctx context.Context) (driver.Conn, error) {
-	if d := c.cfg.QueryTimeout; d > 0 {
-		if _, ok := ctx.Deadline(); !ok {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, d)
-			defer cancel()
-		}
-	}
+	ctx, cancel := within(ctx, c.cfg.QueryTimeout)
+	defer cancel()
 	return c.inner.Connect(ctx)
 }
 
