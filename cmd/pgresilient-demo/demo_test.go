@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgresilient/pgresilient"
 	"github.com/pgresilient/pgresilient/internal/pgtest"
@@ -82,7 +85,8 @@ func TestDemoDSN(t *testing.T) {
 	if err := cl.Exec(ctx, "create table someone_elses (id int); insert into someone_elses values (1)"); err != nil {
 		t.Fatal(err)
 	}
-	cfg.dsn = cl.DSN()
+	// Keyword/value form, default sslmode (prefer: pgx adds a fallback).
+	cfg.dsn = fmt.Sprintf("host=%s port=%d user=%s dbname=%s", cl.Host(), cl.Port(), pgtest.Superuser, pgtest.Database)
 	res, out := runDemo(t, cfg)
 
 	var want []string
@@ -256,5 +260,32 @@ func TestMeasure(t *testing.T) {
 	rw = measure(r, "x", atts, rows, okB, errB)
 	if rw.recovered {
 		t.Errorf("recovered after %v, want never", rw.recovery)
+	}
+}
+
+func TestNoProxyReason(t *testing.T) {
+	tests := []struct {
+		dsn   string
+		proxy bool
+	}{
+		{"host=127.0.0.1 port=5432", true},
+		{"host=127.0.0.1 sslmode=disable", true},
+		{"host=localhost", true},
+		{"postgres://u@[::1]:5432/db", true},
+		{"host=10.1.2.3", false},
+		{"host=db.internal", false},
+		{"host=/var/run/postgresql", false},
+		{"host=127.0.0.1,127.0.0.2", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.dsn, func(t *testing.T) {
+			cc, err := pgconn.ParseConfig(tt.dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if why := noProxyReason(cc); (why == "") != tt.proxy {
+				t.Errorf("noProxyReason = %q, want a proxy: %v", why, tt.proxy)
+			}
+		})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgresilient/pgresilient"
 	"github.com/pgresilient/pgresilient/internal/faultproxy"
@@ -70,20 +71,11 @@ func useServer(ctx context.Context, dsn string) (*env, error) {
 	if err := e.obs.with(ctx, func(*pgx.Conn) error { return nil }); err != nil {
 		return nil, fmt.Errorf("-dsn: cannot connect: %w", err)
 	}
-	cc := cfg.ConnConfig
-	host := cc.Host
-	switch {
-	case len(cc.Fallbacks) > 0:
-		e.noProxy = "the DSN names several hosts"
-	case strings.HasPrefix(host, "/"):
-		e.noProxy = "the server is reached through a Unix socket"
-	case !isLoopback(host):
-		e.noProxy = "the server is not on a loopback address, and the fault proxy only forwards to one"
-	}
-	if e.noProxy != "" {
+	cc := &cfg.ConnConfig.Config
+	if e.noProxy = noProxyReason(cc); e.noProxy != "" {
 		return e, nil
 	}
-	p, err := faultproxy.New(net.JoinHostPort(host, strconv.Itoa(int(cc.Port))))
+	p, err := faultproxy.New(net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port))))
 	if err != nil {
 		return nil, err
 	}
@@ -93,6 +85,25 @@ func useServer(ctx context.Context, dsn string) (*env, error) {
 		return nil, errors.Join(err, p.Close())
 	}
 	return e, nil
+}
+
+// noProxyReason says why the fault proxy cannot stand in front of the server
+// of cc, or "".
+func noProxyReason(cc *pgconn.Config) string {
+	for _, fb := range cc.Fallbacks {
+		// pgx adds a fallback per TLS mode (sslmode=prefer) for the
+		// same address; another address is another server.
+		if fb.Host != cc.Host || fb.Port != cc.Port {
+			return "the DSN names several hosts"
+		}
+	}
+	switch {
+	case strings.HasPrefix(cc.Host, "/"):
+		return "the server is reached through a Unix socket"
+	case !isLoopback(cc.Host):
+		return "the server is not on a loopback address, and the fault proxy only forwards to one"
+	}
+	return ""
 }
 
 func isLoopback(host string) bool {

@@ -94,10 +94,16 @@ func runBaseline(ctx context.Context, d *demo, r *phaseRun) error {
 
 func runTerminate(ctx context.Context, d *demo, r *phaseRun) error {
 	n, err := d.env.obs.terminate(ctx)
-	if err != nil {
+	switch {
+	case err != nil && d.env.cluster == nil:
+		// A server of someone else's may not let this role terminate
+		// backends: say so, and carry on without the fault.
+		r.detail = "could not terminate the backends: " + oneLine(err.Error())
+	case err != nil:
 		return fmt.Errorf("terminating the pools' backends: %w", err)
+	default:
+		r.detail = fmt.Sprintf("%d backends terminated", n)
 	}
-	r.detail = fmt.Sprintf("%d backends terminated", n)
 	return d.observe(ctx, r)
 }
 
