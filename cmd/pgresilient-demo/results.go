@@ -29,6 +29,7 @@ type row struct {
 	ok, errs int           // transfers acknowledged, and failed as the application saw them
 	kinds    [numKinds]int // errs by kind
 	dup      int           // transfers whose request id is in the ledger more than once
+	dupStmt  int           // ... of which single statements (the rest are transactions)
 	lost     int           // acknowledged, absent from the ledger
 	unknown  int           // failed, yet present in the ledger: the outcome was unknown, and it committed
 
@@ -52,6 +53,7 @@ type poolResult struct {
 	rowCount   int   // rows in the transfers table
 	orphans    int   // rows whose request id no attempt made
 	dup, lost  int
+	dupStmt    int
 	unknown    int
 	poisoned   int64              // transfers that failed with 25P02 other than the deliberate ones
 	okBuckets  []int              // acknowledged per bucket, by end time
@@ -120,6 +122,7 @@ func (d *demo) results(ctx context.Context, total time.Duration) (*results, erro
 			pr.ok += rw.ok
 			pr.errs += rw.errs
 			pr.dup += rw.dup
+			pr.dupStmt += rw.dupStmt
 			pr.lost += rw.lost
 			pr.unknown += rw.unknown
 		}
@@ -140,6 +143,9 @@ func measure(r *phaseRun, poolName string, atts []attempt, rows map[int64]int, o
 		n := rows[a.req]
 		if n > 1 {
 			rw.dup++
+			if a.shape == shapeStmt {
+				rw.dupStmt++
+			}
 		}
 		if a.kind == kindOK {
 			rw.ok++

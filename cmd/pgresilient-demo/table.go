@@ -150,6 +150,7 @@ func ledgerLines(pools []poolResult) []string {
 		{"transfers failed", func(p poolResult) string { return strconv.Itoa(p.errs) }},
 		{"rows in the transfers table", func(p poolResult) string { return strconv.Itoa(p.rowCount) }},
 		{"duplicated (id present > once)", func(p poolResult) string { return strconv.Itoa(p.dup) }},
+		{"  of which single statements", func(p poolResult) string { return strconv.Itoa(p.dupStmt) }},
 		{"lost (acknowledged, absent)", func(p poolResult) string { return strconv.Itoa(p.lost) }},
 		{"failed, yet committed", func(p poolResult) string { return strconv.Itoa(p.unknown) }},
 		{"rows no transfer wrote", func(p poolResult) string { return strconv.Itoa(p.orphans) }},

@@ -121,13 +121,11 @@ func oneLine(s string) string {
 // showed: the server's view of the session right after the failed statement,
 // and what the application got for its next statement and its Commit.
 type abortObservations struct {
-	mu        sync.Mutex
-	attempts  int
-	states    map[string]int // pg_stat_activity.state of the session after the failure
-	next      map[string]int // the next statement's outcome, by kind or SQLSTATE
-	commit    map[string]int // Commit's outcome
-	firstNext string         // first error messages, for the report
-	firstCmt  string
+	mu       sync.Mutex
+	attempts int
+	states   map[string]int // pg_stat_activity.state of the session after the failure
+	next     map[string]int // the next statement's outcome, by kind or SQLSTATE
+	commit   map[string]int // Commit's outcome
 }
 
 func (o *abortObservations) add(state string, next, commit error) {
@@ -140,12 +138,6 @@ func (o *abortObservations) add(state string, next, commit error) {
 	o.states[state]++
 	o.next[outcomeLabel(next)]++
 	o.commit[outcomeLabel(commit)]++
-	if next != nil && o.firstNext == "" {
-		o.firstNext = oneLine(next.Error())
-	}
-	if commit != nil && o.firstCmt == "" {
-		o.firstCmt = oneLine(commit.Error())
-	}
 }
 
 // outcomeLabel names an error briefly: nil, a kind, and the SQLSTATE when the
