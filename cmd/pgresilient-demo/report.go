@@ -115,6 +115,7 @@ func timeline(d *demo, p poolResult, ymax float64) ([]byte, error) {
 	pl.Y.Label.Text = "transfers per 100 ms"
 	pl.X.Min, pl.X.Max = 0, float64(len(p.okBuckets))*bucket.Seconds()
 	pl.Y.Min, pl.Y.Max = 0, ymax
+	pl.Y.Tick.Marker = plot.TickerFunc(wholeTicks)
 	pl.Add(plotter.NewGrid())
 
 	var labels plotter.XYLabels
@@ -179,6 +180,18 @@ func timeline(d *demo, p poolResult, ymax float64) ([]byte, error) {
 		svg = svg[i:] // drop the XML prolog and comment: the SVG sits inside HTML
 	}
 	return svg, nil
+}
+
+// wholeTicks are plot's default ticks, labelled without decimals when the
+// values are whole: counts of transfers.
+func wholeTicks(min, max float64) []plot.Tick {
+	ticks := plot.DefaultTicks{}.Ticks(min, max)
+	for i, t := range ticks {
+		if t.Label != "" {
+			ticks[i].Label = strconv.FormatFloat(t.Value, 'f', -1, 64)
+		}
+	}
+	return ticks
 }
 
 // vline adds a vertical line at x.
