@@ -289,3 +289,15 @@ func TestNoProxyReason(t *testing.T) {
 		})
 	}
 }
+
+// TestDemoNoBinaries: without the PostgreSQL binaries the demo stops at once
+// and says how to install them.
+func TestDemoNoBinaries(t *testing.T) {
+	t.Setenv(pgtest.BinDirEnv, t.TempDir())
+	cfg := defaultConfig()
+	var out bytes.Buffer
+	_, err := run(context.Background(), &cfg, &out)
+	if err == nil || !strings.Contains(err.Error(), "apt-get install postgresql") || !strings.Contains(err.Error(), "-dsn") {
+		t.Fatalf("want an error saying how to install PostgreSQL or use -dsn, got %v", err)
+	}
+}
