@@ -43,10 +43,11 @@ type config struct {
 	outage   time.Duration // how long the lasting faults last (blackhole, stopped server, ...)
 	observe  time.Duration // how long each phase watches the recovery after its fault
 
-	workers   int           // per pool
-	accounts  int           // per ledger
-	interval  time.Duration // between the starts of two transfers of one worker
-	opTimeout time.Duration // context deadline of every transfer, in both pools
+	workers      int           // per pool
+	accounts     int           // per ledger
+	interval     time.Duration // between the starts of two transfers of one worker
+	opTimeout    time.Duration // context deadline of every transfer, in both pools: the request deadline
+	queryTimeout time.Duration // pgresilient's query_timeout, below opTimeout
 
 	breakerFailures int // pgresilient's breaker_failures
 
@@ -61,8 +62,9 @@ func defaultConfig() config {
 		workers:   8,
 		accounts:  100,
 		interval:  20 * time.Millisecond,
-		opTimeout: time.Second,
+		opTimeout: 2 * time.Second,
 
+		queryTimeout:    500 * time.Millisecond,
 		breakerFailures: 5,
 	}
 }
@@ -71,9 +73,10 @@ func defaultConfig() config {
 // the breaker opens after cfg.breakerFailures connectivity failures in a row
 // (pgresilient's default, 5) and probes every second, shorter than the
 // default 5s to suit outages of a few seconds; connection attempts are
-// retried for up to about a second, the transfers' deadline; query_timeout
-// bounds what runs without a deadline of its own (every transfer here has
-// one, and the caller's deadline wins).
+// retried for up to about a second and a half, within the transfers'
+// deadline; query_timeout, below that deadline and far above any statement
+// of this workload, bounds each statement, connection attempt and reuse
+// check, and turns a silent network into failures the breaker counts.
 func pgresilientParams(cfg *config) []string {
 	return []string{
 		"breaker_failures", strconv.Itoa(cfg.breakerFailures),
@@ -81,7 +84,7 @@ func pgresilientParams(cfg *config) []string {
 		"connect_retries", "5",
 		"connect_backoff", "50ms",
 		"connect_backoff_max", "1s",
-		"query_timeout", cfg.opTimeout.String(),
+		"query_timeout", cfg.queryTimeout.String(),
 	}
 }
 
@@ -93,7 +96,8 @@ func main() {
 	flag.DurationVar(&cfg.observe, "observe", cfg.observe, "how long each phase watches the recovery after its fault")
 	flag.IntVar(&cfg.workers, "workers", cfg.workers, "concurrent workers (and connections) per pool")
 	flag.IntVar(&cfg.breakerFailures, "breaker-failures", cfg.breakerFailures, "pgresilient's breaker_failures")
-	flag.DurationVar(&cfg.opTimeout, "op-timeout", cfg.opTimeout, "context deadline of each transfer, in both pools (also pgresilient's query_timeout)")
+	flag.DurationVar(&cfg.opTimeout, "op-timeout", cfg.opTimeout, "context deadline of each transfer, in both pools")
+	flag.DurationVar(&cfg.queryTimeout, "query-timeout", cfg.queryTimeout, "pgresilient's query_timeout (0: off)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: pgresilient-demo [flags]\n\n"+
 			"Runs the same ledger workload through raw pgx stdlib and through pgresilient\n"+
@@ -142,6 +146,8 @@ func (c *config) validate() error {
 		return errors.New("-outage and -observe must be positive")
 	case c.opTimeout < 10*time.Millisecond:
 		return errors.New("-op-timeout: want at least 10ms")
+	case c.queryTimeout < 0:
+		return errors.New("-query-timeout: want 0 or more")
 	case c.breakerFailures < 1:
 		return errors.New("-breaker-failures: want at least 1")
 	case c.accounts < 2:
