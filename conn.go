@@ -256,6 +256,12 @@ func (c *baseConn) safeToRetry(mark int64, err error) bool {
 	return errors.Is(err, driver.ErrBadConn) || pgconn.SafeToRetry(err)
 }
 
+// noEffect reports whether op changes nothing on the server even when it
+// reached it: BEGIN opens a transaction the broken session takes with it,
+// PREPARE only parses. Outside a transaction, retrying them elsewhere is
+// safe whatever was sent.
+func noEffect(op string) bool { return op == "begin" || op == "prepare" }
+
 // fail turns an error of the wrapped driver into pgresilient's and records
 // what it says about the connection. mark is what c.mark() returned before
 // the operation started.
@@ -291,7 +297,7 @@ func (c *baseConn) fail(ctx context.Context, op string, err error, mark int64) e
 	c.markBroken(discardLost)
 	news := c.owner.invalidate(c.gen, op, err)
 	inTx := c.inTx.Load()
-	safe := !inTx && c.safeToRetry(mark, err)
+	safe := !inTx && (noEffect(op) || c.safeToRetry(mark, err))
 	if safe {
 		c.owner.stats.badConnRetries.Add(1)
 	} else {

@@ -30,14 +30,15 @@ var ErrTxAborted = errors.New("pgresilient: transaction aborted")
 
 // DisconnectError reports a connection that broke during an operation.
 //
-// When Safe is true nothing reached the server: the error also matches
+// When Safe is true nothing was done on the server (nothing reached it, or
+// only a BEGIN or a PREPARE outside a transaction): the error also matches
 // driver.ErrBadConn, so database/sql retries the operation on another
 // connection. When Safe is false the operation may have run: the error matches
 // ErrConnLost and never driver.ErrBadConn. In both cases it wraps the cause,
 // so errors.As still finds a *pgconn.PgError, and errors.Is a context error.
 type DisconnectError struct {
 	Op   string // "exec", "query", "prepare", "begin", "commit", "rollback", "rows", "ping"
-	Safe bool   // nothing reached the server
+	Safe bool   // nothing was done on the server: retrying is safe
 	InTx bool   // the connection was inside a transaction
 	Err  error  // the cause, from the wrapped driver
 
@@ -51,7 +52,7 @@ func (e *DisconnectError) Error() string {
 	var what string
 	switch {
 	case e.Safe:
-		what = ": connection lost before anything was sent: "
+		what = ": connection lost, nothing done on the server (safe to retry): "
 	case e.Op == "commit":
 		what = ": connection lost during commit, outcome unknown (the transaction may or may not have committed): "
 	case e.InTx:

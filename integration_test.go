@@ -545,3 +545,42 @@ func TestConnectHooks(t *testing.T) {
 		t.Errorf("application_name %q, user %q, hooks ran %d and %d times", app, user, before, after)
 	}
 }
+
+// TestCutAfterBegin: the connection breaks right after BEGIN reached the
+// server. A BEGIN alone changes nothing (the session takes its transaction
+// with it), so pgresilient lets database/sql retry it on another connection
+// and the caller's transaction just works; raw pgx fails it.
+func TestCutAfterBegin(t *testing.T) {
+	c := needCluster(t)
+	for _, name := range drivers {
+		t.Run(name, func(t *testing.T) {
+			p := newProxy(t, c)
+			db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+			if err := db.Ping(); err != nil {
+				t.Fatal(err)
+			}
+			p.CutOn([]byte("begin"), true)
+			tx, err := db.Begin()
+			t.Logf("%s: begin: %v", name, err)
+			if p.Armed() {
+				t.Fatal("the cut did not happen: BEGIN was not seen")
+			}
+			if name != DriverName {
+				if err == nil {
+					_ = tx.Rollback()
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("want the BEGIN retried on a new connection, got %v", err)
+			}
+			var one int
+			if err := tx.QueryRow("select 1").Scan(&one); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
