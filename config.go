@@ -17,7 +17,7 @@ import (
 // Defaults and limits of the DSN parameters.
 const (
 	defaultBreakerFailures   = 5
-	defaultBreakerCooldown   = 5 * time.Second
+	defaultBreakerCooldown   = time.Second
 	defaultConnectRetries    = 3
 	defaultConnectBackoff    = 100 * time.Millisecond
 	defaultConnectBackoffMax = 5 * time.Second
@@ -47,7 +47,7 @@ type Config struct {
 	BreakerFailures int
 
 	// BreakerCooldown is how long the breaker stays open before it lets one
-	// probe through (DSN breaker_cooldown). Zero value: the default, 5s.
+	// probe through (DSN breaker_cooldown). Zero value: the default, 1s.
 	BreakerCooldown time.Duration
 
 	// ConnectRetries is the number of extra attempts made when opening a
@@ -79,7 +79,7 @@ type Config struct {
 }
 
 // DefaultConfig returns the default settings with every field set
-// explicitly: breaker on after 5 failures with a 5s cooldown, 3 connect
+// explicitly: breaker on after 5 failures with a 1s cooldown, 3 connect
 // retries with a backoff from 100ms to 5s, no query timeout, transaction
 // auto-rollback on. ConnConfig is nil.
 func DefaultConfig() Config {

@@ -510,7 +510,7 @@ func TestParseConfigServiceFile(t *testing.T) {
 func TestDefaultConfig(t *testing.T) {
 	want := Config{
 		BreakerFailures:   5,
-		BreakerCooldown:   5 * time.Second,
+		BreakerCooldown:   time.Second,
 		ConnectRetries:    3,
 		ConnectBackoff:    100 * time.Millisecond,
 		ConnectBackoffMax: 5 * time.Second,

@@ -42,7 +42,7 @@
 //	parameter            type      default  meaning
 //	breaker              on|off    on       the circuit breaker
 //	breaker_failures     int >= 1  5        consecutive connectivity failures that open the breaker
-//	breaker_cooldown     duration  5s       how long the breaker stays open before one probe
+//	breaker_cooldown     duration  1s       how long the breaker stays open before one probe
 //	connect_retries      int >= 0  3        extra attempts when opening a connection fails transiently
 //	connect_backoff      duration  100ms    first retry delay; doubles per attempt, full jitter
 //	connect_backoff_max  duration  5s       ceiling of the retry delay

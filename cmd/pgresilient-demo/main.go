@@ -71,8 +71,8 @@ func defaultConfig() config {
 
 // pgresilientParams are the pgresilient DSN parameters of the demo's pool:
 // the breaker opens after cfg.breakerFailures connectivity failures in a row
-// (pgresilient's default, 5) and probes every second, shorter than the
-// default 5s to suit outages of a few seconds; connection attempts are
+// (pgresilient's default, 5) and probes every second (the default too,
+// printed explicitly so the report says what ran); connection attempts are
 // retried for up to about a second and a half, within the transfers'
 // deadline; query_timeout, below that deadline and far above any statement
 // of this workload, bounds each statement, connection attempt and reuse
