@@ -471,15 +471,21 @@ func (c *baseConn) Prepare(query string) (driver.Stmt, error) {
 // model (it counts what the error model concluded). With breaker=off,
 // owner.breaker is nil and its methods do nothing.
 
-func (c *baseConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	b := c.owner.breaker
+// gate runs call behind b: rejected at once while b is open, counted by its
+// error otherwise. call does not escape: the closure costs no allocation.
+func gate[T any](ctx context.Context, b *breaker, call func() (T, error)) (T, error) {
 	probe, err := b.before()
 	if err != nil {
-		return nil, err
+		var zero T
+		return zero, err
 	}
-	st, err := c.prepare(ctx, query)
+	v, err := call()
 	b.done(ctx, probe, err)
-	return st, err
+	return v, err
+}
+
+func (c *baseConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	return gate(ctx, c.owner.breaker, func() (driver.Stmt, error) { return c.prepare(ctx, query) })
 }
 
 func (c *baseConn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
@@ -519,14 +525,7 @@ func (c *baseConn) Begin() (driver.Tx, error) {
 }
 
 func (c *baseConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	b := c.owner.breaker
-	probe, err := b.before()
-	if err != nil {
-		return nil, err
-	}
-	tx, err := c.begin(ctx, opts)
-	b.done(ctx, probe, err)
-	return tx, err
+	return gate(ctx, c.owner.breaker, func() (driver.Tx, error) { return c.begin(ctx, opts) })
 }
 
 func (c *baseConn) begin(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
@@ -608,14 +607,7 @@ func (c *baseConn) ExecContext(ctx context.Context, query string, args []driver.
 	if c.execer == nil {
 		return nil, driver.ErrSkip // database/sql prepares instead
 	}
-	b := c.owner.breaker
-	probe, err := b.before()
-	if err != nil {
-		return nil, err
-	}
-	res, err := c.exec(ctx, query, args)
-	b.done(ctx, probe, err)
-	return res, err
+	return gate(ctx, c.owner.breaker, func() (driver.Result, error) { return c.exec(ctx, query, args) })
 }
 
 func (c *baseConn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -639,14 +631,7 @@ func (c *baseConn) QueryContext(ctx context.Context, query string, args []driver
 	if c.queryer == nil {
 		return nil, driver.ErrSkip // database/sql prepares instead
 	}
-	b := c.owner.breaker
-	probe, err := b.before()
-	if err != nil {
-		return nil, err
-	}
-	rows, err := c.query(ctx, query, args)
-	b.done(ctx, probe, err)
-	return rows, err
+	return gate(ctx, c.owner.breaker, func() (driver.Rows, error) { return c.query(ctx, query, args) })
 }
 
 func (c *baseConn) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
@@ -669,13 +654,7 @@ func (c *baseConn) query(ctx context.Context, query string, args []driver.NamedV
 // Ping checks the connection with a round trip. A failure is always safe to
 // retry: a ping changes nothing on the server.
 func (c *baseConn) Ping(ctx context.Context) error {
-	b := c.owner.breaker
-	probe, err := b.before()
-	if err != nil {
-		return err
-	}
-	err = c.ping(ctx)
-	b.done(ctx, probe, err)
+	_, err := gate(ctx, c.owner.breaker, func() (struct{}, error) { return struct{}{}, c.ping(ctx) })
 	return err
 }
 
@@ -946,14 +925,7 @@ func (s *baseStmt) Query(args []driver.Value) (driver.Rows, error) {
 }
 
 func (s *baseStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
-	b := s.conn.owner.breaker
-	probe, err := b.before()
-	if err != nil {
-		return nil, err
-	}
-	res, err := s.exec(ctx, args)
-	b.done(ctx, probe, err)
-	return res, err
+	return gate(ctx, s.conn.owner.breaker, func() (driver.Result, error) { return s.exec(ctx, args) })
 }
 
 func (s *baseStmt) exec(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
@@ -988,14 +960,7 @@ func (s *baseStmt) exec(ctx context.Context, args []driver.NamedValue) (driver.R
 }
 
 func (s *baseStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	b := s.conn.owner.breaker
-	probe, err := b.before()
-	if err != nil {
-		return nil, err
-	}
-	rows, err := s.query(ctx, args)
-	b.done(ctx, probe, err)
-	return rows, err
+	return gate(ctx, s.conn.owner.breaker, func() (driver.Rows, error) { return s.query(ctx, args) })
 }
 
 func (s *baseStmt) query(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
