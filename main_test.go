@@ -99,3 +99,24 @@ func freshTable(t *testing.T, c *pgtest.Cluster, prefix, driverName, columns, va
 	}
 	return table
 }
+
+// holdConns takes n distinct connections out of db's pool at once, dialling
+// them as needed; releaseConns returns them to it.
+func holdConns(t *testing.T, db *sql.DB, n int) []*sql.Conn {
+	t.Helper()
+	held := make([]*sql.Conn, n)
+	for i := range held {
+		sc, err := db.Conn(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held[i] = sc
+	}
+	return held
+}
+
+func releaseConns(held []*sql.Conn) {
+	for _, sc := range held {
+		_ = sc.Close()
+	}
+}

@@ -701,17 +701,7 @@ func TestOutageCountedOnce(t *testing.T) {
 	db, cn := outageDB(t, c.DSNFor(proxy.Host(), proxy.Port())+"&breaker_failures=2&breaker_cooldown=1h&connect_retries=0")
 	ctx := context.Background()
 
-	held := make([]*sql.Conn, conns)
-	for i := range held {
-		sc, err := db.Conn(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := sc.PingContext(ctx); err != nil {
-			t.Fatal(err)
-		}
-		held[i] = sc
-	}
+	held := holdConns(t, db, conns)
 	proxy.Cut()
 	for i, sc := range held {
 		if _, err := sc.ExecContext(ctx, "select 1"); !IsDisconnect(err) {

@@ -182,18 +182,7 @@ func TestStatsOpenedClosed(t *testing.T) {
 	t.Run("db.Close", func(t *testing.T) {
 		db, cn := outageDB(t, c.DSN())
 		db.SetMaxIdleConns(3)
-		ctx := context.Background()
-		var held []*sql.Conn
-		for range 3 { // held at once: three distinct connections
-			sc, err := db.Conn(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			held = append(held, sc)
-		}
-		for _, sc := range held {
-			sc.Close()
-		}
+		releaseConns(holdConns(t, db, 3)) // three distinct connections
 		opened := cn.Stats()
 		checkStats(t, Stats{}, opened, statsWant{"Opened": exactly(3)})
 		closeAndCheck(t, db)
@@ -413,22 +402,14 @@ func TestStatsDiscardedIdle(t *testing.T) {
 	p := newProxy(t, c)
 	db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port()))
 	db.SetMaxOpenConns(2)
-	ctx := context.Background()
 	var bcs []*baseConn
-	var held []*sql.Conn
-	for range 2 { // held at once: two distinct connections
-		sc, err := db.Conn(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, sc)
+	held := holdConns(t, db, 2) // two distinct connections
+	for _, sc := range held {
 		if err := sc.Raw(func(dc any) error { bcs = append(bcs, dc.(*conn).base); return nil }); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, sc := range held {
-		sc.Close()
-	}
+	releaseConns(held)
 	before := cn.Stats()
 	p.Cut()
 	statsWaitDead(t, bcs...)
