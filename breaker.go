@@ -144,13 +144,15 @@ func newBreaker(failures int, cooldown time.Duration, logger *slog.Logger, onCha
 }
 
 // State returns the current state. An open breaker whose cooldown has passed
-// reports half-open, as the next call would find it.
+// reports half-open, as the next call will find it; reading the state
+// changes nothing: gobreaker moves to half-open (and the transition is
+// counted and logged) on that call, not on a Stats read or a scrape.
 func (b *breaker) State() BreakerState {
 	s := BreakerState(b.state.Load())
-	if s == BreakerClosed {
-		return s
+	if s == BreakerOpen && !b.isOpen() {
+		return BreakerHalfOpen
 	}
-	return fromGobreaker(b.cb.State())
+	return s
 }
 
 // isOpen reports, cheaply, whether calls are being rejected now.
