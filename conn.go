@@ -751,8 +751,9 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 // reuse pings it (pgx's default, which pgresilient takes over).
 const idlePingAfter = time.Second
 
-// verify pings the connection, within the verification timeout when ctx has
-// no deadline; on failure it marks it broken and returns driver.ErrBadConn.
+// verify pings the connection within the verification timeout, or ctx's
+// deadline if sooner; on failure it marks it broken and returns
+// driver.ErrBadConn.
 // It is the only round trip of a reuse: only it needs a timer.
 func (c *baseConn) verify(ctx context.Context) error {
 	pc := c.pgConn()
@@ -791,10 +792,13 @@ func (c *baseConn) markBroken(r discardReason) {
 // that never came); false if that failed and the connection must go.
 func (c *baseConn) clean(ctx context.Context) bool {
 	pc := c.pgConn()
-	if pc == nil || pc.TxStatus() == 'I' {
+	if pc == nil {
 		return true
 	}
 	status := pc.TxStatus()
+	if status == 'I' {
+		return true
+	}
 	if pc.IsBusy() {
 		c.markBroken(discardRollback)
 		return false

@@ -89,7 +89,7 @@ func errString(err error) string {
 }
 
 // logCause is err as a log attribute's text. A statement's error from the
-// server is reduced to its SQLSTATE and severity: its message can quote the
+// server is reduced to its SQLSTATE: its message can quote the
 // statement's arguments (22P02: invalid input syntax for type integer:
 // "..."), which must not reach a log. Errors that end the session (FATAL,
 // PANIC, shutdowns, the network's) are logged whole: they say why a

@@ -3,6 +3,8 @@ package pgresilient
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -118,5 +120,14 @@ func holdConns(t *testing.T, db *sql.DB, n int) []*sql.Conn {
 func releaseConns(held []*sql.Conn) {
 	for _, sc := range held {
 		_ = sc.Close()
+	}
+}
+
+// wantConnLost fails the test unless err says "outcome unknown": it matches
+// ErrConnLost, and never driver.ErrBadConn (database/sql would retry it).
+func wantConnLost(t *testing.T, err error) {
+	t.Helper()
+	if !errors.Is(err, ErrConnLost) || errors.Is(err, driver.ErrBadConn) {
+		t.Errorf("want ErrConnLost and not ErrBadConn, got %v", err)
 	}
 }

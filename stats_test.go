@@ -323,9 +323,7 @@ func TestStatsConnLost(t *testing.T) {
 			statsWarm(t, db)
 			before := cn.Stats()
 			err := tc.fault(t, db, p)
-			if !errors.Is(err, ErrConnLost) || errors.Is(err, driver.ErrBadConn) {
-				t.Errorf("want ErrConnLost, not ErrBadConn; got %v", err)
-			}
+			wantConnLost(t, err)
 			checkStats(t, before, cn.Stats(), tc.want)
 		})
 	}
