@@ -17,11 +17,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	_ "github.com/lib/pq" // registers "postgres", one of the compared drivers
 	"github.com/ngrok/sqlmw"
 
 	"github.com/pgresilient/pgresilient/internal/benchcpu"
-	"github.com/pgresilient/pgresilient/internal/pgtest"
+	"github.com/pgresilient/pgresilient/pgtest"
 )
 
 // The benchmarks compare pgresilient with the drivers it competes with, on
@@ -61,7 +60,6 @@ var benchDrivers = []benchDriver{
 		}
 		return sql.OpenDB(c), nil
 	}},
-	{"libpq", func(dsn string) (*sql.DB, error) { return sql.Open("postgres", dsn) }},
 }
 
 // withParams appends URL query parameters to a URL DSN.

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgresilient/pgresilient/internal/pgtest"
+	"github.com/pgresilient/pgresilient/pgtest"
 )
 
 // logCapture is a slog.Handler that keeps every record, and its text form,

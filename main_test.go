@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgresilient/pgresilient/internal/faultproxy"
-	"github.com/pgresilient/pgresilient/internal/pgtest"
+	"github.com/pgresilient/pgresilient/faultproxy"
+	"github.com/pgresilient/pgresilient/pgtest"
 )
 
 // cluster is the throwaway PostgreSQL of this package's integration tests,

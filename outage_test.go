@@ -22,8 +22,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/pgresilient/pgresilient/internal/faultproxy"
-	"github.com/pgresilient/pgresilient/internal/pgtest"
+	"github.com/pgresilient/pgresilient/faultproxy"
+	"github.com/pgresilient/pgresilient/pgtest"
 )
 
 // outageCallTimeout bounds each call of these tests, so a hang fails the test

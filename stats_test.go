@@ -24,7 +24,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/ngrok/sqlmw"
 
-	"github.com/pgresilient/pgresilient/internal/faultproxy"
+	"github.com/pgresilient/pgresilient/faultproxy"
 )
 
 // statsSpan is the range a counter's growth must fall in.

@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pgresilient/pgresilient/internal/pgtest"
+	"github.com/pgresilient/pgresilient/pgtest"
 )
 
 var uniqueViolation = &pgconn.PgError{Severity: "ERROR", Code: "23505", Message: "duplicate key value violates unique constraint"}

@@ -15,8 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pgresilient/pgresilient"
-	"github.com/pgresilient/pgresilient/internal/faultproxy"
-	"github.com/pgresilient/pgresilient/internal/pgtest"
+	"github.com/pgresilient/pgresilient/faultproxy"
+	"github.com/pgresilient/pgresilient/pgtest"
 	"github.com/pgresilient/pgresilient/pgresilientprom"
 )
 

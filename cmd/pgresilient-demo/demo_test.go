@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgresilient/pgresilient"
-	"github.com/pgresilient/pgresilient/internal/pgtest"
+	"github.com/pgresilient/pgresilient/pgtest"
 )
 
 // shortConfig is the demo with phases short enough for the test suite.

@@ -14,8 +14,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgresilient/pgresilient"
-	"github.com/pgresilient/pgresilient/internal/faultproxy"
-	"github.com/pgresilient/pgresilient/internal/pgtest"
+	"github.com/pgresilient/pgresilient/faultproxy"
+	"github.com/pgresilient/pgresilient/pgtest"
 )
 
 // appNamePrefix starts the application_name of every connection of the two

@@ -9,7 +9,7 @@ import (
 
 	_ "github.com/pgresilient/pgresilient" // the drop-in: registers "pgresilient"
 
-	"github.com/pgresilient/pgresilient/internal/pgtest"
+	"github.com/pgresilient/pgresilient/pgtest"
 )
 
 var cluster *pgtest.Cluster

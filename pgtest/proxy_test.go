@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pgresilient/pgresilient/internal/faultproxy"
+	"github.com/pgresilient/pgresilient/faultproxy"
 )
 
 // TestThroughProxy checks the two packages together, the way the driver's
