@@ -430,7 +430,7 @@ func benchBreakerOpen(b *testing.B) {
 		if _, err := c.Connect(context.Background()); !errors.Is(err, syscall.ECONNREFUSED) {
 			b.Fatalf("first connect: %v, want connection refused", err)
 		}
-		if s := c.BreakerState(); s != BreakerOpen {
+		if s := c.Stats().Breaker; s != BreakerOpen {
 			b.Fatalf("breaker %v after the failure, want open", s)
 		}
 		return c, fd

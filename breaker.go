@@ -49,10 +49,9 @@ func fromGobreaker(s gobreaker.State) BreakerState {
 
 // CircuitOpenError is returned, without anything being dialled or sent, while
 // the breaker is open or while its half-open probe is under way. It matches
-// ErrCircuitOpen and the gobreaker error, never driver.ErrBadConn.
+// ErrCircuitOpen, never driver.ErrBadConn.
 type CircuitOpenError struct {
 	NextProbe time.Time // when the breaker lets a probe through; zero while a probe is running
-	Err       error     // gobreaker.ErrOpenState or gobreaker.ErrTooManyRequests
 }
 
 func (e *CircuitOpenError) Error() string {
@@ -66,23 +65,8 @@ func (e *CircuitOpenError) Error() string {
 	return "pgresilient: circuit open: the database failed repeatedly; next probe in " + d.String()
 }
 
-// Unwrap returns ErrCircuitOpen and the gobreaker error. database/sql asks
-// errors.Is(err, driver.ErrBadConn) of every error, so it allocates nothing
-// for gobreaker's two errors.
-func (e *CircuitOpenError) Unwrap() []error {
-	switch e.Err {
-	case gobreaker.ErrOpenState:
-		return unwrapOpenState
-	case gobreaker.ErrTooManyRequests:
-		return unwrapTooMany
-	}
-	return []error{ErrCircuitOpen, e.Err}
-}
-
-var (
-	unwrapOpenState = []error{ErrCircuitOpen, gobreaker.ErrOpenState}
-	unwrapTooMany   = []error{ErrCircuitOpen, gobreaker.ErrTooManyRequests}
-)
+// Unwrap returns ErrCircuitOpen.
+func (e *CircuitOpenError) Unwrap() error { return ErrCircuitOpen }
 
 // errExcluded marks an outcome that is neither a success nor a failure: the
 // caller's own cancellation, or a client-side error.
@@ -179,7 +163,7 @@ func (b *breaker) before() (probe func(error), err error) {
 
 func (b *breaker) openError(err error) error {
 	b.rejected.Add(1)
-	e := &CircuitOpenError{Err: err}
+	e := &CircuitOpenError{}
 	if errors.Is(err, gobreaker.ErrOpenState) {
 		e.NextProbe = time.Unix(0, b.openedAt.Load()+int64(b.cooldown))
 	}
@@ -243,11 +227,20 @@ func (b *breaker) record(outcome error) {
 	done(outcome)
 }
 
-// BreakerState returns the breaker's current state, BreakerDisabled with
-// breaker=off.
-func (c *Connector) BreakerState() BreakerState {
-	if c.breaker == nil {
-		return BreakerDisabled
+// The breaker gates every call that may reach the server from here, beneath
+// the user's interceptors (they see its rejections) and above the error
+// model (it counts what the error model concluded). With breaker=off,
+// owner.breaker is nil and its methods do nothing.
+
+// gate runs call behind b: rejected at once while b is open, counted by its
+// error otherwise. call does not escape: the closure costs no allocation.
+func gate[T any](ctx context.Context, b *breaker, call func() (T, error)) (T, error) {
+	probe, err := b.before()
+	if err != nil {
+		var zero T
+		return zero, err
 	}
-	return c.breaker.State()
+	v, err := call()
+	b.done(ctx, probe, err)
+	return v, err
 }

@@ -140,10 +140,15 @@ func parseForeignDSN(dsn string) (*Config, string, error) {
 	return &cfg, rest, nil
 }
 
-// paramSpec describes one DSN parameter: want says what it accepts, set
-// parses a value into a Config and returns the cause of a failure.
+// paramSpec describes one DSN parameter: its default and meaning as the
+// documentation shows them (README.md, doc.go and docs/configuration.md
+// repeat them, and TestParamDocs holds them to this table), what it accepts,
+// and set, which parses a value into a Config and returns the cause of a
+// failure.
 type paramSpec struct {
 	name string
+	def  string
+	doc  string
 	want string
 	set  func(c *Config, v string) error
 }
@@ -151,44 +156,52 @@ type paramSpec struct {
 // paramTable is the one list of pgresilient's DSN parameters, in the order
 // they are validated and documented.
 var paramTable = []paramSpec{
-	{"breaker", "on or off", func(c *Config, v string) error {
-		b, err := parseBool(v)
-		c.DisableBreaker = !b
-		return err
-	}},
-	{"breaker_failures", fmt.Sprintf("an integer from 1 to %d", maxBreakerFailures), func(c *Config, v string) (err error) {
-		c.BreakerFailures, err = parseInt(v, 1, maxBreakerFailures)
-		return err
-	}},
-	{"breaker_cooldown", "a duration greater than 0, such as 5s", func(c *Config, v string) (err error) {
-		c.BreakerCooldown, err = parseDuration(v, false)
-		return err
-	}},
-	{"connect_retries", fmt.Sprintf("an integer from 0 to %d", maxConnectRetries), func(c *Config, v string) error {
-		n, err := parseInt(v, 0, maxConnectRetries)
-		if n == 0 {
-			n = -1 // 0 in a Config means "the default"
-		}
-		c.ConnectRetries = n
-		return err
-	}},
-	{"connect_backoff", "a duration greater than 0, such as 100ms", func(c *Config, v string) (err error) {
-		c.ConnectBackoff, err = parseDuration(v, false)
-		return err
-	}},
-	{"connect_backoff_max", "a duration greater than 0, such as 5s", func(c *Config, v string) (err error) {
-		c.ConnectBackoffMax, err = parseDuration(v, false)
-		return err
-	}},
-	{"query_timeout", "a duration such as 30s, or 0 for none", func(c *Config, v string) (err error) {
-		c.QueryTimeout, err = parseDuration(v, true)
-		return err
-	}},
-	{"tx_autorollback", "on or off", func(c *Config, v string) error {
-		b, err := parseBool(v)
-		c.DisableTxAutoRollback = !b
-		return err
-	}},
+	{"breaker", "on", "the circuit breaker: on or off",
+		"on or off", func(c *Config, v string) error {
+			b, err := parseBool(v)
+			c.DisableBreaker = !b
+			return err
+		}},
+	{"breaker_failures", "5", "consecutive connectivity failures that open the breaker",
+		fmt.Sprintf("an integer from 1 to %d", maxBreakerFailures), func(c *Config, v string) (err error) {
+			c.BreakerFailures, err = parseInt(v, 1, maxBreakerFailures)
+			return err
+		}},
+	{"breaker_cooldown", "1s", "how long the breaker stays open before one probe is let through",
+		"a duration greater than 0, such as 5s", func(c *Config, v string) (err error) {
+			c.BreakerCooldown, err = parseDuration(v, false)
+			return err
+		}},
+	{"connect_retries", "3", "extra attempts when opening a connection fails transiently",
+		fmt.Sprintf("an integer from 0 to %d", maxConnectRetries), func(c *Config, v string) error {
+			n, err := parseInt(v, 0, maxConnectRetries)
+			if n == 0 {
+				n = -1 // 0 in a Config means "the default"
+			}
+			c.ConnectRetries = n
+			return err
+		}},
+	{"connect_backoff", "100ms", "first retry delay; doubles per attempt, with full jitter",
+		"a duration greater than 0, such as 100ms", func(c *Config, v string) (err error) {
+			c.ConnectBackoff, err = parseDuration(v, false)
+			return err
+		}},
+	{"connect_backoff_max", "5s", "ceiling of the retry delay",
+		"a duration greater than 0, such as 5s", func(c *Config, v string) (err error) {
+			c.ConnectBackoffMax, err = parseDuration(v, false)
+			return err
+		}},
+	{"query_timeout", "0", "upper bound on every statement, connection attempt and check; a caller's earlier deadline wins; 0 is off",
+		"a duration such as 30s, or 0 for none", func(c *Config, v string) (err error) {
+			c.QueryTimeout, err = parseDuration(v, true)
+			return err
+		}},
+	{"tx_autorollback", "on", "roll a transaction back on the server as soon as a statement in it fails: on or off",
+		"on or off", func(c *Config, v string) error {
+			b, err := parseBool(v)
+			c.DisableTxAutoRollback = !b
+			return err
+		}},
 }
 
 func lookupParam(name string) *paramSpec {

@@ -39,15 +39,15 @@
 //
 // # DSN parameters
 //
-//	parameter            type      default  meaning
-//	breaker              on|off    on       the circuit breaker
-//	breaker_failures     int >= 1  5        consecutive connectivity failures that open the breaker
-//	breaker_cooldown     duration  1s       how long the breaker stays open before one probe
-//	connect_retries      int >= 0  3        extra attempts when opening a connection fails transiently
-//	connect_backoff      duration  100ms    first retry delay; doubles per attempt, full jitter
-//	connect_backoff_max  duration  5s       ceiling of the retry delay
-//	query_timeout        duration  0 (off)  upper bound on each statement; an earlier deadline of the caller wins
-//	tx_autorollback      on|off    on       roll a failed transaction back on the server at once
+//	parameter            default meaning
+//	breaker              on      the circuit breaker: on or off
+//	breaker_failures     5       consecutive connectivity failures that open the breaker
+//	breaker_cooldown     1s      how long the breaker stays open before one probe is let through
+//	connect_retries      3       extra attempts when opening a connection fails transiently
+//	connect_backoff      100ms   first retry delay; doubles per attempt, with full jitter
+//	connect_backoff_max  5s      ceiling of the retry delay
+//	query_timeout        0       upper bound on every statement, connection attempt and check; a caller's earlier deadline wins; 0 is off
+//	tx_autorollback      on      roll a transaction back on the server as soon as a statement in it fails: on or off
 //
 // docs/configuration.md describes each one. Go-only settings (a logger, extra
 // sqlmw interceptors, pgx's connect hooks, a breaker callback, another driver

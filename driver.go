@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/stdlib"
-	"github.com/ngrok/sqlmw"
 )
 
 // DriverName is the name pgresilient registers with database/sql.
@@ -108,15 +107,6 @@ func NewConnectorConfig(cfg Config, opts ...Option) (*Connector, error) {
 		return nil, errNoConnConfig
 	}
 	return newConnector(&cfg, "", o)
-}
-
-// OpenDB opens a *sql.DB over NewConnectorConfig(cfg, opts...).
-func OpenDB(cfg Config, opts ...Option) (*sql.DB, error) {
-	c, err := NewConnectorConfig(cfg, opts...)
-	if err != nil {
-		return nil, err
-	}
-	return sql.OpenDB(c), nil
 }
 
 var errNoConnConfig = errors.New("pgresilient: Config.ConnConfig is nil (make one with pgx.ParseConfig)")
@@ -226,7 +216,7 @@ func (c *Connector) Driver() driver.Driver { return &Driver{} }
 // since this one was last known good, less than sameEvent ago (a restart
 // ends every connection at once), which is then neither counted nor logged
 // again.
-func (c *Connector) invalidate(from uint64, op string, cause error) (news bool) {
+func (c *Connector) invalidate(from uint64, op Op, cause error) (news bool) {
 	now := time.Now().UnixNano()
 	if !c.gen.CompareAndSwap(from, from+1) {
 		if now-c.invalidatedAt.Load() < int64(sameEvent) {
@@ -237,7 +227,7 @@ func (c *Connector) invalidate(from uint64, op string, cause error) (news bool) 
 	c.invalidatedAt.Store(now)
 	c.stats.invalidations.Add(1)
 	c.logger.LogAttrs(context.Background(), slog.LevelInfo, "pgresilient: pool invalidated: pooled connections will be verified before reuse",
-		slog.String("op", op), slog.String("cause", logCause(cause)))
+		slog.String("op", string(op)), slog.String("cause", logCause(cause)))
 	return true
 }
 
@@ -245,27 +235,6 @@ func (c *Connector) invalidate(from uint64, op string, cause error) (news bool) 
 // another must be to count as one event: the connections a restart or a
 // network cut ends all fail within it.
 const sameEvent = time.Second
-
-// baseSlot carries the baseConn from the bottom of the chain to Connect.
-type (
-	baseSlot    struct{ conn *baseConn }
-	baseSlotKey struct{}
-)
-
-// baseConnector is the bottom of the interceptor chain: it opens the wrapped
-// driver's connection and wraps it in a baseConn.
-type baseConnector struct{ c *Connector }
-
-func (b baseConnector) Connect(ctx context.Context) (driver.Conn, error) {
-	bc, err := b.c.openBase(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if slot, ok := ctx.Value(baseSlotKey{}).(*baseSlot); ok {
-		slot.conn = bc
-	}
-	return bc, nil
-}
 
 // openBase opens the wrapped driver's connection, retrying as configured,
 // behind the breaker: rejected at once while it is open, and counted by what
@@ -285,32 +254,7 @@ func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
 	return newBaseConn(c, inner), nil
 }
 
-func (b baseConnector) Driver() driver.Driver { return b.c.Driver() }
-
 func neverPing(context.Context, stdlib.ShouldPingParams) bool { return false }
-
-// buildChain wraps base in the interceptors, the first one outermost.
-func buildChain(base driver.Connector, in []sqlmw.Interceptor) driver.Connector {
-	top := base
-	for i := len(in) - 1; i >= 0; i-- {
-		d := sqlmw.Driver(connectorDriver{top}, in[i]).(driver.DriverContext)
-		wrapped, err := d.OpenConnector("")
-		if err != nil {
-			panic("pgresilient: sqlmw.OpenConnector failed: " + err.Error()) // connectorDriver never fails
-		}
-		top = wrapped
-	}
-	return top
-}
-
-// connectorDriver lets sqlmw wrap a Connector: sqlmw wraps drivers only.
-type connectorDriver struct{ c driver.Connector }
-
-func (d connectorDriver) Open(string) (driver.Conn, error) {
-	return d.c.Connect(context.Background())
-}
-
-func (d connectorDriver) OpenConnector(string) (driver.Connector, error) { return d.c, nil }
 
 // dsnConnector adapts a driver without DriverContext.
 type dsnConnector struct {

@@ -93,7 +93,7 @@ func TestDisconnectErrorMatching(t *testing.T) {
 	if errors.Is(masked, driver.ErrBadConn) || !errors.Is(masked, ErrConnLost) {
 		t.Errorf("unsafe error over an ErrBadConn cause: Is(ErrBadConn)=%v", errors.Is(masked, driver.ErrBadConn))
 	}
-	safe := error(&DisconnectError{Op: "exec", Safe: true, Err: io.EOF})
+	safe := error(&DisconnectError{Op: "exec", safe: true, Err: io.EOF})
 	if errors.Is(safe, ErrConnLost) || !errors.Is(safe, driver.ErrBadConn) || !errors.Is(safe, io.EOF) {
 		t.Errorf("safe: wrong matches: %v", safe)
 	}
@@ -293,13 +293,13 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	if _, err := db.Exec("a"); !errors.Is(err, ErrConnLost) {
 		t.Fatalf("want ErrConnLost, got %v", err)
 	}
-	if got := c.BreakerState(); got != BreakerClosed {
+	if got := c.Stats().Breaker; got != BreakerClosed {
 		t.Fatalf("state = %v after 1 failure, want closed", got)
 	}
 	if _, err := db.Exec("a"); err == nil {
 		t.Fatal("want the connect error")
 	}
-	if got := c.BreakerState(); got != BreakerOpen {
+	if got := c.Stats().Breaker; got != BreakerOpen {
 		t.Fatalf("state = %v, want open after 2 consecutive failures", got)
 	}
 	connects, execs := fd.connects.Load(), fd.execs.Load()
@@ -322,7 +322,7 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	if _, err := db.Exec("a"); err != nil {
 		t.Fatalf("probe: %v", err)
 	}
-	if got := c.BreakerState(); got != BreakerClosed {
+	if got := c.Stats().Breaker; got != BreakerClosed {
 		t.Fatalf("state = %v, want closed after a successful probe", got)
 	}
 	mu.Lock()
@@ -341,7 +341,7 @@ func TestBreakerProbeFailureReopens(t *testing.T) {
 	db, mock, c := openMock(t, "breaker_failures=1&breaker_cooldown=30ms")
 	mock.ExpectExec("a").WillReturnError(io.EOF)
 	db.Exec("a")
-	if c.BreakerState() != BreakerOpen {
+	if c.Stats().Breaker != BreakerOpen {
 		t.Fatal("want open")
 	}
 	time.Sleep(40 * time.Millisecond)
@@ -349,7 +349,7 @@ func TestBreakerProbeFailureReopens(t *testing.T) {
 	if _, err := db.Exec("a"); !errors.Is(err, ErrConnLost) {
 		t.Fatalf("probe: want ErrConnLost, got %v", err)
 	}
-	if got := c.BreakerState(); got != BreakerOpen {
+	if got := c.Stats().Breaker; got != BreakerOpen {
 		t.Fatalf("state after a failed probe = %v, want open", got)
 	}
 	if err := mock.ExpectationsWereMet(); err != nil {
@@ -366,7 +366,7 @@ func TestBreakerIgnoresCallerCancellation(t *testing.T) {
 	if err == nil {
 		t.Fatal("want an error")
 	}
-	if got := c.BreakerState(); got != BreakerClosed {
+	if got := c.Stats().Breaker; got != BreakerClosed {
 		t.Fatalf("a caller's cancellation opened the breaker: %v (err %v)", got, err)
 	}
 }
@@ -416,7 +416,7 @@ func TestConnectRetries(t *testing.T) {
 			if got := fd.connects.Load(); got != tt.wantConnects {
 				t.Errorf("connect attempts = %d, want %d", got, tt.wantConnects)
 			}
-			if got := c.BreakerState(); got != tt.wantBreaker {
+			if got := c.Stats().Breaker; got != tt.wantBreaker {
 				t.Errorf("breaker = %v, want %v (one call counts once)", got, tt.wantBreaker)
 			}
 		})

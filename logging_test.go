@@ -187,11 +187,11 @@ func TestLogEvents(t *testing.T) {
 	}
 	wantEvent(t, logs, "pgresilient: circuit breaker open", slog.LevelWarn, "from", "to", "cooldown")
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if bdb.PingContext(ctx) == nil && bcn.BreakerState() == BreakerClosed {
+		if bdb.PingContext(ctx) == nil && bcn.Stats().Breaker == BreakerClosed {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the breaker is %v 5s after the proxy accepts again", bcn.BreakerState())
+			t.Fatalf("the breaker is %v 5s after the proxy accepts again", bcn.Stats().Breaker)
 		}
 	}
 	wantEvent(t, logs, "pgresilient: circuit breaker half-open", slog.LevelInfo, "from", "to")

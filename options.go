@@ -36,26 +36,6 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
-// WithInterceptor adds sqlmw interceptors. They run in the order given, the
-// first outermost, all outside pgresilient's own behaviour: they see the
-// errors pgresilient returns (ErrConnLost, ErrCircuitOpen, ...). Calling it
-// again appends.
-//
-// Without it there is no sqlmw chain at all. Each interceptor costs what
-// sqlmw costs: about 3 allocations per query and one interface call per row
-// (docs/performance.md).
-func WithInterceptor(in ...sqlmw.Interceptor) Option {
-	return func(o *options) error {
-		for _, i := range in {
-			if i == nil {
-				return errors.New("pgresilient: WithInterceptor: nil interceptor")
-			}
-		}
-		o.interceptors = append(o.interceptors, in...)
-		return nil
-	}
-}
-
 // WithBeforeConnect sets pgx's hook run before every new connection, with a
 // copy of the parsed config it may change: the place to fetch a short-lived
 // password such as a cloud IAM token. Errors it returns fail the attempt.

@@ -173,11 +173,11 @@ func outageTrip(t *testing.T, db *sql.DB, cn *Connector, max int) int {
 		if !errors.As(err, &ce) || ce.Permanent || !IsDisconnect(err) {
 			t.Fatalf("call %d: want a transient *ConnectError (IsDisconnect), got %T: %v", i+1, err, err)
 		}
-		if cn.BreakerState() == BreakerOpen {
+		if cn.Stats().Breaker == BreakerOpen {
 			return i + 1
 		}
 	}
-	t.Fatalf("the breaker did not open after %d failed calls (state %v)", max, cn.BreakerState())
+	t.Fatalf("the breaker did not open after %d failed calls (state %v)", max, cn.Stats().Breaker)
 	return 0
 }
 
@@ -383,7 +383,7 @@ func TestOutageRecovery(t *testing.T) {
 		t.Errorf("pgresilient recovered %v after the server came back, later than cooldown %v + backoff %v + slack %v",
 			got, cooldown, backoffMax, slack)
 	}
-	if s := cn.BreakerState(); s != BreakerClosed {
+	if s := cn.Stats().Breaker; s != BreakerClosed {
 		t.Errorf("breaker %v after the first success, want closed", s)
 	}
 	t.Logf("MEASURE outage/recovery %s first_success_after_up=%s tries=%d rejected_while_open=%d breaker_open_at_up=%s cooldown=%s",
@@ -731,7 +731,7 @@ func TestOutageCountedOnce(t *testing.T) {
 			t.Fatal("ping through a refusing proxy succeeded")
 		}
 	}
-	if s := cn.BreakerState(); s != BreakerOpen {
+	if s := cn.Stats().Breaker; s != BreakerOpen {
 		t.Errorf("after 2 refused connection attempts: breaker %v, want open", s)
 	}
 }
@@ -763,7 +763,7 @@ func TestQueryTimeoutUnderCallerDeadline(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "query_timeout") {
 		t.Errorf("got %v, want query_timeout's deadline", err)
 	}
-	if s := cn.BreakerState(); s != BreakerOpen {
+	if s := cn.Stats().Breaker; s != BreakerOpen {
 		t.Errorf("breaker %v after a statement timed out on a frozen network with breaker_failures=1, want open", s)
 	}
 	if _, err := db.ExecContext(ctx, "select 1"); !errors.Is(err, ErrCircuitOpen) {

@@ -2,83 +2,13 @@ package pgresilient
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"database/sql/driver"
 	"errors"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"strconv"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgconn"
 )
-
-// connectClass classifies an error from opening a connection. Unlike a
-// statement's, a FATAL server error here is the server answering (bad
-// password, no such database): a permanent failure, and a sign the server is
-// up. Only the FATALs that mean "not now" are connectivity failures.
-func connectClass(ctx context.Context, err error) errClass {
-	general := classify(ctx, err)
-	if general == classNone || general == classCanceled {
-		return general
-	}
-	var coe *CircuitOpenError
-	if errors.As(err, &coe) {
-		return classOther
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		if transientServerCode(pgErr.Code) {
-			return classGone
-		}
-		return classServer
-	}
-	if permanentTLS(err) {
-		return classOther
-	}
-	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) {
-		if dnsErr.IsNotFound && !dnsErr.IsTemporary {
-			return classOther // no such host: retrying will not help
-		}
-		return classGone
-	}
-	if general == classGone {
-		return classGone
-	}
-	return classOther
-}
-
-// transientServerCode reports the SQLSTATEs a server sends at connection time
-// that may clear up by themselves.
-func transientServerCode(code string) bool {
-	switch code {
-	case "57P03", // cannot_connect_now: starting up, shutting down, in recovery
-		"57P01", "57P02", // shutdown under way
-		"53300",                   // too_many_connections
-		"53000", "53100", "53200", // insufficient resources, disk full, out of memory
-		"58000", "58030": // system_error, io_error
-		return true
-	}
-	return len(code) == 5 && code[:2] == "08"
-}
-
-// permanentTLS reports TLS and certificate failures: configuration problems
-// that no retry fixes.
-func permanentTLS(err error) bool {
-	var (
-		unknownAuth x509.UnknownAuthorityError
-		hostErr     x509.HostnameError
-		certInvalid x509.CertificateInvalidError
-		recordErr   tls.RecordHeaderError
-		alertErr    tls.AlertError
-		verifyErr   *tls.CertificateVerificationError
-	)
-	return errors.As(err, &unknownAuth) || errors.As(err, &hostErr) || errors.As(err, &certInvalid) ||
-		errors.As(err, &recordErr) || errors.As(err, &alertErr) || errors.As(err, &verifyErr)
-}
 
 // ConnectError is returned when a connection could not be opened. It wraps
 // the last attempt's error (a *pgconn.ConnectError from pgx, which never holds
@@ -120,16 +50,6 @@ func (c *Connector) connectOnce(ctx context.Context) (driver.Conn, error) {
 	ctx, cancel := within(ctx, c.cfg.QueryTimeout)
 	defer cancel()
 	return c.inner.Connect(ctx)
-}
-
-// isTimeout reports a deadline or I/O timeout (not a caller's cancellation,
-// which connectClass already sorted out).
-func isTimeout(err error) bool {
-	if pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // connect opens one connection of the wrapped driver, retrying transient

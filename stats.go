@@ -84,8 +84,9 @@ func (c *Connector) Stats() Stats {
 		PoolRollbacks:   c.stats.poolRollbacks.Load(),
 	}
 	s.Discarded = s.DiscardedLost + s.DiscardedIdle + s.DiscardedVerify + s.DiscardedRollback
-	s.Breaker = c.BreakerState()
+	s.Breaker = BreakerDisabled
 	if c.breaker != nil {
+		s.Breaker = c.breaker.State()
 		s.BreakerTransitions = c.breaker.transitions.Load()
 		s.BreakerRejected = c.breaker.rejected.Load()
 	}

@@ -16,8 +16,8 @@ import (
 
 	"github.com/pgresilient/pgresilient"
 	"github.com/pgresilient/pgresilient/faultproxy"
-	"github.com/pgresilient/pgresilient/pgtest"
 	"github.com/pgresilient/pgresilient/pgresilientprom"
+	"github.com/pgresilient/pgresilient/pgtest"
 )
 
 // cluster is the throwaway PostgreSQL of the integration test, started by

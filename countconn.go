@@ -2,6 +2,8 @@ package pgresilient
 
 import (
 	"context"
+	"database/sql/driver"
+	"errors"
 	"net"
 	"sync/atomic"
 	"time"
@@ -63,3 +65,36 @@ func findCounting(nc net.Conn) *countingConn {
 	}
 	return nil
 }
+
+// mark returns the count of bytes written so far, to pass to fail: an
+// operation is safe to retry only if nothing was written since.
+func (c *baseConn) mark() int64 {
+	if c.wire == nil {
+		return 0
+	}
+	return c.wire.written.Load()
+}
+
+// ran is the mark of an operation that certainly reached the server (an
+// error while reading a result set).
+const ran = -1
+
+// safeToRetry reports whether nothing of the failed operation that started at
+// mark reached the server. Over pgx that is read off the socket's byte count,
+// whatever pgx says; over another driver, pgx's rule: driver.ErrBadConn or
+// SafeToRetry.
+func (c *baseConn) safeToRetry(mark int64, err error) bool {
+	if mark == ran {
+		return false
+	}
+	if c.wire != nil {
+		return c.wire.written.Load() == mark
+	}
+	return errors.Is(err, driver.ErrBadConn) || pgconn.SafeToRetry(err)
+}
+
+// noEffect reports whether op changes nothing on the server even when it
+// reached it: BEGIN opens a transaction the broken session takes with it,
+// PREPARE only parses. Outside a transaction, retrying them elsewhere is
+// safe whatever was sent.
+func noEffect(op Op) bool { return op == OpBegin || op == OpPrepare }

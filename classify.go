@@ -1,0 +1,225 @@
+package pgresilient
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// This file holds every decision about what an error means: the error
+// classes, the SQLSTATE table, and the classifiers of statement and
+// connection errors. errors.go holds what callers see.
+
+// errClass is what the classifier decides about an error.
+type errClass uint8
+
+const (
+	classNone     errClass = iota // no error
+	classOther                    // a client-side error: bad argument, conversion, driver.ErrSkip
+	classServer                   // the server answered: the connection is healthy
+	classGone                     // the connection is gone, or unusable
+	classCanceled                 // the caller's own context ended
+)
+
+func (c errClass) String() string {
+	switch c {
+	case classNone:
+		return "none"
+	case classOther:
+		return "other"
+	case classServer:
+		return "server"
+	case classGone:
+		return "gone"
+	case classCanceled:
+		return "canceled"
+	}
+	return "unknown"
+}
+
+// classify decides what an error from the wrapped driver means. ctx is the
+// caller's context (nil if unknown): a context error while it is done is the
+// caller giving up; a context error while it is not done is a deadline of our
+// own (query_timeout) or of pgx, which counts as the connection being gone.
+func classify(ctx context.Context, err error) errClass {
+	if err == nil {
+		return classNone
+	}
+	if err == driver.ErrSkip { //nolint:errorlint // ErrSkip is a sentinel compared by identity in database/sql too
+		return classOther
+	}
+	if ctx != nil && ctx.Err() != nil {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+			errors.Is(err, driver.ErrBadConn) || pgconn.Timeout(err) {
+			return classCanceled
+		}
+	}
+	var de *DisconnectError
+	if errors.As(err, &de) {
+		return classGone
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		if serverGone(pgErr) {
+			return classGone
+		}
+		return classServer
+	}
+	if errors.Is(err, driver.ErrBadConn) || pgconn.Timeout(err) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		// A context error while the caller's context is alive: a deadline of
+		// our own or of pgx. pgx closes the connection when a deadline fires
+		// during I/O.
+		return classGone
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, pgconn.ErrConnClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, syscall.ETIMEDOUT) || errors.Is(err, syscall.EHOSTUNREACH) ||
+		errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.ENETDOWN) {
+		return classGone
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return classGone
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return classGone
+	}
+	if pgconn.SafeToRetry(err) {
+		// pgconn's own "nothing was written" errors (conn closed, ...).
+		return classGone
+	}
+	return classOther
+}
+
+// The SQLSTATEs that decide what pgresilient does with a server's error,
+// in one table that every decision reads: serverGone (a statement's error
+// ends the session), connectClass (a connection attempt's error may clear up
+// by itself, so it is retried and counts against the breaker). A code not
+// listed is the server answering: the connection is healthy and the error
+// is the caller's (a constraint, a syntax error, a refused password).
+//
+// A two-character key is a whole class; a five-character code overrides it.
+var sqlstates = map[string]sqlstate{
+	"08": {gone: true, transient: true}, // connection_exception: the connection failed
+
+	"57P01": {gone: true, transient: true}, // admin_shutdown: pg_terminate_backend, fast shutdown
+	"57P02": {gone: true, transient: true}, // crash_shutdown
+	"57P03": {gone: true, transient: true}, // cannot_connect_now: starting up, shutting down, in recovery
+	"57P04": {gone: true},                  // database_dropped
+	"57P05": {gone: true},                  // idle_session_timeout
+	"25P03": {gone: true},                  // idle_in_transaction_session_timeout
+
+	"53300": {transient: true}, // too_many_connections
+	"53000": {transient: true}, // insufficient_resources
+	"53100": {transient: true}, // disk_full
+	"53200": {transient: true}, // out_of_memory
+	"58000": {transient: true}, // system_error
+	"58030": {transient: true}, // io_error
+}
+
+// sqlstate is what one SQLSTATE means to pgresilient.
+type sqlstate struct {
+	gone      bool // in reply to a statement: the server ended the session
+	transient bool // in reply to a connection attempt: "not now", worth a retry
+}
+
+// lookupSQLState returns what code means: its own entry, else its class's,
+// else nothing.
+func lookupSQLState(code string) sqlstate {
+	if s, ok := sqlstates[code]; ok {
+		return s
+	}
+	if len(code) == 5 {
+		return sqlstates[code[:2]]
+	}
+	return sqlstate{}
+}
+
+// serverGone reports whether a server error means the session is over: the
+// server closes the connection after any FATAL or PANIC, and the SQLSTATEs
+// marked gone in sqlstates are those it sends when shutting down, crashing,
+// starting up or dropping the database, or when the connection itself
+// failed.
+func serverGone(e *pgconn.PgError) bool {
+	switch e.Severity {
+	case "FATAL", "PANIC":
+		return true
+	}
+	switch e.SeverityUnlocalized {
+	case "FATAL", "PANIC":
+		return true
+	}
+	return lookupSQLState(e.Code).gone
+}
+
+// connectClass classifies an error from opening a connection. Unlike a
+// statement's, a FATAL server error here is the server answering (bad
+// password, no such database): a permanent failure, and a sign the server is
+// up. Only the FATALs that mean "not now" are connectivity failures.
+func connectClass(ctx context.Context, err error) errClass {
+	general := classify(ctx, err)
+	if general == classNone || general == classCanceled {
+		return general
+	}
+	var coe *CircuitOpenError
+	if errors.As(err, &coe) {
+		return classOther
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		if lookupSQLState(pgErr.Code).transient {
+			return classGone
+		}
+		return classServer
+	}
+	if permanentTLS(err) {
+		return classOther
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		if dnsErr.IsNotFound && !dnsErr.IsTemporary {
+			return classOther // no such host: retrying will not help
+		}
+		return classGone
+	}
+	if general == classGone {
+		return classGone
+	}
+	return classOther
+}
+
+// permanentTLS reports TLS and certificate failures: configuration problems
+// that no retry fixes.
+func permanentTLS(err error) bool {
+	var (
+		unknownAuth x509.UnknownAuthorityError
+		hostErr     x509.HostnameError
+		certInvalid x509.CertificateInvalidError
+		recordErr   tls.RecordHeaderError
+		alertErr    tls.AlertError
+		verifyErr   *tls.CertificateVerificationError
+	)
+	return errors.As(err, &unknownAuth) || errors.As(err, &hostErr) || errors.As(err, &certInvalid) ||
+		errors.As(err, &recordErr) || errors.As(err, &alertErr) || errors.As(err, &verifyErr)
+}
+
+// isTimeout reports a deadline or I/O timeout (not a caller's cancellation,
+// which connectClass already sorted out).
+func isTimeout(err error) bool {
+	if pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

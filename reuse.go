@@ -1,0 +1,149 @@
+package pgresilient
+
+import (
+	"context"
+	"database/sql/driver"
+	"log/slog"
+	"time"
+)
+
+// ResetSession runs when database/sql takes the connection from the pool
+// again. It returns driver.ErrBadConn (nothing was sent: database/sql retries
+// on another connection) for a connection that is broken, that the server
+// already closed, or that fails verification after a pool invalidation.
+//
+// Its one possible round trip, verify's ping (after a second idle, on the
+// first reuse, when bytes are pending, after a pool invalidation), is bounded
+// by the verification timeout, 2s or query_timeout if shorter, or by ctx's
+// deadline if that comes first. A blackholed connection then costs that
+// much, not forever.
+func (c *baseConn) ResetSession(ctx context.Context) error {
+	if c.broken.Load() || c.innerClosed() {
+		return driver.ErrBadConn
+	}
+	c.endTx() // database/sql reuses a connection only after its Tx ended
+
+	// A connection idle for over a second, or reused for the first time
+	// since it was dialled, is pinged: pgx's own rule, which pgresilient
+	// applies itself (pgx's is turned off with OptionShouldPing) so that
+	// every round trip of a reuse goes through verify and its deadline.
+	now := time.Now()
+	verify := c.pgx != nil && (c.lastReset.IsZero() || now.Sub(c.lastReset) > idlePingAfter)
+	c.lastReset = now
+	if c.peek != nil {
+		switch c.peek.state() {
+		case peekDead:
+			c.discard(ctx, discardIdle, "closed while idle")
+			return driver.ErrBadConn
+		case peekPending:
+			// The server said something while we were idle: a notice, a
+			// notification, or, most often, a FATAL before it closed.
+			verify = true
+		}
+	}
+	if pc := c.pgConn(); pc != nil && pc.Frontend().ReadBufferLen() > 0 {
+		verify = true // pgx read more than the last reply: same as pending
+	}
+	gen := c.owner.gen.Load()
+	if gen != c.gen {
+		verify = true
+	}
+	if verify {
+		if err := c.verify(ctx); err != nil {
+			return err
+		}
+		c.gen = gen
+	}
+	if !c.clean(ctx) {
+		return driver.ErrBadConn
+	}
+	if c.resetter != nil {
+		if err := c.resetter.ResetSession(ctx); err != nil {
+			c.markBroken(discardLost)
+			return driver.ErrBadConn
+		}
+	}
+	return nil
+}
+
+// idlePingAfter is how long a pooled connection may sit idle before its
+// reuse pings it (pgx's default, which pgresilient takes over).
+const idlePingAfter = time.Second
+
+// verify pings the connection within the verification timeout, or ctx's
+// deadline if sooner; on failure it marks it broken and returns
+// driver.ErrBadConn.
+// It is the only round trip of a reuse: only it needs a timer.
+func (c *baseConn) verify(ctx context.Context) error {
+	pc := c.pgConn()
+	if pc == nil {
+		return nil
+	}
+	ctx, cancel := within(ctx, c.owner.verifyTimeout)
+	defer cancel()
+	c.owner.stats.verifications.Add(1)
+	if err := pc.Ping(ctx); err != nil {
+		c.discard(ctx, discardVerify, "failed verification: "+logCause(err))
+		return driver.ErrBadConn
+	}
+	return nil
+}
+
+// discard takes a pooled connection out of use on its way out of the pool,
+// and logs why.
+func (c *baseConn) discard(ctx context.Context, r discardReason, why string) {
+	c.markBroken(r)
+	c.owner.logger.LogAttrs(ctx, slog.LevelDebug, "pgresilient: discarding pooled connection",
+		slog.String("why", why))
+}
+
+// markBroken takes the connection out of use: database/sql closes it at the
+// next ResetSession or IsValid, or at once after driver.ErrBadConn. Only the
+// first call counts, under reason r.
+func (c *baseConn) markBroken(r discardReason) {
+	if c.broken.CompareAndSwap(false, true) {
+		c.owner.stats.discarded[r].Add(1)
+	}
+}
+
+// clean makes sure the connection is outside any transaction block, rolling
+// back one left open (a BEGIN sent by hand, a COMMIT that failed, a ROLLBACK
+// that never came); false if that failed and the connection must go.
+func (c *baseConn) clean(ctx context.Context) bool {
+	pc := c.pgConn()
+	if pc == nil {
+		return true
+	}
+	status := pc.TxStatus()
+	if status == 'I' {
+		return true
+	}
+	if pc.IsBusy() {
+		c.markBroken(discardRollback)
+		return false
+	}
+	if err := c.rollbackNow(ctx); err != nil {
+		c.discard(ctx, discardRollback, "left in a transaction block, and its rollback failed")
+		return false
+	}
+	c.owner.stats.poolRollbacks.Add(1)
+	c.owner.logger.LogAttrs(ctx, slog.LevelWarn, "pgresilient: connection returned to the pool inside a transaction block: rolled back",
+		slog.String("status", string(rune(status))))
+	return true
+}
+
+// IsValid runs when database/sql returns the connection to the pool: false
+// discards it. A connection still inside a transaction block is rolled back
+// first, so it never waits in the pool holding locks.
+func (c *baseConn) IsValid() bool {
+	if c.broken.Load() || c.innerClosed() {
+		return false
+	}
+	if !c.clean(context.Background()) {
+		return false
+	}
+	if c.validator != nil && !c.validator.IsValid() {
+		return false
+	}
+	return true
+}

@@ -1,0 +1,111 @@
+package pgresilient
+
+import (
+	"context"
+	"database/sql/driver"
+	"io"
+	"reflect"
+)
+
+// baseRows wraps a result set so that a connection lost while reading it is
+// reported like one lost during the statement.
+type baseRows struct {
+	driver.Rows
+	ctx    context.Context // the caller's
+	sctx   context.Context // the statement's: ctx with the query_timeout deadline
+	cancel context.CancelFunc
+	conn   *baseConn
+	failed error // the error Next returned, if any
+}
+
+func wrapRows(ctx, sctx context.Context, cancel context.CancelFunc, c *baseConn, rows driver.Rows) driver.Rows {
+	return &baseRows{Rows: rows, ctx: ctx, sctx: sctx, cancel: cancel, conn: c}
+}
+
+var (
+	_ driver.RowsNextResultSet              = (*baseRows)(nil)
+	_ driver.RowsColumnTypeDatabaseTypeName = (*baseRows)(nil)
+	_ driver.RowsColumnTypeLength           = (*baseRows)(nil)
+	_ driver.RowsColumnTypeNullable         = (*baseRows)(nil)
+	_ driver.RowsColumnTypePrecisionScale   = (*baseRows)(nil)
+	_ driver.RowsColumnTypeScanType         = (*baseRows)(nil)
+)
+
+func (r *baseRows) Next(dest []driver.Value) error {
+	err := r.Rows.Next(dest)
+	if err != nil && err != io.EOF { //nolint:errorlint // io.EOF is returned unwrapped by contract
+		r.failed = err
+		return r.conn.failTimed(r.ctx, r.sctx, OpRows, err, ran)
+	}
+	return err
+}
+
+func (r *baseRows) Close() error {
+	err := r.Rows.Close()
+	r.cancel()
+	if err != nil {
+		return r.conn.failTimed(r.ctx, r.sctx, OpRows, err, ran)
+	}
+	if r.failed != nil {
+		// An error surfaced in Next while pgx was still reading: now that
+		// the result is drained, the transaction can be rolled back.
+		r.conn.autoRollback(r.ctx, r.failed)
+	}
+	return nil
+}
+
+func (r *baseRows) HasNextResultSet() bool {
+	if n, ok := r.Rows.(driver.RowsNextResultSet); ok {
+		return n.HasNextResultSet()
+	}
+	return false
+}
+
+func (r *baseRows) NextResultSet() error {
+	if n, ok := r.Rows.(driver.RowsNextResultSet); ok {
+		if err := n.NextResultSet(); err != nil && err != io.EOF { //nolint:errorlint // see Next
+			return r.conn.failTimed(r.ctx, r.sctx, OpRows, err, ran)
+		} else if err != nil {
+			return err
+		}
+		return nil
+	}
+	return io.EOF
+}
+
+func (r *baseRows) ColumnTypeDatabaseTypeName(i int) string {
+	if t, ok := r.Rows.(driver.RowsColumnTypeDatabaseTypeName); ok {
+		return t.ColumnTypeDatabaseTypeName(i)
+	}
+	return ""
+}
+
+func (r *baseRows) ColumnTypeLength(i int) (int64, bool) {
+	if t, ok := r.Rows.(driver.RowsColumnTypeLength); ok {
+		return t.ColumnTypeLength(i)
+	}
+	return 0, false
+}
+
+func (r *baseRows) ColumnTypeNullable(i int) (nullable, ok bool) {
+	if t, ok := r.Rows.(driver.RowsColumnTypeNullable); ok {
+		return t.ColumnTypeNullable(i)
+	}
+	return false, false
+}
+
+func (r *baseRows) ColumnTypePrecisionScale(i int) (precision, scale int64, ok bool) {
+	if t, ok := r.Rows.(driver.RowsColumnTypePrecisionScale); ok {
+		return t.ColumnTypePrecisionScale(i)
+	}
+	return 0, 0, false
+}
+
+var anyType = reflect.TypeFor[any]()
+
+func (r *baseRows) ColumnTypeScanType(i int) reflect.Type {
+	if t, ok := r.Rows.(driver.RowsColumnTypeScanType); ok {
+		return t.ColumnTypeScanType(i)
+	}
+	return anyType
+}
