@@ -23,6 +23,7 @@ const (
 	BreakerDisabled // breaker=off
 )
 
+// String returns the state's name: "closed", "half-open", "open" or "disabled".
 func (s BreakerState) String() string {
 	switch s {
 	case BreakerClosed:
@@ -54,6 +55,7 @@ type CircuitOpenError struct {
 	NextProbe time.Time // when the breaker lets a probe through; zero while a probe is running
 }
 
+// Error says the circuit is open and when the next probe is due.
 func (e *CircuitOpenError) Error() string {
 	if e.NextProbe.IsZero() {
 		return "pgresilient: circuit open: a probe is under way"

@@ -4,7 +4,7 @@
 // blackholes, a database that starts after the application, aborted
 // transactions. It is a drop-in:
 //
-//	import _ "github.com/pgresilient/pgresilient"
+//	import "github.com/pgresilient/pgresilient" // registers the driver; errors.Is(err, pgresilient.ErrConnLost)
 //
 //	db, err := sql.Open("pgresilient", "postgres://app@db/app?breaker_failures=5&query_timeout=5s")
 //

@@ -29,7 +29,9 @@ var (
 // implements driver.DriverContext, so sql.Open parses the DSN once per
 // *sql.DB and every connection of that *sql.DB shares one Connector: one
 // breaker, one pool invalidation state.
-type Driver struct{}
+type Driver struct {
+	c *Connector // the Connector whose Driver method returned it; nil for the registered one
+}
 
 // Open opens one connection with a Connector of its own. database/sql never
 // calls it, since Driver implements driver.DriverContext.
@@ -50,7 +52,8 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 // options are needed; it is safe for concurrent use. One Connector serves one
 // *sql.DB.
 type Connector struct {
-	cfg    Config // effective values
+	cfg    Config  // effective values
+	driver *Driver // what Driver returns: it leads ConnectorOf back here
 	opts   options
 	logger *slog.Logger
 
@@ -128,6 +131,7 @@ func applyOptions(opts []Option) (options, error) {
 // with WithDriver.
 func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 	c := &Connector{cfg: cfg.effective(), opts: o, logger: o.logger}
+	c.driver = &Driver{c: c}
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
 	}
@@ -207,7 +211,25 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 var errForeignConn = errors.New("pgresilient: an interceptor's ConnectorConnect returned a connection not opened through its argument")
 
 // Driver returns the pgresilient driver. It implements driver.Connector.
-func (c *Connector) Driver() driver.Driver { return &Driver{} }
+func (c *Connector) Driver() driver.Driver { return c.driver }
+
+// ConnectorOf returns the Connector of a pool opened with
+// sql.Open("pgresilient", dsn) or sql.OpenDB(connector), for its Stats or a
+// Prometheus collector, without rewriting how the pool is opened:
+//
+//	db, _ := sql.Open("pgresilient", dsn)
+//	c, ok := pgresilient.ConnectorOf(db)
+//
+// It reports false for a pool of another driver, or one whose driver wraps
+// pgresilient's (an instrumenting wrapper such as otelsql.Open): keep the
+// Connector from NewConnector then. It takes no connection from the pool.
+func ConnectorOf(db *sql.DB) (*Connector, bool) {
+	d, ok := db.Driver().(*Driver)
+	if !ok || d.c == nil {
+		return nil, false
+	}
+	return d.c, true
+}
 
 // invalidate records that the server went away (restart, crash, termination,
 // network), as a connection last known good at generation from found out:

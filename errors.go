@@ -61,6 +61,7 @@ type DisconnectError struct {
 	known bool
 }
 
+// Error names the operation and says whether its outcome is known.
 func (e *DisconnectError) Error() string {
 	var what string
 	switch {
@@ -123,6 +124,7 @@ type TxAbortedError struct {
 	Err error // the statement error that aborted the transaction
 }
 
+// Error says the transaction was rolled back, and why.
 func (e *TxAbortedError) Error() string {
 	return "pgresilient: transaction aborted by an earlier error and rolled back: " + errString(e.Err)
 }

@@ -17,7 +17,7 @@ import (
 	"github.com/pgresilient/pgresilient/pgtest"
 )
 
-// drivers are compared side by side in the integration tests.
+// drivers are compared side by side in the integration tests (sideBySide).
 var drivers = []string{"pgx", DriverName}
 
 // warmPool makes db hold n idle connections, each used just now and each
@@ -81,28 +81,26 @@ func runQueries(db *sql.DB, n int) (failed int, first error) {
 func TestRestartWarmPool(t *testing.T) {
 	c := needCluster(t)
 	results := map[string]int{}
-	for _, name := range drivers {
-		t.Run(name, func(t *testing.T) {
-			db := openDB(t, name, c.DSN())
-			warmPool(t, db, 8)
-			began := time.Now()
-			if err := c.Restart("fast"); err != nil {
-				t.Fatal(err)
-			}
-			took := time.Since(began)
-			failed, first := runQueries(db, 200)
-			results[name] = failed
-			t.Logf("%s: restart took %v; %d of 200 queries failed (first: %v)", name, took.Round(time.Millisecond), failed, first)
-			if name == DriverName && failed != 0 {
-				t.Errorf("pgresilient: %d queries failed after a restart, want 0 (first: %v)", failed, first)
-			}
-			// The fault is real: raw pgx, whose connections were all used
-			// within the last second, hands the app the server's goodbye.
-			if name == "pgx" && failed == 0 && took < 900*time.Millisecond {
-				t.Errorf("raw pgx saw no error: the fault did not happen")
-			}
-		})
-	}
+	sideBySide(t, func(t *testing.T, name string) {
+		db := openDB(t, name, c.DSN())
+		warmPool(t, db, 8)
+		began := time.Now()
+		if err := c.Restart("fast"); err != nil {
+			t.Fatal(err)
+		}
+		took := time.Since(began)
+		failed, first := runQueries(db, 200)
+		results[name] = failed
+		t.Logf("%s: restart took %v; %d of 200 queries failed (first: %v)", name, took.Round(time.Millisecond), failed, first)
+		if name == DriverName && failed != 0 {
+			t.Errorf("pgresilient: %d queries failed after a restart, want 0 (first: %v)", failed, first)
+		}
+		// The fault is real: raw pgx, whose connections were all used
+		// within the last second, hands the app the server's goodbye.
+		if name == "pgx" && failed == 0 && took < 900*time.Millisecond {
+			t.Errorf("raw pgx saw no error: the fault did not happen")
+		}
+	})
 	t.Logf("errors after restart: pgx %d, pgresilient %d", results["pgx"], results[DriverName])
 }
 
@@ -110,36 +108,34 @@ func TestRestartWarmPool(t *testing.T) {
 // (pg_terminate_backend, waiting until they are gone), then 200 queries.
 func TestTerminateWarmPool(t *testing.T) {
 	c := needCluster(t)
-	for _, name := range drivers {
-		t.Run(name, func(t *testing.T) {
-			db := openDB(t, name, c.DSN())
-			warmPool(t, db, 8)
-			n, err := c.TerminateBackends(context.Background())
-			if err != nil {
-				t.Fatal(err)
+	sideBySide(t, func(t *testing.T, name string) {
+		db := openDB(t, name, c.DSN())
+		warmPool(t, db, 8)
+		n, err := c.TerminateBackends(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != 8 {
+			t.Fatalf("terminated %d backends, want 8", n)
+		}
+		failed, first := runQueries(db, 200)
+		t.Logf("%s: %d of 200 queries failed after terminating %d backends (first: %v)", name, failed, n, first)
+		switch name {
+		case DriverName:
+			if failed != 0 {
+				t.Errorf("pgresilient: %d failed, want 0 (first: %v)", failed, first)
 			}
-			if n != 8 {
-				t.Fatalf("terminated %d backends, want 8", n)
+		case "pgx":
+			// The fault is real: raw pgx hands the app the termination.
+			if failed == 0 {
+				t.Errorf("raw pgx saw no error: the fault did not happen")
 			}
-			failed, first := runQueries(db, 200)
-			t.Logf("%s: %d of 200 queries failed after terminating %d backends (first: %v)", name, failed, n, first)
-			switch name {
-			case DriverName:
-				if failed != 0 {
-					t.Errorf("pgresilient: %d failed, want 0 (first: %v)", failed, first)
-				}
-			case "pgx":
-				// The fault is real: raw pgx hands the app the termination.
-				if failed == 0 {
-					t.Errorf("raw pgx saw no error: the fault did not happen")
-				}
-				var pgErr *pgconn.PgError
-				if !errors.As(first, &pgErr) || pgErr.Code != "57P01" {
-					t.Errorf("raw pgx's first error = %v, want SQLSTATE 57P01", first)
-				}
+			var pgErr *pgconn.PgError
+			if !errors.As(first, &pgErr) || pgErr.Code != "57P01" {
+				t.Errorf("raw pgx's first error = %v, want SQLSTATE 57P01", first)
 			}
-		})
-	}
+		}
+	})
 }
 
 // TestLibPQ939 runs the statement of lib/pq issue 939: a transaction that
@@ -150,33 +146,31 @@ func TestTerminateWarmPool(t *testing.T) {
 func TestLibPQ939(t *testing.T) {
 	c := needCluster(t)
 	ctx := context.Background()
-	for _, name := range drivers {
-		t.Run(name, func(t *testing.T) {
-			table := freshTable(t, c, "t939", name, "(id int)", "")
-			db := openDB(t, name, c.DSN())
-			_, err := db.Exec("begin; insert into " + table + " values (1); commit; select pg_terminate_backend(pg_backend_pid())")
-			rows, qerr := countRows(ctx, c, table)
-			if qerr != nil {
-				t.Fatal(qerr)
+	sideBySide(t, func(t *testing.T, name string) {
+		table := freshTable(t, c, "t939", name, "(id int)", "")
+		db := openDB(t, name, c.DSN())
+		_, err := db.Exec("begin; insert into " + table + " values (1); commit; select pg_terminate_backend(pg_backend_pid())")
+		rows, qerr := countRows(ctx, c, table)
+		if qerr != nil {
+			t.Fatal(qerr)
+		}
+		t.Logf("%s: %d row(s) inserted; error: %v", name, rows, err)
+		switch name {
+		case DriverName:
+			if rows != 1 {
+				t.Errorf("pgresilient inserted %d rows, want exactly 1", rows)
 			}
-			t.Logf("%s: %d row(s) inserted; error: %v", name, rows, err)
-			switch name {
-			case DriverName:
-				if rows != 1 {
-					t.Errorf("pgresilient inserted %d rows, want exactly 1", rows)
-				}
-				wantConnLost(t, err)
-				var pgErr *pgconn.PgError
-				if !errors.As(err, &pgErr) || pgErr.Code != "57P01" {
-					t.Errorf("the cause is not reachable: %v", err)
-				}
-			case "pgx":
-				if rows != 1 {
-					t.Errorf("pgx inserted %d rows, want 1", rows)
-				}
+			wantConnLost(t, err)
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "57P01" {
+				t.Errorf("the cause is not reachable: %v", err)
 			}
-		})
-	}
+		case "pgx":
+			if rows != 1 {
+				t.Errorf("pgx inserted %d rows, want 1", rows)
+			}
+		}
+	})
 }
 
 func countRows(ctx context.Context, c interface {
@@ -197,53 +191,51 @@ func countRows(ctx context.Context, c interface {
 func TestCutMidQuery(t *testing.T) {
 	c := needCluster(t)
 	ctx := context.Background()
-	for _, name := range drivers {
-		t.Run(name, func(t *testing.T) {
-			table := freshTable(t, c, "tcut", name, "(id int)", "")
-			p := newProxy(t, c)
-			db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
-			if err := db.Ping(); err != nil {
-				t.Fatal(err)
+	sideBySide(t, func(t *testing.T, name string) {
+		table := freshTable(t, c, "tcut", name, "(id int)", "")
+		p := newProxy(t, c)
+		db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+		if err := db.Ping(); err != nil {
+			t.Fatal(err)
+		}
+		cut := make(chan struct{})
+		go func() {
+			defer close(cut)
+			time.Sleep(150 * time.Millisecond)
+			p.Cut()
+		}()
+		// One simple-protocol message: the insert commits, then the
+		// statement sleeps, and the network is cut during the sleep.
+		_, err := db.Exec("begin; insert into " + table + " values (1); commit; select pg_sleep(0.5)")
+		<-cut
+		time.Sleep(600 * time.Millisecond) // let the server finish and commit
+		n, cerr := countRows(ctx, c, table)
+		if cerr != nil {
+			t.Fatal(cerr)
+		}
+		t.Logf("%s: %d row(s) inserted; error: %v", name, n, err)
+		switch name {
+		case DriverName:
+			if n != 1 {
+				t.Errorf("pgresilient: %d rows, want exactly 1", n)
 			}
-			cut := make(chan struct{})
-			go func() {
-				defer close(cut)
-				time.Sleep(150 * time.Millisecond)
-				p.Cut()
-			}()
-			// One simple-protocol message: the insert commits, then the
-			// statement sleeps, and the network is cut during the sleep.
-			_, err := db.Exec("begin; insert into " + table + " values (1); commit; select pg_sleep(0.5)")
-			<-cut
-			time.Sleep(600 * time.Millisecond) // let the server finish and commit
-			n, cerr := countRows(ctx, c, table)
-			if cerr != nil {
-				t.Fatal(cerr)
+			wantConnLost(t, err)
+			if err != nil && !strings.Contains(err.Error(), "outcome unknown") {
+				t.Errorf("message %q does not say the outcome is unknown", err)
 			}
-			t.Logf("%s: %d row(s) inserted; error: %v", name, n, err)
-			switch name {
-			case DriverName:
-				if n != 1 {
-					t.Errorf("pgresilient: %d rows, want exactly 1", n)
-				}
-				wantConnLost(t, err)
-				if err != nil && !strings.Contains(err.Error(), "outcome unknown") {
-					t.Errorf("message %q does not say the outcome is unknown", err)
-				}
-				// The pool recovers: the broken connection is not reused.
-				if failed, first := runQueries(db, 5); failed != 0 {
-					t.Errorf("%d queries failed after the cut: %v", failed, first)
-				}
-			case "pgx":
-				if n < 1 {
-					t.Errorf("raw pgx: %d rows: the statement did not run", n)
-				}
-				if n > 1 {
-					t.Logf("raw pgx ran the statement %d times (database/sql retried an ErrBadConn returned after the send)", n)
-				}
+			// The pool recovers: the broken connection is not reused.
+			if failed, first := runQueries(db, 5); failed != 0 {
+				t.Errorf("%d queries failed after the cut: %v", failed, first)
 			}
-		})
-	}
+		case "pgx":
+			if n < 1 {
+				t.Errorf("raw pgx: %d rows: the statement did not run", n)
+			}
+			if n > 1 {
+				t.Logf("raw pgx ran the statement %d times (database/sql retried an ErrBadConn returned after the send)", n)
+			}
+		}
+	})
 }
 
 // TestCutDuringCommit resets the connection after COMMIT reached the server,
@@ -252,34 +244,32 @@ func TestCutMidQuery(t *testing.T) {
 func TestCutDuringCommit(t *testing.T) {
 	c := needCluster(t)
 	ctx := context.Background()
-	for _, name := range drivers {
-		t.Run(name, func(t *testing.T) {
-			table := freshTable(t, c, "tcommit", name, "(id int)", "")
-			p := newProxy(t, c)
-			db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
-			tx, err := db.Begin()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := tx.Exec("insert into " + table + " values (1)"); err != nil {
-				t.Fatal(err)
-			}
-			p.CutOn([]byte("commit"), true)
-			err = tx.Commit()
-			t.Logf("%s: commit: %v", name, err)
-			if err == nil {
-				t.Fatal("want an error")
-			}
-			if name == DriverName {
-				wantConnLost(t, err)
-			}
-			n, err := pollRows(ctx, c, table, 1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("%s: %d row(s) committed", name, n)
-		})
-	}
+	sideBySide(t, func(t *testing.T, name string) {
+		table := freshTable(t, c, "tcommit", name, "(id int)", "")
+		p := newProxy(t, c)
+		db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec("insert into " + table + " values (1)"); err != nil {
+			t.Fatal(err)
+		}
+		p.CutOn([]byte("commit"), true)
+		err = tx.Commit()
+		t.Logf("%s: commit: %v", name, err)
+		if err == nil {
+			t.Fatal("want an error")
+		}
+		if name == DriverName {
+			wantConnLost(t, err)
+		}
+		n, err := pollRows(ctx, c, table, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %d row(s) committed", name, n)
+	})
 }
 
 // pollRows waits briefly for table to hold want rows: the server may still be
@@ -301,20 +291,18 @@ func pollRows(ctx context.Context, c interface {
 // not see it.
 func TestCutIdlePool(t *testing.T) {
 	c := needCluster(t)
-	for _, name := range drivers {
-		t.Run(name, func(t *testing.T) {
-			p := newProxy(t, c)
-			db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
-			warmPool(t, db, 4)
-			p.Cut()
-			time.Sleep(20 * time.Millisecond) // let the resets arrive
-			failed, first := runQueries(db, 50)
-			t.Logf("%s: %d of 50 failed after cutting 4 idle connections (first: %v)", name, failed, first)
-			if name == DriverName && failed != 0 {
-				t.Errorf("pgresilient: %d failed, want 0", failed)
-			}
-		})
-	}
+	sideBySide(t, func(t *testing.T, name string) {
+		p := newProxy(t, c)
+		db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+		warmPool(t, db, 4)
+		p.Cut()
+		time.Sleep(20 * time.Millisecond) // let the resets arrive
+		failed, first := runQueries(db, 50)
+		t.Logf("%s: %d of 50 failed after cutting 4 idle connections (first: %v)", name, failed, first)
+		if name == DriverName && failed != 0 {
+			t.Errorf("pgresilient: %d failed, want 0", failed)
+		}
+	})
 }
 
 // TestCallerDeadlineMidQuery: the caller's own deadline fires during a
@@ -549,35 +537,33 @@ func TestConnectHooks(t *testing.T) {
 // and the caller's transaction just works; raw pgx fails it.
 func TestCutAfterBegin(t *testing.T) {
 	c := needCluster(t)
-	for _, name := range drivers {
-		t.Run(name, func(t *testing.T) {
-			p := newProxy(t, c)
-			db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
-			if err := db.Ping(); err != nil {
-				t.Fatal(err)
+	sideBySide(t, func(t *testing.T, name string) {
+		p := newProxy(t, c)
+		db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+		if err := db.Ping(); err != nil {
+			t.Fatal(err)
+		}
+		p.CutOn([]byte("begin"), true)
+		tx, err := db.Begin()
+		t.Logf("%s: begin: %v", name, err)
+		if p.Armed() {
+			t.Fatal("the cut did not happen: BEGIN was not seen")
+		}
+		if name != DriverName {
+			if err == nil {
+				_ = tx.Rollback()
 			}
-			p.CutOn([]byte("begin"), true)
-			tx, err := db.Begin()
-			t.Logf("%s: begin: %v", name, err)
-			if p.Armed() {
-				t.Fatal("the cut did not happen: BEGIN was not seen")
-			}
-			if name != DriverName {
-				if err == nil {
-					_ = tx.Rollback()
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("want the BEGIN retried on a new connection, got %v", err)
-			}
-			var one int
-			if err := tx.QueryRow("select 1").Scan(&one); err != nil {
-				t.Fatal(err)
-			}
-			if err := tx.Commit(); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+			return
+		}
+		if err != nil {
+			t.Fatalf("want the BEGIN retried on a new connection, got %v", err)
+		}
+		var one int
+		if err := tx.QueryRow("select 1").Scan(&one); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

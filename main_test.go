@@ -123,6 +123,16 @@ func releaseConns(held []*sql.Conn) {
 	}
 }
 
+// sideBySide runs body once for each compared driver, raw pgx first, as a
+// subtest named after it: every integration test states what pgresilient
+// does better than raw pgx in the same run.
+func sideBySide(t *testing.T, body func(t *testing.T, driverName string)) {
+	t.Helper()
+	for _, name := range drivers {
+		t.Run(name, func(t *testing.T) { body(t, name) })
+	}
+}
+
 // wantConnLost fails the test unless err says "outcome unknown": it matches
 // ErrConnLost, and never driver.ErrBadConn (database/sql would retry it).
 func wantConnLost(t *testing.T, err error) {

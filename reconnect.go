@@ -19,6 +19,7 @@ type ConnectError struct {
 	Err       error
 }
 
+// Error says how many attempts failed, or that the failure is permanent.
 func (e *ConnectError) Error() string {
 	if e.Permanent {
 		return "pgresilient: connect failed, not retried (permanent failure): " + errString(e.Err)
@@ -26,6 +27,7 @@ func (e *ConnectError) Error() string {
 	return "pgresilient: connect failed after " + strconv.Itoa(e.Attempts) + " attempt(s): " + errString(e.Err)
 }
 
+// Unwrap returns the last attempt's error.
 func (e *ConnectError) Unwrap() error { return e.Err }
 
 // backoff returns the wait before retry n (0-based): full jitter, a uniform

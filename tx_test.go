@@ -189,60 +189,58 @@ func lockFree(t *testing.T, table string, id int) bool {
 func TestTxUniqueViolation(t *testing.T) {
 	c := needCluster(t)
 	ctx := context.Background()
-	for _, name := range drivers {
-		t.Run(name, func(t *testing.T) {
-			table := freshTable(t, c, "tx", name, "(id int primary key)", "(1), (2)")
-			db := openDB(t, name, c.DSN())
-			tx, err := db.Begin()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tx.Rollback()
-			var pid int
-			if err := tx.QueryRow("select pg_backend_pid()").Scan(&pid); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := tx.Exec("select 1 from " + table + " where id = 2 for update"); err != nil {
-				t.Fatal(err)
-			}
-			_, err = tx.Exec("insert into " + table + " values (1)")
-			var pgErr *pgconn.PgError
-			if !errors.As(err, &pgErr) || pgErr.Code != "23505" {
-				t.Fatalf("want 23505, got %v", err)
-			}
-			state := backendState(t, pid)
-			free := lockFree(t, table, 2)
-			_, next := tx.Exec("insert into " + table + " values (3)")
-			commit := tx.Commit()
-			t.Logf("%s: backend %q, row lock free: %v; next statement: %v; commit: %v", name, state, free, next, commit)
+	sideBySide(t, func(t *testing.T, name string) {
+		table := freshTable(t, c, "tx", name, "(id int primary key)", "(1), (2)")
+		db := openDB(t, name, c.DSN())
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		var pid int
+		if err := tx.QueryRow("select pg_backend_pid()").Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec("select 1 from " + table + " where id = 2 for update"); err != nil {
+			t.Fatal(err)
+		}
+		_, err = tx.Exec("insert into " + table + " values (1)")
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "23505" {
+			t.Fatalf("want 23505, got %v", err)
+		}
+		state := backendState(t, pid)
+		free := lockFree(t, table, 2)
+		_, next := tx.Exec("insert into " + table + " values (3)")
+		commit := tx.Commit()
+		t.Logf("%s: backend %q, row lock free: %v; next statement: %v; commit: %v", name, state, free, next, commit)
 
-			switch name {
-			case DriverName:
-				if state != "idle" {
-					t.Errorf("backend state %q right after the failure, want idle", state)
-				}
-				if !free {
-					t.Error("the transaction's row lock is still held")
-				}
-				if !errors.Is(next, ErrTxAborted) || !errors.As(next, &pgErr) || pgErr.Code != "23505" {
-					t.Errorf("next statement: %v, want ErrTxAborted wrapping 23505", next)
-				}
-				if !errors.Is(commit, ErrTxAborted) {
-					t.Errorf("commit: %v, want ErrTxAborted", commit)
-				}
-			case "pgx":
-				if state != "idle in transaction (aborted)" {
-					t.Errorf("raw pgx: backend %q: the fault did not happen", state)
-				}
-				if !errors.As(next, &pgErr) || pgErr.Code != "25P02" {
-					t.Errorf("raw pgx: next statement %v, want 25P02", next)
-				}
+		switch name {
+		case DriverName:
+			if state != "idle" {
+				t.Errorf("backend state %q right after the failure, want idle", state)
 			}
-			if n, err := countRows(ctx, c, table); err != nil || n != 2 {
-				t.Errorf("table has %d rows (%v), want 2: something committed", n, err)
+			if !free {
+				t.Error("the transaction's row lock is still held")
 			}
-		})
-	}
+			if !errors.Is(next, ErrTxAborted) || !errors.As(next, &pgErr) || pgErr.Code != "23505" {
+				t.Errorf("next statement: %v, want ErrTxAborted wrapping 23505", next)
+			}
+			if !errors.Is(commit, ErrTxAborted) {
+				t.Errorf("commit: %v, want ErrTxAborted", commit)
+			}
+		case "pgx":
+			if state != "idle in transaction (aborted)" {
+				t.Errorf("raw pgx: backend %q: the fault did not happen", state)
+			}
+			if !errors.As(next, &pgErr) || pgErr.Code != "25P02" {
+				t.Errorf("raw pgx: next statement %v, want 25P02", next)
+			}
+		}
+		if n, err := countRows(ctx, c, table); err != nil || n != 2 {
+			t.Errorf("table has %d rows (%v), want 2: something committed", n, err)
+		}
+	})
 }
 
 // TestTxRollbackAfterAbort: Rollback succeeds after the automatic rollback.
@@ -265,38 +263,36 @@ func TestTxRollbackAfterAbort(t *testing.T) {
 func TestSavepointRecovery(t *testing.T) {
 	c := needCluster(t)
 	ctx := context.Background()
-	for _, name := range drivers {
-		t.Run(name, func(t *testing.T) {
-			table := freshTable(t, c, "tsp", name, "(id int primary key)", "(1)")
-			db := openDB(t, name, c.DSN())
-			tx, err := db.Begin()
-			if err != nil {
-				t.Fatal(err)
+	sideBySide(t, func(t *testing.T, name string) {
+		table := freshTable(t, c, "tsp", name, "(id int primary key)", "(1)")
+		db := openDB(t, name, c.DSN())
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		steps := []struct {
+			q       string
+			wantErr bool
+		}{
+			{"savepoint before_insert", false},
+			{"insert into " + table + " values (1)", true},
+			{"rollback to savepoint before_insert", false},
+			{"insert into " + table + " values (2)", false},
+			{"release savepoint before_insert", false},
+		}
+		for _, s := range steps {
+			if _, err := tx.Exec(s.q); (err != nil) != s.wantErr {
+				t.Fatalf("%s: %v", s.q, err)
 			}
-			defer tx.Rollback()
-			steps := []struct {
-				q       string
-				wantErr bool
-			}{
-				{"savepoint before_insert", false},
-				{"insert into " + table + " values (1)", true},
-				{"rollback to savepoint before_insert", false},
-				{"insert into " + table + " values (2)", false},
-				{"release savepoint before_insert", false},
-			}
-			for _, s := range steps {
-				if _, err := tx.Exec(s.q); (err != nil) != s.wantErr {
-					t.Fatalf("%s: %v", s.q, err)
-				}
-			}
-			if err := tx.Commit(); err != nil {
-				t.Fatalf("commit: %v", err)
-			}
-			if n, _ := countRows(ctx, c, table); n != 2 {
-				t.Errorf("%d rows, want 2", n)
-			}
-		})
-	}
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatalf("commit: %v", err)
+		}
+		if n, _ := countRows(ctx, c, table); n != 2 {
+			t.Errorf("%d rows, want 2", n)
+		}
+	})
 }
 
 // TestManualBegin: BEGIN sent by hand on a pool of one, then a failing
@@ -304,59 +300,57 @@ func TestSavepointRecovery(t *testing.T) {
 func TestManualBegin(t *testing.T) {
 	c := needCluster(t)
 	ctx := context.Background()
-	for _, name := range drivers {
-		t.Run(name, func(t *testing.T) {
-			table := freshTable(t, c, "tmb", name, "(id int)", "")
-			db := openDB(t, name, c.DSN())
-			db.SetMaxOpenConns(1)
+	sideBySide(t, func(t *testing.T, name string) {
+		table := freshTable(t, c, "tmb", name, "(id int)", "")
+		db := openDB(t, name, c.DSN())
+		db.SetMaxOpenConns(1)
 
-			// Through the pool, as the issue has it.
-			if _, err := db.Exec("BEGIN"); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := db.Exec("insert into " + table + " values (1/0)"); err == nil {
-				t.Fatal("want an error")
-			}
-			if failed, first := runQueries(db, 20); failed != 0 {
-				t.Errorf("%d of 20 queries failed: %v", failed, first)
-			}
+		// Through the pool, as the issue has it.
+		if _, err := db.Exec("BEGIN"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Exec("insert into " + table + " values (1/0)"); err == nil {
+			t.Fatal("want an error")
+		}
+		if failed, first := runQueries(db, 20); failed != 0 {
+			t.Errorf("%d of 20 queries failed: %v", failed, first)
+		}
 
-			// On a pinned connection: an aborted block with an insert in it.
-			conn, err := db.Conn(ctx)
-			if err != nil {
-				t.Fatal(err)
+		// On a pinned connection: an aborted block with an insert in it.
+		conn, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pid int
+		conn.QueryRowContext(ctx, "select pg_backend_pid()").Scan(&pid)
+		for _, q := range []string{"BEGIN", "insert into " + table + " values (1)", "select 1/0"} {
+			conn.ExecContext(ctx, q)
+		}
+		conn.Close() // back to the pool, aborted
+		state := backendState(t, pid)
+		failed, first := runQueries(db, 20)
+		var pid2 int
+		db.QueryRow("select pg_backend_pid()").Scan(&pid2)
+		n, err := countRows(ctx, c, table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: backend after Close %q; %d of 20 failed; connection kept: %v; rows committed: %d", name, state, failed, pid == pid2, n)
+		if failed != 0 {
+			t.Errorf("%d of 20 queries failed: %v", failed, first)
+		}
+		if n != 0 {
+			t.Errorf("%d rows of the aborted block committed", n)
+		}
+		if name == DriverName {
+			if state != "idle" {
+				t.Errorf("backend %q once back in the pool, want idle", state)
 			}
-			var pid int
-			conn.QueryRowContext(ctx, "select pg_backend_pid()").Scan(&pid)
-			for _, q := range []string{"BEGIN", "insert into " + table + " values (1)", "select 1/0"} {
-				conn.ExecContext(ctx, q)
+			if pid != pid2 {
+				t.Errorf("the connection was replaced (pid %d -> %d), want it rolled back and kept", pid, pid2)
 			}
-			conn.Close() // back to the pool, aborted
-			state := backendState(t, pid)
-			failed, first := runQueries(db, 20)
-			var pid2 int
-			db.QueryRow("select pg_backend_pid()").Scan(&pid2)
-			n, err := countRows(ctx, c, table)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("%s: backend after Close %q; %d of 20 failed; connection kept: %v; rows committed: %d", name, state, failed, pid == pid2, n)
-			if failed != 0 {
-				t.Errorf("%d of 20 queries failed: %v", failed, first)
-			}
-			if n != 0 {
-				t.Errorf("%d rows of the aborted block committed", n)
-			}
-			if name == DriverName {
-				if state != "idle" {
-					t.Errorf("backend %q once back in the pool, want idle", state)
-				}
-				if pid != pid2 {
-					t.Errorf("the connection was replaced (pid %d -> %d), want it rolled back and kept", pid, pid2)
-				}
-			}
-		})
-	}
+		}
+	})
 }
 
 // TestTxAutoRollbackOff: tx_autorollback=off gives pgx's behaviour.

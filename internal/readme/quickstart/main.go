@@ -1,0 +1,27 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"log"
+
+	"github.com/pgresilient/pgresilient" // registers the "pgresilient" driver
+)
+
+func main() {
+	db, err := sql.Open("pgresilient", "postgres://app@db/app?breaker_failures=5&query_timeout=5s")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	_, err = db.ExecContext(context.Background(), "insert into orders (id) values ($1)", 42)
+	switch {
+	case errors.Is(err, pgresilient.ErrConnLost): // broke after sending: outcome unknown, check before retrying
+	case errors.Is(err, pgresilient.ErrCircuitOpen): // database down: failed fast, nothing sent
+	case errors.Is(err, pgresilient.ErrTxAborted): // an earlier statement of this transaction failed
+	case err != nil:
+		log.Print(err)
+	}
+}
