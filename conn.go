@@ -182,6 +182,9 @@ type baseConn struct {
 	wire      *countingConn // counts bytes written; nil when wrapping another driver
 	tx        *baseTx       // the open sql.Tx; touched only by database/sql's holder of the conn
 
+	opened openedRole   // what the server reported when the connection opened
+	pooled atomic.Int32 // poolBusy, poolIdle or poolSwept: see sweep
+
 	// gen is the owner's invalidation generation this connection was last
 	// known good at; a newer owner generation means "verify before reuse".
 	gen    uint64
@@ -208,6 +211,7 @@ func newBaseConn(owner *Connector, inner driver.Conn) *baseConn {
 		c.pgx = pc
 		c.peek = newPeeker(pc.Conn().PgConn().Conn())
 		c.wire = findCounting(pc.Conn().PgConn().Conn())
+		c.opened = roleOf(pc.Conn().PgConn())
 	}
 	return c
 }
@@ -286,8 +290,13 @@ func (c *baseConn) usable(op Op) error {
 }
 
 func (c *baseConn) Close() error {
+	c.owner.forget(c)
 	c.owner.stats.closed.Add(1)
-	return c.inner.Close()
+	err := c.inner.Close()
+	if c.pooled.Load() == poolSwept {
+		return nil // sweep closed its socket: pgx's goodbye could not be sent, as expected
+	}
+	return err
 }
 
 func (c *baseConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -309,7 +318,7 @@ func (c *baseConn) exec(ctx context.Context, query string, args []driver.NamedVa
 	res, err := c.execer.ExecContext(sctx, query, args)
 	cancel()
 	if err != nil {
-		return nil, c.failTimed(ctx, sctx, OpExec, err, m)
+		return nil, c.failStmt(ctx, sctx, OpExec, query, err, m)
 	}
 	return res, nil
 }
@@ -333,7 +342,7 @@ func (c *baseConn) query(ctx context.Context, query string, args []driver.NamedV
 	rows, err := c.queryer.QueryContext(sctx, query, args)
 	if err != nil {
 		cancel()
-		return nil, c.failTimed(ctx, sctx, OpQuery, err, m)
+		return nil, c.failStmt(ctx, sctx, OpQuery, query, err, m)
 	}
 	return wrapRows(ctx, sctx, cancel, c, rows), nil
 }

@@ -23,6 +23,7 @@ import (
 type countingConn struct {
 	net.Conn
 	written atomic.Int64
+	addr    string // the host:port dialled, as pgconn gave it
 }
 
 func (c *countingConn) Write(b []byte) (int, error) {
@@ -47,7 +48,7 @@ func countWrites(cfg *pgx.ConnConfig) {
 		if err != nil {
 			return nil, err
 		}
-		return &countingConn{Conn: nc}, nil
+		return &countingConn{Conn: nc, addr: addr}, nil
 	})
 }
 

@@ -6,9 +6,11 @@ import (
 	"database/sql/driver"
 	"errors"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
@@ -66,7 +68,12 @@ type Connector struct {
 	invalidatedAt atomic.Int64 // unix nanoseconds of the last bump of gen
 	verifyTimeout time.Duration
 	stats         counters
-	breaker       *breaker // nil with breaker=off
+	role          wantRole               // what target_session_attrs asked for
+	lastHost      atomic.Pointer[string] // host:port that last served a connection, tried first
+
+	liveMu  sync.Mutex
+	live    map[*baseConn]struct{} // open connections, for sweep
+	breaker *breaker               // nil with breaker=off
 }
 
 // defaultVerifyTimeout bounds the ping that verifies a pooled connection
@@ -154,8 +161,17 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 		// pgresilient decides when a reused connection is pinged (verify,
 		// under a deadline); pgx's own ping would run without one.
 		popts := []stdlib.OptionOpenDB{stdlib.OptionShouldPing(neverPing)}
-		if o.beforeConnect != nil {
-			popts = append(popts, stdlib.OptionBeforeConnect(o.beforeConnect))
+		c.role = targetRole(cfg.ConnConfig)
+		order := hostOrder{c}.before
+		if user := o.beforeConnect; user != nil {
+			popts = append(popts, stdlib.OptionBeforeConnect(func(ctx context.Context, cc *pgx.ConnConfig) error {
+				if err := order(ctx, cc); err != nil {
+					return err
+				}
+				return user(ctx, cc)
+			}))
+		} else if len(cfg.ConnConfig.Fallbacks) > 0 {
+			popts = append(popts, stdlib.OptionBeforeConnect(order))
 		}
 		if o.afterConnect != nil {
 			popts = append(popts, stdlib.OptionAfterConnect(o.afterConnect))
@@ -273,7 +289,15 @@ func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newBaseConn(c, inner), nil
+	bc := newBaseConn(c, inner)
+	c.track(bc)
+	if bc.wire != nil && bc.wire.addr != "" {
+		if last := c.lastHost.Load(); last == nil || *last != bc.wire.addr {
+			addr := bc.wire.addr
+			c.lastHost.Store(&addr)
+		}
+	}
+	return bc, nil
 }
 
 func neverPing(context.Context, stdlib.ShouldPingParams) bool { return false }

@@ -73,6 +73,14 @@ func openDB(t *testing.T, driverName, dsn string) *sql.DB {
 	return db
 }
 
+// openDBConnector is openDB for a Connector of pgresilient's.
+func openDBConnector(t *testing.T, cn *Connector) *sql.DB {
+	t.Helper()
+	db := sql.OpenDB(cn)
+	t.Cleanup(func() { closeAndCheck(t, db) })
+	return db
+}
+
 // closeAndCheck closes db after checking nothing is left in use.
 func closeAndCheck(t testing.TB, db *sql.DB) {
 	t.Helper()

@@ -18,6 +18,9 @@ import (
 // deadline if that comes first. A blackholed connection then costs that
 // much, not forever.
 func (c *baseConn) ResetSession(ctx context.Context) error {
+	if !c.pooled.CompareAndSwap(poolIdle, poolBusy) && c.pooled.Load() == poolSwept {
+		return driver.ErrBadConn // closed by a sweep while idle
+	}
 	if c.broken.Load() || c.innerClosed() {
 		return driver.ErrBadConn
 	}
@@ -53,6 +56,14 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 			return err
 		}
 		c.gen = gen
+	}
+	if c.roleChanged() {
+		// What the server reported (on the ping, or earlier) says it is
+		// no longer what the connection was opened for: a new connection
+		// goes where target_session_attrs says.
+		c.discard(ctx, discardRole, "server changed role")
+		c.owner.sweep(c.wire)
+		return driver.ErrBadConn
 	}
 	if !c.clean(ctx) {
 		return driver.ErrBadConn
@@ -145,5 +156,6 @@ func (c *baseConn) IsValid() bool {
 	if c.validator != nil && !c.validator.IsValid() {
 		return false
 	}
+	c.pooled.Store(poolIdle) // back in the pool: a sweep may close it
 	return true
 }

@@ -10,6 +10,7 @@ const (
 	discardIdle                          // closed while idle in the pool, without a message (socket peek)
 	discardVerify                        // failed the ping before reuse
 	discardRollback                      // inside a transaction block whose rollback failed
+	discardRole                          // its server no longer has the role it was opened for (failover)
 	numDiscardReasons
 )
 
@@ -39,12 +40,13 @@ type Stats struct {
 	Closed int64 // connections closed, by database/sql (SetConnMaxLifetime, SetMaxIdleConns, db.Close) or after a discard
 
 	// Discarded counts the connections pgresilient took out of use, each
-	// once; the four Discarded* fields below say why, and add up to it.
+	// once; the five Discarded* fields below say why, and add up to it.
 	Discarded         int64
 	DiscardedLost     int64 // broken by an error during use: the network, a server shutdown, I/O canceled by a context
 	DiscardedIdle     int64 // found closed while idle in the pool, without a word from the server (socket peek on reuse: a reset, a cut)
 	DiscardedVerify   int64 // failed the ping before reuse; this includes backends terminated or restarted while idle, whose FATAL message waits on the socket
 	DiscardedRollback int64 // left inside a transaction block whose rollback failed
+	DiscardedRole     int64 // its server changed role: a primary demoted or turned standby (ErrRoleChanged, or seen before reuse)
 
 	Verifications  int64 // pooled connections pinged before reuse: first reuse, idle over 1s, pending data, or a pool invalidation
 	BadConnRetries int64 // errors handed to database/sql as driver.ErrBadConn (nothing was sent; it retries on another connection)
@@ -72,6 +74,7 @@ func (c *Connector) Stats() Stats {
 		DiscardedIdle:     c.stats.discarded[discardIdle].Load(),
 		DiscardedVerify:   c.stats.discarded[discardVerify].Load(),
 		DiscardedRollback: c.stats.discarded[discardRollback].Load(),
+		DiscardedRole:     c.stats.discarded[discardRole].Load(),
 
 		BadConnRetries: c.stats.badConnRetries.Load(),
 		ConnLost:       c.stats.connLost.Load(),
@@ -83,7 +86,7 @@ func (c *Connector) Stats() Stats {
 		AutoRollbacks:   c.stats.autoRollbacks.Load(),
 		PoolRollbacks:   c.stats.poolRollbacks.Load(),
 	}
-	s.Discarded = s.DiscardedLost + s.DiscardedIdle + s.DiscardedVerify + s.DiscardedRollback
+	s.Discarded = s.DiscardedLost + s.DiscardedIdle + s.DiscardedVerify + s.DiscardedRollback + s.DiscardedRole
 	s.Breaker = BreakerDisabled
 	if c.breaker != nil {
 		s.Breaker = c.breaker.State()

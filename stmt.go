@@ -97,7 +97,7 @@ func (s *baseStmt) exec(ctx context.Context, args []driver.NamedValue) (driver.R
 		}
 	}
 	if err != nil {
-		return nil, s.conn.failTimed(ctx, sctx, OpExec, err, m)
+		return nil, s.conn.failStmt(ctx, sctx, OpExec, "", err, m)
 	}
 	return res, nil
 }
@@ -132,7 +132,7 @@ func (s *baseStmt) query(ctx context.Context, args []driver.NamedValue) (driver.
 	}
 	if err != nil {
 		cancel()
-		return nil, s.conn.failTimed(ctx, sctx, OpQuery, err, m)
+		return nil, s.conn.failStmt(ctx, sctx, OpQuery, "", err, m)
 	}
 	return wrapRows(ctx, sctx, cancel, s.conn, rows), nil
 }

@@ -17,7 +17,7 @@
 //
 //	pgresilient_connections_opened_total                counter  Stats.Opened
 //	pgresilient_connections_closed_total                counter  Stats.Closed
-//	pgresilient_connections_discarded_total{reason}     counter  Stats.DiscardedLost, Idle, Verify, Rollback (reason "lost", "idle", "verify", "rollback")
+//	pgresilient_connections_discarded_total{reason}     counter  Stats.DiscardedLost, Idle, Verify, Rollback, Role (reason "lost", "idle", "verify", "rollback", "role")
 //	pgresilient_connection_verifications_total          counter  Stats.Verifications
 //	pgresilient_badconn_retries_total                   counter  Stats.BadConnRetries
 //	pgresilient_conn_lost_total                         counter  Stats.ConnLost
@@ -132,6 +132,7 @@ var discardReasons = []struct {
 	{"idle", func(s pgresilient.Stats) int64 { return s.DiscardedIdle }},
 	{"verify", func(s pgresilient.Stats) int64 { return s.DiscardedVerify }},
 	{"rollback", func(s pgresilient.Stats) int64 { return s.DiscardedRollback }},
+	{"role", func(s pgresilient.Stats) int64 { return s.DiscardedRole }},
 }
 
 // breakerStates are the values of the state label.
@@ -172,7 +173,8 @@ func NewCollector(src Source, opts ...Option) *Collector {
 	c.discarded = prometheus.NewDesc(name("connections_discarded_total"),
 		"Connections pgresilient took out of use, each counted once, by reason: lost (broke during use), "+
 			"idle (seen closed or reset by the socket peek on reuse), verify (failed the ping before reuse: "+
-			"terminated by the server while idle, or a silent network), rollback (left inside a transaction block whose rollback failed).",
+			"terminated by the server while idle, or a silent network), rollback (left inside a transaction block whose rollback failed), "+
+			"role (its server changed role: a demoted primary).",
 		[]string{"reason"}, o.constLabels)
 	c.breaker = prometheus.NewDesc(name("breaker_state"),
 		"Circuit breaker state: 1 for the current state, 0 for the others. Not exported with breaker=off.",

@@ -42,11 +42,12 @@ func (f *fakeSource) Stats() pgresilient.Stats {
 var sample = pgresilient.Stats{
 	Opened:             11,
 	Closed:             12,
-	Discarded:          13 + 14 + 15 + 16,
+	Discarded:          13 + 14 + 15 + 16 + 27,
 	DiscardedLost:      13,
 	DiscardedIdle:      14,
 	DiscardedVerify:    15,
 	DiscardedRollback:  16,
+	DiscardedRole:      27,
 	Verifications:      17,
 	BadConnRetries:     18,
 	ConnLost:           19,
@@ -91,10 +92,11 @@ pgresilient_connection_verifications_total 17
 # HELP pgresilient_connections_closed_total Connections closed: by database/sql (SetConnMaxLifetime, SetConnMaxIdleTime, SetMaxIdleConns, DB.Close) or after pgresilient discarded them.
 # TYPE pgresilient_connections_closed_total counter
 pgresilient_connections_closed_total 12
-# HELP pgresilient_connections_discarded_total Connections pgresilient took out of use, each counted once, by reason: lost (broke during use), idle (seen closed or reset by the socket peek on reuse), verify (failed the ping before reuse: terminated by the server while idle, or a silent network), rollback (left inside a transaction block whose rollback failed).
+# HELP pgresilient_connections_discarded_total Connections pgresilient took out of use, each counted once, by reason: lost (broke during use), idle (seen closed or reset by the socket peek on reuse), verify (failed the ping before reuse: terminated by the server while idle, or a silent network), rollback (left inside a transaction block whose rollback failed), role (its server changed role: a demoted primary).
 # TYPE pgresilient_connections_discarded_total counter
 pgresilient_connections_discarded_total{reason="idle"} 14
 pgresilient_connections_discarded_total{reason="lost"} 13
+pgresilient_connections_discarded_total{reason="role"} 27
 pgresilient_connections_discarded_total{reason="rollback"} 16
 pgresilient_connections_discarded_total{reason="verify"} 15
 # HELP pgresilient_connections_opened_total Connections opened to the server.

@@ -1,0 +1,280 @@
+package pgresilient
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"log/slog"
+	"net"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// This file keeps each connection on a server of the role it was opened
+// for, across a change of primary: a demoted primary (read-only, or turned
+// into a standby) whose pooled connections would otherwise fail every write
+// with 25006 until they are recycled.
+//
+// PostgreSQL 14 and later report in_hot_standby and
+// default_transaction_read_only to every session as ParameterStatus, so the
+// check reads what pgconn already received: no round trip. An idle session
+// receives the change when it next runs something (the server applies a
+// reload between commands), which is why a 25006 also invalidates the pool:
+// every pooled connection is then pinged before reuse, and the ping brings
+// its ParameterStatus in.
+
+// ErrRoleChanged is matched by errors returned when the server refused a
+// statement because it no longer has the role the connection was opened for:
+// a primary demoted or turned into a standby (SQLSTATE 25006, "cannot execute
+// ... in a read-only transaction"). The server ran nothing of the refused
+// statement. Outside a transaction the error also matches driver.ErrBadConn,
+// so database/sql runs the statement again on another connection (which
+// pgx opens on the new primary); callers see it only when every attempt
+// failed. Inside a transaction the transaction is gone, nothing of it
+// committed, and running it again from BEGIN is safe.
+var ErrRoleChanged = errors.New("pgresilient: server changed role")
+
+// RoleChangedError reports a statement refused by a server that changed
+// role. It matches ErrRoleChanged and wraps the server's *pgconn.PgError;
+// outside a transaction it also matches driver.ErrBadConn.
+type RoleChangedError struct {
+	Op   Op    // the refused operation
+	InTx bool  // the connection was inside a transaction, which is now gone
+	Err  error // the server's error, SQLSTATE 25006
+}
+
+// Error says what was refused and what is safe.
+func (e *RoleChangedError) Error() string {
+	what := ": the server no longer accepts writes (it changed role), nothing was done: "
+	if e.InTx {
+		what = ": the server no longer accepts writes (it changed role); the transaction is gone, nothing of it committed, running it again is safe: "
+	}
+	return "pgresilient: " + string(e.Op) + what + errString(e.Err)
+}
+
+// Unwrap returns ErrRoleChanged and the server's error and, outside a
+// transaction, driver.ErrBadConn.
+func (e *RoleChangedError) Unwrap() []error {
+	if e.InTx {
+		return []error{ErrRoleChanged, e.Err}
+	}
+	return []error{ErrRoleChanged, e.Err, driver.ErrBadConn}
+}
+
+// wantRole is the role a Connector's connections are opened for: what
+// target_session_attrs asked (pgx checks it only when a connection opens).
+type wantRole uint8
+
+const (
+	roleAny       wantRole = iota // no target_session_attrs: keep the role the connection found
+	roleReadWrite                 // read-write: the server must accept writes
+	rolePrimary                   // primary: the server must not be a standby
+	roleStandby                   // standby, prefer-standby, read-only: reads on purpose, never churned
+)
+
+// targetRole reads target_session_attrs (from the DSN or PGTARGETSESSIONATTRS)
+// off the ConnConfig pgx parsed: pgx keeps it only as its ValidateConnect
+// function, one of pgconn's exported validators.
+func targetRole(cc *pgx.ConnConfig) wantRole {
+	if cc == nil || cc.ValidateConnect == nil {
+		return roleAny
+	}
+	fn := reflect.ValueOf(cc.ValidateConnect).Pointer()
+	is := func(v pgconn.ValidateConnectFunc) bool { return reflect.ValueOf(v).Pointer() == fn }
+	switch {
+	case is(pgconn.ValidateConnectTargetSessionAttrsReadWrite):
+		return roleReadWrite
+	case is(pgconn.ValidateConnectTargetSessionAttrsPrimary):
+		return rolePrimary
+	case is(pgconn.ValidateConnectTargetSessionAttrsStandby),
+		is(pgconn.ValidateConnectTargetSessionAttrsPreferStandby),
+		is(pgconn.ValidateConnectTargetSessionAttrsReadOnly):
+		return roleStandby
+	}
+	return roleAny // a ValidateConnect of the user's own
+}
+
+// openedRole is what a connection's server reported when it opened.
+type openedRole struct {
+	standby bool // in_hot_standby was on
+}
+
+func roleOf(pc *pgconn.PgConn) openedRole {
+	return openedRole{standby: pc.ParameterStatus("in_hot_standby") == "on"}
+}
+
+// roleChanged reports whether the server of pc no longer has the role the
+// connection was opened for, from the ParameterStatus values received so
+// far. A session read-only on purpose (a role's or the session's
+// default_transaction_read_only, a DSN aimed at a standby) counts only with
+// target_session_attrs=read-write, which asked for writes.
+func (c *baseConn) roleChanged() bool {
+	pc := c.pgConn()
+	if pc == nil {
+		return false
+	}
+	standby := pc.ParameterStatus("in_hot_standby") == "on"
+	switch c.owner.role {
+	case roleReadWrite:
+		return standby || pc.ParameterStatus("default_transaction_read_only") == "on"
+	case rolePrimary:
+		return standby
+	case roleAny:
+		return standby && !c.opened.standby
+	}
+	return false
+}
+
+// refusedForRole reports whether err is a write refused because the server
+// changed role, for a statement that the server ran nothing of: 25006 after
+// the server's ParameterStatus showed the change, for a single statement
+// (a string of several, sent by the simple protocol, could have committed
+// a part before the refused one).
+func (c *baseConn) refusedForRole(err error, query string) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != codeReadOnlyTx {
+		return false
+	}
+	return c.roleChanged() && singleStatement(query)
+}
+
+// failStmt is failTimed for a statement: a write that the server refused
+// because it changed role is a RoleChangedError, and the connection and
+// the pool's others are checked out of use; any other error goes through
+// failTimed. query is the statement's text, "" for a prepared statement.
+func (c *baseConn) failStmt(ctx, stmtCtx context.Context, op Op, query string, err error, mark int64) error {
+	if c.pgx == nil || !c.refusedForRole(err, query) {
+		return c.failTimed(ctx, stmtCtx, op, err, mark)
+	}
+	inTx := c.inTx.Load()
+	c.markBroken(discardRole)
+	c.owner.invalidate(c.gen, op, err) // the pool's busy connections are pinged, and so checked, before reuse
+	c.owner.sweep(c.wire)              // its idle ones to the same server are closed now
+	rerr := &RoleChangedError{Op: op, InTx: inTx, Err: err}
+	if inTx {
+		// The server aborted the transaction; its later statements and
+		// Commit say why, without a round trip.
+		c.aborted.Store(&TxAbortedError{Err: rerr})
+	}
+	c.owner.logger.LogAttrs(ctx, slog.LevelWarn, "pgresilient: server changed role: connection discarded",
+		slog.String("op", string(op)), slog.Bool("in_tx", inTx), slog.String("cause", logCause(err)))
+	return rerr
+}
+
+// codeReadOnlyTx is read_only_sql_transaction: "cannot execute ... in a
+// read-only transaction".
+const codeReadOnlyTx = "25006"
+
+// singleStatement reports whether query holds at most one statement: no ';'
+// but trailing ones. A ';' inside a literal or a comment counts too, which
+// errs on the safe side. A prepared statement (query "") is one statement.
+func singleStatement(query string) bool {
+	q := strings.TrimRight(query, " \t\r\n;")
+	return !strings.Contains(q, ";")
+}
+
+// hostOrder remembers the host that last served a connection of the wanted
+// role, so that new connections try it first: with a multi-host DSN whose
+// first host is dead or blackholed, an outage then costs one connect_timeout,
+// not one per new connection.
+type hostOrder struct {
+	c *Connector
+}
+
+// before moves the host that last served first in cfg's host list. It runs
+// as pgx's BeforeConnect hook, on pgx's copy of the config.
+func (h hostOrder) before(ctx context.Context, cfg *pgx.ConnConfig) error {
+	last := h.c.lastHost.Load()
+	if last == nil || len(cfg.Fallbacks) == 0 {
+		return nil
+	}
+	type hostPort struct {
+		host string
+		port uint16
+		fb   *pgconn.FallbackConfig
+	}
+	hosts := make([]hostPort, 0, 1+len(cfg.Fallbacks))
+	hosts = append(hosts, hostPort{cfg.Host, cfg.Port, &pgconn.FallbackConfig{Host: cfg.Host, Port: cfg.Port, TLSConfig: cfg.TLSConfig}})
+	for _, fb := range cfg.Fallbacks {
+		hosts = append(hosts, hostPort{fb.Host, fb.Port, fb})
+	}
+	at := -1
+	for i, hp := range hosts {
+		if net.JoinHostPort(hp.host, strconv.Itoa(int(hp.port))) == *last {
+			at = i
+			break
+		}
+	}
+	if at <= 0 {
+		return nil // first already, or not found (a name that resolved to it: left as written)
+	}
+	// The last good host first, then the others in their order. pgconn
+	// tries Host/Port/TLSConfig first, then Fallbacks (where the same host
+	// may appear again, with another TLS setting: sslmode=prefer).
+	first := hosts[at]
+	rest := make([]*pgconn.FallbackConfig, 0, len(hosts)-1)
+	for i, hp := range hosts {
+		if i != at {
+			rest = append(rest, hp.fb)
+		}
+	}
+	cfg.Host, cfg.Port, cfg.TLSConfig = first.fb.Host, first.fb.Port, first.fb.TLSConfig
+	cfg.Fallbacks = rest
+	return nil
+}
+
+// A connection's place, for sweep: database/sql holds it (busy, from
+// ResetSession or its opening), or it waits in the pool (idle, from
+// IsValid), or a sweep closed it while it waited.
+const (
+	poolBusy int32 = iota
+	poolIdle
+	poolSwept
+)
+
+// track registers a connection of c's, for sweep.
+func (c *Connector) track(bc *baseConn) {
+	c.liveMu.Lock()
+	if c.live == nil {
+		c.live = map[*baseConn]struct{}{}
+	}
+	c.live[bc] = struct{}{}
+	c.liveMu.Unlock()
+}
+
+// forget removes a closed connection from the registry.
+func (c *Connector) forget(bc *baseConn) {
+	c.liveMu.Lock()
+	delete(c.live, bc)
+	c.liveMu.Unlock()
+}
+
+// sweep closes, now, every idle pooled connection to the server that wire
+// is connected to: a server that changed role, whose idle connections
+// would otherwise stay there, and hold its backends, until each is next
+// taken from the pool (or forever, while the pool keeps reusing the
+// connections opened on the new primary). A connection database/sql holds
+// is left alone: it is checked at its next reuse. Closing the socket of an
+// idle connection is safe: nothing uses it until database/sql takes it
+// again, and ResetSession then refuses it, so it is dropped unused.
+func (c *Connector) sweep(wire *countingConn) {
+	if wire == nil || wire.addr == "" {
+		return
+	}
+	c.liveMu.Lock()
+	var swept []*baseConn
+	for bc := range c.live {
+		if bc.wire != nil && bc.wire.addr == wire.addr && bc.pooled.CompareAndSwap(poolIdle, poolSwept) {
+			swept = append(swept, bc)
+		}
+	}
+	c.liveMu.Unlock()
+	for _, bc := range swept {
+		bc.markBroken(discardRole)
+		_ = bc.wire.Conn.Close()
+	}
+}
