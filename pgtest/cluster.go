@@ -20,6 +20,11 @@
 // The server binaries are found by BinDir. When they are missing RunMain fails
 // with a message saying how to install them; only PGRESILIENT_SKIP_INTEGRATION=1
 // skips the tests instead.
+//
+// For high availability, StartStandby makes a streaming standby of a cluster
+// (with Promote, SetSynchronous and SetReadOnly), and StartPatroni a Patroni
+// cluster over etcd, with switchover and failover; it needs patroni and etcd
+// (Debian/Ubuntu: apt-get install patroni etcd-server).
 package pgtest
 
 import (
