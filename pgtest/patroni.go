@@ -601,7 +601,10 @@ func (p *Patroni) DSN() string {
 // KillNode kills the node's Patroni and then its PostgreSQL server with
 // SIGKILL, and returns once they are gone. Nobody renews the leader key of a
 // killed leader: it expires within PatroniTTL and another node takes over
-// (see WaitLeader). StartNode brings the node back.
+// (see WaitLeader). Killing the synchronous standby instead makes the
+// leader's commits wait until Patroni, within a few loop_waits, turns
+// synchronous replication off (synchronous_mode is not strict). StartNode
+// brings the node back.
 func (p *Patroni) KillNode(ctx context.Context, name string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
