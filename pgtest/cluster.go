@@ -20,6 +20,11 @@
 // The server binaries are found by BinDir. When they are missing RunMain fails
 // with a message saying how to install them; only PGRESILIENT_SKIP_INTEGRATION=1
 // skips the tests instead.
+//
+// For high availability, StartStandby makes a streaming standby of a cluster
+// (with Promote, SetSynchronous and SetReadOnly), and StartPatroni a Patroni
+// cluster over etcd, with switchover and failover; it needs patroni and etcd
+// (Debian/Ubuntu: apt-get install patroni etcd-server).
 package pgtest
 
 import (
@@ -106,6 +111,19 @@ type Cluster struct {
 // On failure nothing is left behind, and the error includes the server log's
 // tail when the server itself failed.
 func Start(ctx context.Context) (*Cluster, error) {
+	c, err := newCluster(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.create(ctx); err != nil {
+		return nil, errors.Join(err, c.Close())
+	}
+	return c, nil
+}
+
+// newCluster finds the binaries, reaps stale clusters and makes a fresh
+// directory, owned by the server's account and naming us as its owner.
+func newCluster(ctx context.Context) (*Cluster, error) {
 	binDir, err := BinDir()
 	if err != nil {
 		return nil, err
@@ -114,12 +132,9 @@ func Start(ctx context.Context) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	base := os.TempDir()
-	if !r.canTraverse(base) {
-		base = "/tmp"
-		if !r.canTraverse(base) {
-			return nil, fmt.Errorf("pgtest: neither %s nor /tmp is reachable by the postgres account", os.TempDir())
-		}
+	base, err := tempBase(r)
+	if err != nil {
+		return nil, err
 	}
 	reapStale(ctx, r, base)
 	dir, err := os.MkdirTemp(base, dirPrefix+"*")
@@ -132,20 +147,30 @@ func Start(ctx context.Context) (*Cluster, error) {
 		data: filepath.Join(dir, "data"),
 		log:  filepath.Join(dir, logFile),
 	}
-	if err := c.create(ctx); err != nil {
-		return nil, errors.Join(err, c.Close())
+	if err := os.WriteFile(filepath.Join(c.dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return nil, errors.Join(fmt.Errorf("pgtest: %w", err), c.Close())
+	}
+	if err := c.run.chown(c.dir); err != nil {
+		return nil, errors.Join(fmt.Errorf("pgtest: %w", err), c.Close())
 	}
 	return c, nil
 }
 
+// tempBase is the directory the temporary directories go in: os.TempDir(),
+// or /tmp when the server's account cannot reach that.
+func tempBase(r *runner) (string, error) {
+	base := os.TempDir()
+	if !r.canTraverse(base) {
+		base = "/tmp"
+		if !r.canTraverse(base) {
+			return "", fmt.Errorf("pgtest: neither %s nor /tmp is reachable by the postgres account", os.TempDir())
+		}
+	}
+	return base, nil
+}
+
 // create fills the fresh directory, starts the server and creates the roles.
 func (c *Cluster) create(ctx context.Context) error {
-	if err := os.WriteFile(filepath.Join(c.dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-		return fmt.Errorf("pgtest: %w", err)
-	}
-	if err := c.run.chown(c.dir); err != nil {
-		return fmt.Errorf("pgtest: %w", err)
-	}
 	if _, err := c.run.run(ctx, c.dir, "initdb",
 		"-D", c.data, "-U", Superuser, "-A", "trust", "-E", "UTF8", "--locale=C", "-N"); err != nil {
 		return err
@@ -153,6 +178,7 @@ func (c *Cluster) create(ctx context.Context) error {
 	hba := "# written by pgtest\n" +
 		"host  all  " + PasswordUser + "  127.0.0.1/32  scram-sha-256\n" +
 		"host  all  all  127.0.0.1/32  trust\n" +
+		"host  replication  all  127.0.0.1/32  trust\n" +
 		"local all  all  trust\n"
 	if err := c.writeFile("pg_hba.conf", hba, false); err != nil {
 		return err
@@ -160,6 +186,16 @@ func (c *Cluster) create(ctx context.Context) error {
 	if err := c.writeFile("postgresql.conf", "\ninclude '"+confFile+"'\n", true); err != nil {
 		return err
 	}
+	if err := c.startOnFreePort(ctx); err != nil {
+		return err
+	}
+	return c.Exec(ctx, "CREATE ROLE "+PasswordUser+" LOGIN PASSWORD '"+Password+"';"+
+		"GRANT CREATE ON SCHEMA public TO "+PasswordUser)
+}
+
+// startOnFreePort writes pgtest.conf for a free port and starts the server,
+// retrying with another port when the chosen one was taken meanwhile.
+func (c *Cluster) startOnFreePort(ctx context.Context) error {
 	for attempt := 1; ; attempt++ {
 		port, err := freePort()
 		if err != nil {
@@ -171,15 +207,13 @@ func (c *Cluster) create(ctx context.Context) error {
 		}
 		err = c.start(ctx)
 		if err == nil {
-			break
+			return nil
 		}
 		if attempt < portRetries && errors.Is(err, errAddrInUse) {
 			continue
 		}
 		return err
 	}
-	return c.Exec(ctx, "CREATE ROLE "+PasswordUser+" LOGIN PASSWORD '"+Password+"';"+
-		"GRANT CREATE ON SCHEMA public TO "+PasswordUser)
 }
 
 // settings is the content of pgtest.conf: a server fit for tests, not for
@@ -203,6 +237,10 @@ func (c *Cluster) settings() string {
 		"shared_buffers = 32MB",
 		"logging_collector = off",
 		"password_encryption = 'scram-sha-256'",
+		// Standbys (StartStandby) replicate from any cluster.
+		"wal_level = replica",
+		"max_wal_senders = 10",
+		"hot_standby = on",
 	}
 	return strings.Join(lines, "\n") + "\n"
 }

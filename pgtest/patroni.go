@@ -1,0 +1,762 @@
+package pgtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ErrHANotFound is matched (with errors.Is) by the error StartPatroni returns
+// when patroni or etcd is not on PATH. The message says how to install them.
+var ErrHANotFound = errors.New("pgtest: patroni or etcd not found on PATH")
+
+// haInstallHint is appended to every ErrHANotFound error.
+const haInstallHint = "install them (Debian/Ubuntu: apt-get install patroni etcd-server); " +
+	"set " + SkipEnv + "=1 to skip the integration tests instead"
+
+// Settings of the Patroni cluster StartPatroni makes: a leader that stops
+// renewing its key loses it within PatroniTTL, and a failover follows.
+const (
+	PatroniTTL          = 10 * time.Second // ttl: the leader key's lifetime
+	patroniLoopWait     = 1                // loop_wait, seconds
+	patroniRetryTimeout = 4                // retry_timeout, seconds: loop_wait + 2*retry_timeout <= ttl
+	patroniScope        = "pgtest"
+)
+
+const (
+	haDirPrefix = "pgresilient-patroni-" // not dirPrefix: reapStale would remove it without its processes
+	// haEnv marks every process of a bed (etcd, Patroni and the PostgreSQL
+	// servers it starts, which inherit it) with the directory of its
+	// component, so they can be found and killed even after we died.
+	haEnv       = "PGRESILIENT_PGTEST_HA"
+	haStartWait = 3 * time.Minute // StartPatroni's bound when ctx has none
+	haPoll      = 100 * time.Millisecond
+)
+
+// Patroni is a throwaway high-availability cluster started by StartPatroni:
+// one etcd member and Patroni nodes, each managing a PostgreSQL server, all
+// on 127.0.0.1 at free ports, all data in one temporary directory. Its
+// methods are safe for concurrent use.
+type Patroni struct {
+	run   *runner
+	dir   string
+	etcd  *haProc
+	eport int // etcd client port
+	nodes []*PatroniNode
+	http  *http.Client
+
+	mu     sync.Mutex // serializes KillNode, StartNode and Close
+	closed bool
+}
+
+// PatroniNode is one Patroni node and its PostgreSQL server.
+type PatroniNode struct {
+	Name    string // Patroni's member name: "node1", "node2", ...
+	Port    int    // PostgreSQL's port on 127.0.0.1
+	APIPort int    // Patroni's REST API port on 127.0.0.1
+
+	dir  string // the node's directory: config, log, data
+	cfg  string
+	log  string
+	proc *haProc // nil once killed
+}
+
+// DSN returns a URL connecting to the node's server as the postgres superuser
+// without a password, and without TLS.
+func (n *PatroniNode) DSN() string { return dsn(url.User(Superuser), host, n.Port) }
+
+// LogFile returns the path of the node's log: Patroni's and its server's.
+func (n *PatroniNode) LogFile() string { return n.log }
+
+// haProc is a process we started, and its exit.
+type haProc struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once it has exited and been waited for
+	log  *os.File
+}
+
+// RequirePatroni starts a Patroni cluster of nodes nodes for a test and closes
+// it when the test ends, also when it fails or panics. It skips the test when
+// PGRESILIENT_SKIP_INTEGRATION=1 and fails it when the cluster cannot start,
+// for instance because patroni or etcd is missing.
+func RequirePatroni(t testing.TB, nodes int) *Patroni {
+	t.Helper()
+	if SkipRequested() {
+		t.Skip(SkipEnv + "=1")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), haStartWait)
+	defer cancel()
+	p, err := StartPatroni(ctx, nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return p
+}
+
+// StartPatroni starts etcd and nodes Patroni nodes (at least 1; 2 for a
+// failover), and returns once one of them leads and every other one streams
+// from it as a replica, the synchronous standby among them. The cluster runs
+// with Patroni's synchronous_mode, so a commit acknowledged by the leader is
+// on a standby too and survives a failover; a short ttl (PatroniTTL) makes
+// the failover after KillNode take seconds. etcd is served over its v3 API.
+// ctx bounds the start (3 minutes if it has no deadline).
+//
+// When running as root, etcd, Patroni and PostgreSQL run as the "postgres"
+// account. Directories left by test processes that died without Close are
+// removed on the way, and their processes killed. Everything listens on
+// 127.0.0.1 only. On failure nothing is left behind and the error includes
+// the logs' tails.
+func StartPatroni(ctx context.Context, nodes int) (*Patroni, error) {
+	if nodes < 1 {
+		return nil, fmt.Errorf("pgtest: StartPatroni: %d nodes", nodes)
+	}
+	patroniBin, etcdBin, err := haBinaries()
+	if err != nil {
+		return nil, err
+	}
+	binDir, err := BinDir()
+	if err != nil {
+		return nil, err
+	}
+	r, err := newRunner(binDir)
+	if err != nil {
+		return nil, err
+	}
+	base, err := tempBase(r)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := withDefaultTimeout(ctx, haStartWait)
+	defer cancel()
+	reapStaleHA(base)
+	dir, err := os.MkdirTemp(base, haDirPrefix+"*")
+	if err != nil {
+		return nil, fmt.Errorf("pgtest: %w", err)
+	}
+	p := &Patroni{
+		run:  r,
+		dir:  dir,
+		http: &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 5 * time.Second},
+	}
+	if err := p.create(ctx, patroniBin, etcdBin, nodes); err != nil {
+		return nil, errors.Join(err, p.Close())
+	}
+	return p, nil
+}
+
+// haBinaries finds patroni and etcd on PATH.
+func haBinaries() (patroni, etcd string, err error) {
+	patroni, err1 := exec.LookPath("patroni")
+	etcd, err2 := exec.LookPath("etcd")
+	if err := errors.Join(err1, err2); err != nil {
+		return "", "", fmt.Errorf("%w (%v); %s", ErrHANotFound, err, haInstallHint)
+	}
+	return patroni, etcd, nil
+}
+
+func (p *Patroni) create(ctx context.Context, patroniBin, etcdBin string, nodes int) error {
+	if err := os.WriteFile(filepath.Join(p.dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	if err := p.run.chown(p.dir); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	ports, err := freePorts(2 + 2*nodes)
+	if err != nil {
+		return err
+	}
+	p.eport = ports[0]
+	if err := p.startEtcd(ctx, etcdBin, ports[0], ports[1]); err != nil {
+		return err
+	}
+	for i := range nodes {
+		n := &PatroniNode{
+			Name:    "node" + strconv.Itoa(i+1),
+			Port:    ports[2+2*i],
+			APIPort: ports[3+2*i],
+		}
+		n.dir = filepath.Join(p.dir, n.Name)
+		n.cfg = filepath.Join(n.dir, "patroni.yml")
+		n.log = filepath.Join(n.dir, "patroni.log")
+		if err := p.writeNodeConfig(n); err != nil {
+			return err
+		}
+		p.nodes = append(p.nodes, n)
+	}
+	for _, n := range p.nodes {
+		if err := p.startNode(n, patroniBin); err != nil {
+			return err
+		}
+	}
+	if err := p.WaitHealthy(ctx); err != nil {
+		return p.withLogs(err)
+	}
+	return nil
+}
+
+// freePorts returns n distinct free 127.0.0.1 ports.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	for len(ports) < n {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(ports, port) {
+			ports = append(ports, port)
+		}
+	}
+	return ports, nil
+}
+
+func loopbackURL(port int) string { return "http://" + net.JoinHostPort(host, strconv.Itoa(port)) }
+
+func (p *Patroni) startEtcd(ctx context.Context, bin string, client, peer int) error {
+	edir := filepath.Join(p.dir, "etcd")
+	if err := p.mkdir(edir); err != nil {
+		return err
+	}
+	cu, pu := loopbackURL(client), loopbackURL(peer)
+	proc, err := p.spawn(edir, filepath.Join(edir, "etcd.log"), bin,
+		"--name", "pgtest",
+		"--data-dir", filepath.Join(edir, "data"),
+		"--listen-client-urls", cu, "--advertise-client-urls", cu,
+		"--listen-peer-urls", pu, "--initial-advertise-peer-urls", pu,
+		"--initial-cluster", "pgtest="+pu,
+		"--initial-cluster-state", "new",
+		"--initial-cluster-token", filepath.Base(p.dir))
+	if err != nil {
+		return err
+	}
+	p.etcd = proc
+	err = pollUntil(ctx, "etcd healthy", func() (bool, error) {
+		select {
+		case <-proc.done:
+			return false, errors.New("etcd exited")
+		default:
+		}
+		var h struct{ Health string }
+		err := p.getJSON(ctx, cu+"/health", &h)
+		return err == nil && h.Health == "true", err
+	})
+	if err != nil {
+		return fmt.Errorf("%w\n%s", err, logTail(filepath.Join(edir, "etcd.log")))
+	}
+	return nil
+}
+
+// writeNodeConfig writes the node's Patroni configuration. JSON is YAML, and
+// quotes paths safely.
+func (p *Patroni) writeNodeConfig(n *PatroniNode) error {
+	if err := p.mkdir(n.dir); err != nil {
+		return err
+	}
+	hba := []string{
+		"local all all trust",
+		"host all all 127.0.0.1/32 trust",
+		"host replication all 127.0.0.1/32 trust",
+	}
+	sock := n.dir
+	if len(sock)+len("/.s.PGSQL.65535") >= 100 {
+		sock = ""
+	}
+	pgAddr := net.JoinHostPort(host, strconv.Itoa(n.Port))
+	apiAddr := net.JoinHostPort(host, strconv.Itoa(n.APIPort))
+	cfg := map[string]any{
+		"scope":     patroniScope,
+		"namespace": "/pgtest/",
+		"name":      n.Name,
+		"log":       map[string]any{"level": "INFO"},
+		"restapi":   map[string]any{"listen": apiAddr, "connect_address": apiAddr},
+		"etcd3":     map[string]any{"hosts": []string{net.JoinHostPort(host, strconv.Itoa(p.eport))}, "protocol": "http"},
+		"bootstrap": map[string]any{
+			"dcs": map[string]any{
+				"ttl":                     int(PatroniTTL / time.Second),
+				"loop_wait":               patroniLoopWait,
+				"retry_timeout":           patroniRetryTimeout,
+				"maximum_lag_on_failover": 16 << 20,
+				"synchronous_mode":        true,
+				"postgresql": map[string]any{
+					"use_pg_rewind": true,
+					"use_slots":     true,
+					"parameters": map[string]any{
+						"wal_level":       "replica",
+						"hot_standby":     "on",
+						"wal_log_hints":   "on",
+						"max_wal_senders": 10,
+						"wal_keep_size":   "128MB",
+					},
+				},
+			},
+			"initdb": []any{map[string]string{"encoding": "UTF8"}, map[string]string{"locale": "C"}, "no-sync"},
+		},
+		"postgresql": map[string]any{
+			"listen":          pgAddr,
+			"connect_address": pgAddr,
+			"data_dir":        filepath.Join(n.dir, "data"),
+			"bin_dir":         p.run.binDir,
+			"pgpass":          filepath.Join(n.dir, "pgpass"),
+			"authentication": map[string]any{
+				"superuser":   map[string]string{"username": Superuser},
+				"replication": map[string]string{"username": Superuser},
+				"rewind":      map[string]string{"username": Superuser},
+			},
+			"parameters": map[string]any{
+				"unix_socket_directories": sock,
+				"fsync":                   "off",
+				"full_page_writes":        "on", // pg_rewind needs it
+				"shared_buffers":          "32MB",
+				"max_connections":         200,
+				"password_encryption":     "scram-sha-256",
+			},
+			"pg_hba": hba,
+		},
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	if err := os.WriteFile(n.cfg, b, 0o600); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	if err := p.run.chown(n.cfg); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	return nil
+}
+
+func (p *Patroni) startNode(n *PatroniNode, bin string) error {
+	proc, err := p.spawn(n.dir, n.log, bin, n.cfg)
+	if err != nil {
+		return err
+	}
+	n.proc = proc
+	return nil
+}
+
+// spawn starts bin with args in dir, as the server's account, its output
+// appended to logPath, marked with haEnv=dir.
+func (p *Patroni) spawn(dir, logPath, bin string, args ...string) (*haProc, error) {
+	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("pgtest: %w", err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(serverEnv(), haEnv+"="+dir, "HOME="+dir)
+	cmd.Stdout, cmd.Stderr = f, f
+	if p.run.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.run.cred}
+	}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("pgtest: %s: %w", filepath.Base(bin), err)
+	}
+	proc := &haProc{cmd: cmd, done: make(chan struct{}), log: f}
+	go func() {
+		_ = cmd.Wait()
+		f.Close()
+		close(proc.done)
+	}()
+	return proc, nil
+}
+
+func (p *Patroni) mkdir(dir string) error {
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	if err := p.run.chown(dir); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	return nil
+}
+
+// PatroniMember is a member as Patroni's REST API /cluster lists it.
+type PatroniMember struct {
+	Name     string `json:"name"`
+	Role     string `json:"role"`  // "leader", "sync_standby", "replica"
+	State    string `json:"state"` // "running", "streaming", "starting", "stopped", ...
+	Host     string `json:"host"`
+	Port     int    `json:"port"`
+	Timeline int    `json:"timeline"`
+}
+
+// Members returns the cluster's members as the REST API of the first live
+// node that answers reports them.
+func (p *Patroni) Members(ctx context.Context) ([]PatroniMember, error) {
+	var errs []error
+	for _, n := range p.liveNodes() {
+		var c struct{ Members []PatroniMember }
+		err := p.getJSON(ctx, loopbackURL(n.APIPort)+"/cluster", &c)
+		if err == nil {
+			return c.Members, nil
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return nil, errors.New("pgtest: no live Patroni node")
+	}
+	return nil, errors.Join(errs...)
+}
+
+// Leader returns the name of the running leader, from the REST API's
+// /cluster, or an error when there is none.
+func (p *Patroni) Leader(ctx context.Context) (string, error) {
+	members, err := p.Members(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, m := range members {
+		if m.Role == "leader" && m.State == "running" {
+			return m.Name, nil
+		}
+	}
+	return "", fmt.Errorf("pgtest: no running leader among %+v", members)
+}
+
+// WaitLeader waits until a node other than notName (which may be "") leads
+// and its server accepts writes, and returns its name. ctx bounds the wait.
+func (p *Patroni) WaitLeader(ctx context.Context, notName string) (string, error) {
+	var leader string
+	err := pollUntil(ctx, "a leader other than "+strconv.Quote(notName), func() (bool, error) {
+		var err error
+		leader, err = p.Leader(ctx)
+		if err != nil || leader == notName {
+			return false, err
+		}
+		ok, err := p.acceptsWrites(ctx, p.Node(leader))
+		return ok, err
+	})
+	return leader, err
+}
+
+// acceptsWrites reports whether n's server is out of recovery and writable.
+func (p *Patroni) acceptsWrites(ctx context.Context, n *PatroniNode) (bool, error) {
+	cfg, err := pgx.ParseConfig(n.DSN())
+	if err != nil {
+		return false, err
+	}
+	cfg.ConnectTimeout = 2 * time.Second
+	cfg.RuntimeParams["application_name"] = adminApp
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var ok bool
+	err = conn.QueryRow(ctx, "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'").Scan(&ok)
+	return ok, err
+}
+
+// WaitHealthy waits until there is a running leader whose server accepts
+// writes and every other node is a running replica, one of them the
+// synchronous standby: what StartPatroni waits for, and what a node
+// restarted by StartNode gets back to. ctx bounds the wait. It fails at once
+// when a node's Patroni has been killed (and not started again).
+func (p *Patroni) WaitHealthy(ctx context.Context) error {
+	p.mu.Lock()
+	procs := make(map[string]*haProc, len(p.nodes))
+	for _, n := range p.nodes {
+		procs[n.Name] = n.proc
+	}
+	p.mu.Unlock()
+	for name, proc := range procs {
+		if proc == nil {
+			return fmt.Errorf("pgtest: patroni %s was killed", name)
+		}
+	}
+	return pollUntil(ctx, "a healthy Patroni cluster", func() (bool, error) {
+		for name, proc := range procs {
+			select {
+			case <-proc.done:
+				return false, fmt.Errorf("patroni %s exited", name)
+			default:
+			}
+		}
+		members, err := p.Members(ctx)
+		if err != nil {
+			return false, err
+		}
+		var leaders, replicas, syncs int
+		for _, m := range members {
+			running := m.State == "running" || m.State == "streaming"
+			switch {
+			case m.Role == "leader" && m.State == "running":
+				leaders++
+			case m.Role == "sync_standby" && running:
+				syncs++
+				replicas++
+			case m.Role == "replica" && running:
+				replicas++
+			}
+		}
+		if leaders != 1 || replicas != len(p.nodes)-1 || (len(p.nodes) > 1 && syncs == 0) {
+			return false, fmt.Errorf("members %+v", members)
+		}
+		leader, err := p.Leader(ctx)
+		if err != nil {
+			return false, err
+		}
+		return p.acceptsWrites(ctx, p.Node(leader))
+	})
+}
+
+// Switchover asks Patroni (POST /switchover on the leader's REST API) to hand
+// the leadership to another running node, the synchronous standby, and
+// returns the new leader's name once it accepts writes. The old leader
+// follows it as a replica.
+func (p *Patroni) Switchover(ctx context.Context) (string, error) {
+	members, err := p.Members(ctx)
+	if err != nil {
+		return "", err
+	}
+	var leader, candidate string
+	for _, m := range members {
+		switch {
+		case m.Role == "leader":
+			leader = m.Name
+		case m.Role == "sync_standby" && (m.State == "running" || m.State == "streaming"):
+			candidate = m.Name
+		}
+	}
+	if leader == "" || candidate == "" {
+		return "", fmt.Errorf("pgtest: switchover: no leader or no synchronous standby among %+v", members)
+	}
+	body, _ := json.Marshal(map[string]string{"leader": leader, "candidate": candidate})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost,
+		loopbackURL(p.Node(leader).APIPort)+"/switchover", bytes.NewReader(body))
+	if err != nil {
+		return "", fmt.Errorf("pgtest: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	client := *p.http
+	client.Timeout = 0 // Patroni answers once the switchover is done: ctx bounds it
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("pgtest: switchover: %w", err)
+	}
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("pgtest: switchover %s -> %s: %s: %s", leader, candidate, resp.Status, bytes.TrimSpace(msg))
+	}
+	return p.WaitLeader(ctx, leader)
+}
+
+// Node returns the node named name, or nil.
+func (p *Patroni) Node(name string) *PatroniNode {
+	for _, n := range p.nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Nodes returns every node, killed ones included, in order.
+func (p *Patroni) Nodes() []*PatroniNode { return slices.Clone(p.nodes) }
+
+// Dir returns the cluster's temporary directory, removed by Close.
+func (p *Patroni) Dir() string { return p.dir }
+
+// EtcdURL returns the URL of etcd's client API.
+func (p *Patroni) EtcdURL() string { return loopbackURL(p.eport) }
+
+// DSN returns a multi-host URL over every node's server, as the postgres
+// superuser without a password and without TLS:
+// postgres://postgres@127.0.0.1:P1,127.0.0.1:P2/postgres?sslmode=disable.
+// Add target_session_attrs=read-write (or primary) to reach the leader
+// whichever it is.
+func (p *Patroni) DSN() string {
+	hosts := make([]string, len(p.nodes))
+	for i, n := range p.nodes {
+		hosts[i] = net.JoinHostPort(host, strconv.Itoa(n.Port))
+	}
+	return "postgres://" + Superuser + "@" + strings.Join(hosts, ",") + "/" + Database + "?sslmode=disable"
+}
+
+// KillNode kills the node's Patroni and then its PostgreSQL server with
+// SIGKILL, and returns once they are gone. Nobody renews the leader key of a
+// killed leader: it expires within PatroniTTL and another node takes over
+// (see WaitLeader). Killing the synchronous standby instead makes the
+// leader's commits wait until Patroni, within a few loop_waits, turns
+// synchronous replication off (synchronous_mode is not strict). StartNode
+// brings the node back.
+func (p *Patroni) KillNode(ctx context.Context, name string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errClosed
+	}
+	n := p.Node(name)
+	if n == nil {
+		return fmt.Errorf("pgtest: no Patroni node %q", name)
+	}
+	if n.proc != nil {
+		_ = n.proc.cmd.Process.Kill()
+		select {
+		case <-n.proc.done:
+		case <-ctx.Done():
+			return fmt.Errorf("pgtest: killing patroni %s: %w", name, ctx.Err())
+		}
+		n.proc = nil
+	}
+	return killMarked(ctx, n.dir, false)
+}
+
+// StartNode starts a node's Patroni again after KillNode. It returns at once;
+// the node rejoins as a replica of the current leader in the background
+// (WaitHealthy tells when).
+func (p *Patroni) StartNode(name string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errClosed
+	}
+	n := p.Node(name)
+	if n == nil {
+		return fmt.Errorf("pgtest: no Patroni node %q", name)
+	}
+	if n.proc != nil {
+		return fmt.Errorf("pgtest: Patroni node %q is running", name)
+	}
+	bin, _, err := haBinaries()
+	if err != nil {
+		return err
+	}
+	return p.startNode(n, bin)
+}
+
+// liveNodes are the nodes whose Patroni we have not killed.
+func (p *Patroni) liveNodes() []*PatroniNode {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var live []*PatroniNode
+	for _, n := range p.nodes {
+		if n.proc != nil {
+			live = append(live, n)
+		}
+	}
+	return live
+}
+
+// Close kills every process of the cluster (etcd, Patroni, PostgreSQL) with
+// SIGKILL, waits until they are gone and removes the directory. It is safe on
+// a nil Patroni and more than once: calls after the first do nothing.
+func (p *Patroni) Close() error {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var errs []error
+	// Patroni first, so that none restarts its server meanwhile.
+	for _, n := range p.nodes {
+		if n.proc != nil {
+			_ = n.proc.cmd.Process.Kill()
+			<-n.proc.done
+			n.proc = nil
+		}
+	}
+	if err := killMarked(ctx, p.dir, true); err != nil {
+		errs = append(errs, err)
+	}
+	if p.etcd != nil {
+		<-p.etcd.done
+	}
+	if err := os.RemoveAll(p.dir); err != nil {
+		errs = append(errs, fmt.Errorf("pgtest: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// withLogs appends the tails of etcd's and every node's log to err.
+func (p *Patroni) withLogs(err error) error {
+	var b strings.Builder
+	for _, n := range p.nodes {
+		b.WriteString("\n" + logTail(n.log))
+	}
+	return fmt.Errorf("%w%s", err, b.String())
+}
+
+// logTail returns the last lines of a log, headed by its path.
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return path + ": " + err.Error()
+	}
+	const maxTail = 3 << 10
+	if len(b) > maxTail {
+		b = b[len(b)-maxTail:]
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:]
+		}
+	}
+	return path + ":\n" + strings.TrimSpace(string(b))
+}
+
+func (p *Patroni) getJSON(ctx context.Context, u string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := p.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// pollUntil calls cond every haPoll until it returns true, and fails with
+// what and cond's last error when ctx ends first.
+func pollUntil(ctx context.Context, what string, cond func() (bool, error)) error {
+	t := time.NewTicker(haPoll)
+	defer t.Stop()
+	for {
+		ok, err := cond()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = ctx.Err()
+			}
+			return fmt.Errorf("pgtest: waiting for %s: %w", what, err)
+		case <-t.C:
+		}
+	}
+}
