@@ -166,6 +166,19 @@ const errFnEndedTx = "pgresilient: RunTx: fn committed or rolled back the transa
 //     that says so;
 //   - fn panics: the transaction is rolled back and the panic goes on.
 //
+// Why a connection lost inside the transaction is safe to retry: only a
+// COMMIT the client sends ends a transaction block with a commit; when the
+// session ends first (a reset, a terminated backend, a query_timeout that
+// closed the connection), the server aborts the open transaction, whatever
+// its statements did. A statement that reached the server and ran is rolled
+// back with the rest. That holds for the transaction only: fn must not send
+// COMMIT (or END) as SQL, alone or inside a multi-statement string, and its
+// work outside the transaction (through the pool instead of tx, dblink,
+// anything outside the database) is not rolled back. And the old session may
+// outlive the loss for a while: a backend that has not noticed it yet keeps
+// its locks, so the retry may wait on them (a reset is seen at once; a silent
+// network only after TCP keepalives or the server's timeouts).
+//
 // Over a driver other than pgresilient (raw pgx stdlib, say), RunTx retries
 // serialization failures, deadlocks and failed BEGINs only: no other
 // driver's errors say whether the connection was lost inside a transaction,

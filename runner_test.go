@@ -823,10 +823,11 @@ func TestRunTxCutAtBegin(t *testing.T) {
 			}
 			fb := &flakyBeginner{db: db}
 			p.CutOn([]byte("begin"), true)
+			var first error
 			err := RunTx(ctx, fb, nil, func(ctx context.Context, tx *sql.Tx) error {
 				_, err := tx.ExecContext(ctx, "insert into "+table+" values (1)")
 				return err
-			}, TxBackoff(0, 0))
+			}, TxBackoff(0, 0), TxOnRetry(func(_ int, err error, _ time.Duration) { first = err }))
 			if p.Armed() {
 				t.Fatal("the cut did not happen: BEGIN was not seen")
 			}
@@ -834,7 +835,7 @@ func TestRunTxCutAtBegin(t *testing.T) {
 			if cerr != nil {
 				t.Fatal(cerr)
 			}
-			t.Logf("MEASURE cut after BEGIN, RunTx over %s: %d BEGIN call(s) by RunTx, %d row(s); error: %v", name, fb.calls, n, err)
+			t.Logf("MEASURE cut after BEGIN, RunTx over %s: %d BEGIN call(s) by RunTx, %d row(s); retried after: %v; error: %v", name, fb.calls, n, first, err)
 			if err != nil || n != 1 {
 				t.Errorf("%v, %d rows; want success and 1 row", err, n)
 			}
