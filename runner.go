@@ -156,7 +156,8 @@ const errFnEndedTx = "pgresilient: RunTx: fn committed or rolled back the transa
 //
 // Errors:
 //
-//   - ctx already done: nothing is run, ctx.Err() is returned;
+//   - ctx already done: nothing is run, ctx.Err() is returned; ctx ended
+//     once fn returned, before COMMIT was sent: rolled back, ctx.Err();
 //   - an error that is not retried (fn's own, an SQL error, ErrCircuitOpen):
 //     the transaction is rolled back and the error returned unchanged;
 //   - the last attempt failed, or the context ended or its deadline left no
@@ -200,10 +201,10 @@ func RunTx(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx 
 		if stage == stageCommit {
 			switch {
 			case errors.Is(err, sql.ErrTxDone):
-				if ctx.Err() != nil {
+				if cerr := ctx.Err(); cerr != nil {
 					// database/sql rolled the transaction back when the
 					// context ended, before COMMIT was sent.
-					return err
+					return cerr
 				}
 				return fmt.Errorf("%s: %w", errFnEndedTx, err)
 			case err == context.Canceled || err == context.DeadlineExceeded: //nolint:errorlint // database/sql's own bare refusal to send COMMIT

@@ -366,6 +366,21 @@ func TestRunTxMock(t *testing.T) {
 		}
 	})
 
+	t.Run("the context ends before COMMIT", func(t *testing.T) {
+		db, mock, _ := openMock(t, "breaker=off")
+		mock.ExpectBegin()
+		mock.ExpectRollback()
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		err := RunTx(cctx, db, nil, func(context.Context, *sql.Tx) error { cancel(); return nil }, noWait)
+		if err != context.Canceled { //nolint:errorlint // ctx.Err() itself
+			t.Fatalf("want context.Canceled, got %v", err)
+		}
+		if err := mock.ExpectationsWereMet(); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("the context ends during the wait", func(t *testing.T) {
 		db, mock, _ := openMock(t, "breaker=off")
 		mock.ExpectBegin()
