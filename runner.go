@@ -198,7 +198,7 @@ func RunTx(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx 
 		if err == nil {
 			return nil
 		}
-		if stage == stageCommit {
+		if stage == txStageCommit {
 			switch {
 			case errors.Is(err, sql.ErrTxDone):
 				if cerr := ctx.Err(); cerr != nil {
@@ -209,11 +209,11 @@ func RunTx(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx 
 				return fmt.Errorf("%s: %w", errFnEndedTx, err)
 			case err == context.Canceled || err == context.DeadlineExceeded: //nolint:errorlint // database/sql's own bare refusal to send COMMIT
 				return err
-			case commitUnknown(err):
+			case txCommitUnknown(err):
 				return &RunTxError{Attempts: attempt, CommitUnknown: true, Err: err}
 			}
 		}
-		if !retryable(stage, err, pinned) {
+		if !txRetryable(stage, err, pinned) {
 			return err
 		}
 		if attempt >= cfg.maxAttempts {
@@ -229,7 +229,7 @@ func RunTx(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx 
 		if cfg.onRetry != nil {
 			cfg.onRetry(attempt, err, wait)
 		}
-		if cerr := sleepCtx(ctx, wait); cerr != nil {
+		if cerr := txSleep(ctx, wait); cerr != nil {
 			return &RunTxError{Attempts: attempt, Err: err, stop: cerr}
 		}
 	}
@@ -239,16 +239,16 @@ func RunTx(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx 
 type txStage uint8
 
 const (
-	stageBegin  txStage = iota // BEGIN failed
-	stageFn                    // fn failed, or the context ended before COMMIT
-	stageCommit                // COMMIT failed
+	txStageBegin  txStage = iota // BEGIN failed
+	txStageFn                    // fn failed, or the context ended before COMMIT
+	txStageCommit                // COMMIT failed
 )
 
 // runTxOnce is one attempt: BEGIN, fn, COMMIT.
 func runTxOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(context.Context, *sql.Tx) error) (txStage, error) {
 	tx, err := db.BeginTx(ctx, opts)
 	if err != nil {
-		return stageBegin, err
+		return txStageBegin, err
 	}
 	returned := false
 	defer func() {
@@ -262,26 +262,26 @@ func runTxOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(
 	returned = true
 	if err != nil {
 		_ = tx.Rollback() // sql.ErrTxDone if fn ended tx itself: fn's error says more
-		return stageFn, err
+		return txStageFn, err
 	}
 	if err := ctx.Err(); err != nil {
 		_ = tx.Rollback()
-		return stageFn, err
+		return txStageFn, err
 	}
-	return stageCommit, tx.Commit()
+	return txStageCommit, tx.Commit()
 }
 
-// retryable decides whether an attempt that failed with err at stage can be
+// txRetryable decides whether an attempt that failed with err at stage can be
 // run again: nothing of it committed, and another attempt may succeed.
 // pinned: db is a *sql.Conn, whose connection cannot be replaced.
-func retryable(stage txStage, err error, pinned bool) bool {
-	if retryableServerError(err) {
+func txRetryable(stage txStage, err error, pinned bool) bool {
+	if txRetryableServerError(err) {
 		return true
 	}
 	var de *DisconnectError
 	isDisconnect := errors.As(err, &de)
 	switch stage {
-	case stageBegin:
+	case txStageBegin:
 		// No transaction began, so none can have committed, whatever the
 		// driver says was sent. Not retried: an open breaker, a failed
 		// connect (pgresilient's connector retried it already, with its own
@@ -293,7 +293,7 @@ func retryable(stage txStage, err error, pinned bool) bool {
 			return false
 		}
 		return isDisconnect || errors.Is(err, driver.ErrBadConn) || IsDisconnect(err)
-	case stageFn:
+	case txStageFn:
 		if !isDisconnect || pinned {
 			// Another driver's disconnect does not say whether it happened
 			// inside the transaction: fn may have used the pool, outside
@@ -306,20 +306,23 @@ func retryable(stage txStage, err error, pinned bool) bool {
 		// a COMMIT (fn's own, of another transaction) may have committed.
 		return de.Safe || de.InTx && de.Op != "commit"
 	}
-	// stageCommit: only the server's answer, above. A lost COMMIT was
+	// Commit: only the server's answer, above. A lost COMMIT was
 	// handled by the caller.
 	return false
 }
 
-// retryableServerError reports whether err is the server saying that the
+// txRetryableServerError reports whether err is the server saying that the
 // transaction was rolled back and may succeed if run again.
 //
-// THIS is where a "server changed role" sentinel goes, once pgresilient has
-// one: SQLSTATE 25006 (read_only_sql_transaction) from a primary demoted
-// under the pool. A bare 25006 is not retryable: a read-only transaction that
-// writes fails every time; only the sentinel, set when pgresilient learns
-// the server's role changed and moves the pool to the new primary, is.
-func retryableServerError(err error) bool {
+// This is the place for the coming "server changed role" sentinel
+// (SQLSTATE 25006, read_only_sql_transaction, from a primary demoted under
+// the pool), marked below. A bare 25006 is not retryable: a read-only
+// transaction that writes fails every time; only the sentinel, returned once
+// pgresilient has learned that the server's role changed and the pool will
+// reach the new primary, is.
+func txRetryableServerError(err error) bool {
+	// The server changed role: add here, when it exists,
+	//	if errors.Is(err, ErrServerRoleChanged) { return true }
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
@@ -331,16 +334,16 @@ func retryableServerError(err error) bool {
 	return false
 }
 
-// commitUnknown reports whether a COMMIT that failed with err may have
+// txCommitUnknown reports whether a COMMIT that failed with err may have
 // committed: the connection was lost, by pgresilient's word or another
 // driver's (a reset, EOF, a deadline during I/O, driver.ErrBadConn, which
 // pgx stdlib returns for some resets after the send).
-func commitUnknown(err error) bool {
+func txCommitUnknown(err error) bool {
 	return errors.Is(err, ErrConnLost) || errors.Is(err, driver.ErrBadConn) || IsDisconnect(err)
 }
 
-// sleepCtx waits d, or until ctx ends: it then returns ctx.Err().
-func sleepCtx(ctx context.Context, d time.Duration) error {
+// txSleep waits d, or until ctx ends: it then returns ctx.Err().
+func txSleep(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
 		return ctx.Err()
 	}

@@ -21,13 +21,13 @@ import (
 )
 
 var (
-	serializationFailure = &pgconn.PgError{Severity: "ERROR", Code: "40001", Message: "could not serialize access due to read/write dependencies among transactions"}
-	deadlockDetected     = &pgconn.PgError{Severity: "ERROR", Code: "40P01", Message: "deadlock detected"}
-	errBusiness          = errors.New("insufficient funds")
+	txSerializationFailure = &pgconn.PgError{Severity: "ERROR", Code: "40001", Message: "could not serialize access due to read/write dependencies among transactions"}
+	txDeadlockDetected     = &pgconn.PgError{Severity: "ERROR", Code: "40P01", Message: "deadlock detected"}
+	errTxBusiness          = errors.New("insufficient funds")
 )
 
-// noWait makes RunTx retry at once: the unit tests measure no time.
-var noWait = TxBackoff(0, 0)
+// txNoWait makes RunTx retry at once: the unit tests measure no time.
+var txNoWait = TxBackoff(0, 0)
 
 // TestRunTxRetryable is the classification table.
 func TestRunTxRetryable(t *testing.T) {
@@ -39,38 +39,38 @@ func TestRunTxRetryable(t *testing.T) {
 		pinned bool
 		want   bool
 	}{
-		{"40001 from a statement", stageFn, serializationFailure, false, true},
-		{"40001 wrapped by fn", stageFn, fmt.Errorf("transfer: %w", serializationFailure), false, true},
-		{"40001 inside TxAbortedError", stageCommit, &TxAbortedError{Err: serializationFailure}, false, true},
-		{"40P01 at commit", stageCommit, deadlockDetected, false, true},
-		{"40001 on a *sql.Conn", stageFn, serializationFailure, true, true},
-		{"unique violation", stageFn, uniqueViolation, false, false},
-		{"40003 completion unknown", stageCommit, &pgconn.PgError{Code: "40003"}, false, false},
-		{"bare 25006 read only", stageFn, &pgconn.PgError{Code: "25006"}, false, false},
-		{"fn's own error", stageFn, errBusiness, false, false},
-		{"lost inside the transaction", stageFn, inTx, false, true},
-		{"lost inside the transaction, wrapped", stageFn, fmt.Errorf("step 2: %w", inTx), false, true},
-		{"lost inside the transaction, *sql.Conn", stageFn, inTx, true, false},
-		{"lost outside the transaction (fn used the pool)", stageFn, &DisconnectError{Op: "exec", Err: io.EOF}, false, false},
-		{"safe, outside the transaction", stageFn, &DisconnectError{Op: "exec", Safe: true, Err: io.EOF}, false, true},
-		{"another transaction's commit lost", stageFn, &DisconnectError{Op: "commit", InTx: true, Err: io.EOF}, false, false},
-		{"another driver's EOF in fn", stageFn, io.EOF, false, false},
-		{"another driver's ErrBadConn in fn", stageFn, driver.ErrBadConn, false, false},
-		{"begin: safe disconnect", stageBegin, &DisconnectError{Op: "begin", Safe: true, Err: io.EOF}, false, true},
-		{"begin: ErrBadConn", stageBegin, driver.ErrBadConn, false, true},
-		{"begin: another driver's EOF", stageBegin, fmt.Errorf("begin: %w", io.ErrUnexpectedEOF), false, true},
-		{"begin: on a *sql.Conn", stageBegin, driver.ErrBadConn, true, false},
-		{"begin: circuit open", stageBegin, &CircuitOpenError{Err: gobreaker.ErrOpenState}, false, false},
-		{"begin: connect failed", stageBegin, &ConnectError{Attempts: 4, Err: io.EOF}, false, false},
-		{"begin: pgx could not connect", stageBegin, fmt.Errorf("x: %w", &pgconn.ConnectError{}), false, false},
-		{"begin: the server shut down", stageBegin, &pgconn.PgError{Severity: "FATAL", Code: "57P01"}, false, true},
-		{"fn: circuit open", stageFn, &CircuitOpenError{Err: gobreaker.ErrOpenState}, false, false},
-		{"commit: lost", stageCommit, &DisconnectError{Op: "commit", InTx: true, Err: io.EOF}, false, false},
+		{"40001 from a statement", txStageFn, txSerializationFailure, false, true},
+		{"40001 wrapped by fn", txStageFn, fmt.Errorf("transfer: %w", txSerializationFailure), false, true},
+		{"40001 inside TxAbortedError", txStageCommit, &TxAbortedError{Err: txSerializationFailure}, false, true},
+		{"40P01 at commit", txStageCommit, txDeadlockDetected, false, true},
+		{"40001 on a *sql.Conn", txStageFn, txSerializationFailure, true, true},
+		{"unique violation", txStageFn, uniqueViolation, false, false},
+		{"40003 completion unknown", txStageCommit, &pgconn.PgError{Code: "40003"}, false, false},
+		{"bare 25006 read only", txStageFn, &pgconn.PgError{Code: "25006"}, false, false},
+		{"fn's own error", txStageFn, errTxBusiness, false, false},
+		{"lost inside the transaction", txStageFn, inTx, false, true},
+		{"lost inside the transaction, wrapped", txStageFn, fmt.Errorf("step 2: %w", inTx), false, true},
+		{"lost inside the transaction, *sql.Conn", txStageFn, inTx, true, false},
+		{"lost outside the transaction (fn used the pool)", txStageFn, &DisconnectError{Op: "exec", Err: io.EOF}, false, false},
+		{"safe, outside the transaction", txStageFn, &DisconnectError{Op: "exec", Safe: true, Err: io.EOF}, false, true},
+		{"another transaction's commit lost", txStageFn, &DisconnectError{Op: "commit", InTx: true, Err: io.EOF}, false, false},
+		{"another driver's EOF in fn", txStageFn, io.EOF, false, false},
+		{"another driver's ErrBadConn in fn", txStageFn, driver.ErrBadConn, false, false},
+		{"begin: safe disconnect", txStageBegin, &DisconnectError{Op: "begin", Safe: true, Err: io.EOF}, false, true},
+		{"begin: ErrBadConn", txStageBegin, driver.ErrBadConn, false, true},
+		{"begin: another driver's EOF", txStageBegin, fmt.Errorf("begin: %w", io.ErrUnexpectedEOF), false, true},
+		{"begin: on a *sql.Conn", txStageBegin, driver.ErrBadConn, true, false},
+		{"begin: circuit open", txStageBegin, &CircuitOpenError{Err: gobreaker.ErrOpenState}, false, false},
+		{"begin: connect failed", txStageBegin, &ConnectError{Attempts: 4, Err: io.EOF}, false, false},
+		{"begin: pgx could not connect", txStageBegin, fmt.Errorf("x: %w", &pgconn.ConnectError{}), false, false},
+		{"begin: the server shut down", txStageBegin, &pgconn.PgError{Severity: "FATAL", Code: "57P01"}, false, true},
+		{"fn: circuit open", txStageFn, &CircuitOpenError{Err: gobreaker.ErrOpenState}, false, false},
+		{"commit: lost", txStageCommit, &DisconnectError{Op: "commit", InTx: true, Err: io.EOF}, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := retryable(tt.stage, tt.err, tt.pinned); got != tt.want {
-				t.Errorf("retryable(%d, %v, pinned %v) = %v, want %v", tt.stage, tt.err, tt.pinned, got, tt.want)
+			if got := txRetryable(tt.stage, tt.err, tt.pinned); got != tt.want {
+				t.Errorf("txRetryable(%d, %v, pinned %v) = %v, want %v", tt.stage, tt.err, tt.pinned, got, tt.want)
 			}
 		})
 	}
@@ -78,19 +78,19 @@ func TestRunTxRetryable(t *testing.T) {
 		&DisconnectError{Op: "commit", InTx: true, Err: io.EOF},
 		driver.ErrBadConn, io.ErrUnexpectedEOF, pgconn.ErrConnClosed,
 	} {
-		if !commitUnknown(err) {
-			t.Errorf("commitUnknown(%v) = false", err)
+		if !txCommitUnknown(err) {
+			t.Errorf("txCommitUnknown(%v) = false", err)
 		}
 	}
-	for _, err := range []error{serializationFailure, &TxAbortedError{Err: uniqueViolation}, errors.New("x")} {
-		if commitUnknown(err) {
-			t.Errorf("commitUnknown(%v) = true", err)
+	for _, err := range []error{txSerializationFailure, &TxAbortedError{Err: uniqueViolation}, errors.New("x")} {
+		if txCommitUnknown(err) {
+			t.Errorf("txCommitUnknown(%v) = true", err)
 		}
 	}
 }
 
-// countAttempts returns fn wrapped to count its calls in n.
-func countAttempts(n *atomic.Int32, fn func(context.Context, *sql.Tx, int) error) func(context.Context, *sql.Tx) error {
+// txCountAttempts returns fn wrapped to count its calls in n.
+func txCountAttempts(n *atomic.Int32, fn func(context.Context, *sql.Tx, int) error) func(context.Context, *sql.Tx) error {
 	return func(ctx context.Context, tx *sql.Tx) error {
 		return fn(ctx, tx, int(n.Add(1)))
 	}
@@ -108,14 +108,14 @@ func TestRunTxMock(t *testing.T) {
 	t.Run("40001 from a statement is retried", func(t *testing.T) {
 		db, mock, _ := openMock(t, "breaker=off")
 		mock.ExpectBegin()
-		mock.ExpectExec("update").WillReturnError(serializationFailure)
+		mock.ExpectExec("update").WillReturnError(txSerializationFailure)
 		mock.ExpectRollback() // pgresilient's automatic rollback
 		mock.ExpectBegin()
 		mock.ExpectExec("update").WillReturnResult(sqlmock.NewResult(0, 1))
 		mock.ExpectCommit()
 		var n atomic.Int32
 		var retries []string
-		err := RunTx(ctx, db, nil, countAttempts(&n, exec), noWait, TxOnRetry(func(attempt int, err error, wait time.Duration) {
+		err := RunTx(ctx, db, nil, txCountAttempts(&n, exec), txNoWait, TxOnRetry(func(attempt int, err error, wait time.Duration) {
 			retries = append(retries, fmt.Sprintf("%d: %v (wait %v)", attempt, err, wait))
 		}))
 		if err != nil {
@@ -133,12 +133,12 @@ func TestRunTxMock(t *testing.T) {
 		db, mock, _ := openMock(t, "breaker=off")
 		mock.ExpectBegin()
 		mock.ExpectExec("update").WillReturnResult(sqlmock.NewResult(0, 1))
-		mock.ExpectCommit().WillReturnError(deadlockDetected)
+		mock.ExpectCommit().WillReturnError(txDeadlockDetected)
 		mock.ExpectBegin()
 		mock.ExpectExec("update").WillReturnResult(sqlmock.NewResult(0, 1))
 		mock.ExpectCommit()
 		var n atomic.Int32
-		if err := RunTx(ctx, db, nil, countAttempts(&n, exec), noWait); err != nil {
+		if err := RunTx(ctx, db, nil, txCountAttempts(&n, exec), txNoWait); err != nil {
 			t.Fatal(err)
 		}
 		if n.Load() != 2 {
@@ -152,16 +152,16 @@ func TestRunTxMock(t *testing.T) {
 	t.Run("40001 swallowed by fn is retried from COMMIT's ErrTxAborted", func(t *testing.T) {
 		db, mock, _ := openMock(t, "breaker=off")
 		mock.ExpectBegin()
-		mock.ExpectExec("update").WillReturnError(serializationFailure)
+		mock.ExpectExec("update").WillReturnError(txSerializationFailure)
 		mock.ExpectRollback()
 		mock.ExpectBegin()
 		mock.ExpectExec("update").WillReturnResult(sqlmock.NewResult(0, 1))
 		mock.ExpectCommit()
 		var n atomic.Int32
-		err := RunTx(ctx, db, nil, countAttempts(&n, func(ctx context.Context, tx *sql.Tx, a int) error {
+		err := RunTx(ctx, db, nil, txCountAttempts(&n, func(ctx context.Context, tx *sql.Tx, a int) error {
 			_ = exec(ctx, tx, a) // a careless fn
 			return nil
-		}), noWait)
+		}), txNoWait)
 		if err != nil || n.Load() != 2 {
 			t.Fatalf("%v after %d attempts, want success after 2", err, n.Load())
 		}
@@ -176,7 +176,7 @@ func TestRunTxMock(t *testing.T) {
 		mock.ExpectExec("update").WillReturnResult(sqlmock.NewResult(0, 1))
 		mock.ExpectCommit().WillReturnError(io.ErrUnexpectedEOF)
 		var n atomic.Int32
-		err := RunTx(ctx, db, nil, countAttempts(&n, exec), noWait)
+		err := RunTx(ctx, db, nil, txCountAttempts(&n, exec), txNoWait)
 		wantConnLost(t, err)
 		var re *RunTxError
 		if !errors.As(err, &re) || !re.CommitUnknown || re.Attempts != 1 {
@@ -209,7 +209,7 @@ func TestRunTxMock(t *testing.T) {
 		mock.ExpectCommit()
 		var n atomic.Int32
 		var first error
-		err := RunTx(ctx, db, nil, countAttempts(&n, exec), noWait, TxOnRetry(func(_ int, err error, _ time.Duration) { first = err }))
+		err := RunTx(ctx, db, nil, txCountAttempts(&n, exec), txNoWait, TxOnRetry(func(_ int, err error, _ time.Duration) { first = err }))
 		if err != nil || n.Load() != 2 {
 			t.Fatalf("%v after %d attempts, want success after 2", err, n.Load())
 		}
@@ -232,7 +232,7 @@ func TestRunTxMock(t *testing.T) {
 		mock.ExpectBegin()
 		mock.ExpectExec("update").WillReturnError(io.EOF)
 		var n atomic.Int32
-		err = RunTx(ctx, sc, nil, countAttempts(&n, exec), noWait)
+		err = RunTx(ctx, sc, nil, txCountAttempts(&n, exec), txNoWait)
 		var de *DisconnectError
 		if !errors.As(err, &de) || !de.InTx || n.Load() != 1 {
 			t.Fatalf("%v after %d attempts, want the DisconnectError after 1", err, n.Load())
@@ -248,14 +248,14 @@ func TestRunTxMock(t *testing.T) {
 		mock.ExpectExec("update").WillReturnResult(sqlmock.NewResult(0, 1))
 		mock.ExpectRollback()
 		var n atomic.Int32
-		err := RunTx(ctx, db, nil, countAttempts(&n, func(ctx context.Context, tx *sql.Tx, a int) error {
+		err := RunTx(ctx, db, nil, txCountAttempts(&n, func(ctx context.Context, tx *sql.Tx, a int) error {
 			if err := exec(ctx, tx, a); err != nil {
 				return err
 			}
-			return errBusiness
-		}), noWait)
-		if err != errBusiness || n.Load() != 1 { //nolint:errorlint // unchanged means the same value
-			t.Fatalf("%v after %d attempts, want errBusiness itself after 1", err, n.Load())
+			return errTxBusiness
+		}), txNoWait)
+		if err != errTxBusiness || n.Load() != 1 { //nolint:errorlint // unchanged means the same value
+			t.Fatalf("%v after %d attempts, want errTxBusiness itself after 1", err, n.Load())
 		}
 		if err := mock.ExpectationsWereMet(); err != nil {
 			t.Fatal(err)
@@ -265,13 +265,13 @@ func TestRunTxMock(t *testing.T) {
 	t.Run("a non-retryable error after a retry is returned unchanged", func(t *testing.T) {
 		db, mock, _ := openMock(t, "breaker=off")
 		mock.ExpectBegin()
-		mock.ExpectExec("update").WillReturnError(serializationFailure)
+		mock.ExpectExec("update").WillReturnError(txSerializationFailure)
 		mock.ExpectRollback()
 		mock.ExpectBegin()
 		mock.ExpectExec("update").WillReturnError(uniqueViolation)
 		mock.ExpectRollback()
 		var n atomic.Int32
-		err := RunTx(ctx, db, nil, countAttempts(&n, exec), noWait)
+		err := RunTx(ctx, db, nil, txCountAttempts(&n, exec), txNoWait)
 		if err != error(uniqueViolation) || n.Load() != 2 { //nolint:errorlint // unchanged means the same value
 			t.Fatalf("%v after %d attempts, want the unique violation itself after 2", err, n.Load())
 		}
@@ -284,11 +284,11 @@ func TestRunTxMock(t *testing.T) {
 		db, mock, _ := openMock(t, "breaker=off")
 		for range 3 {
 			mock.ExpectBegin()
-			mock.ExpectExec("update").WillReturnError(serializationFailure)
+			mock.ExpectExec("update").WillReturnError(txSerializationFailure)
 			mock.ExpectRollback()
 		}
 		var n atomic.Int32
-		err := RunTx(ctx, db, nil, countAttempts(&n, exec), noWait, TxMaxAttempts(3))
+		err := RunTx(ctx, db, nil, txCountAttempts(&n, exec), txNoWait, TxMaxAttempts(3))
 		var re *RunTxError
 		if !errors.As(err, &re) || re.Attempts != 3 || re.CommitUnknown || n.Load() != 3 {
 			t.Fatalf("%v after %d attempts, want a *RunTxError after 3", err, n.Load())
@@ -316,7 +316,7 @@ func TestRunTxMock(t *testing.T) {
 					t.Errorf("recovered %v, want the panic value boom", p)
 				}
 			}()
-			_ = RunTx(ctx, db, nil, func(context.Context, *sql.Tx) error { panic(boom) }, noWait)
+			_ = RunTx(ctx, db, nil, func(context.Context, *sql.Tx) error { panic(boom) }, txNoWait)
 			t.Error("RunTx returned: the panic was swallowed")
 		}()
 		if err := mock.ExpectationsWereMet(); err != nil {
@@ -337,12 +337,12 @@ func TestRunTxMock(t *testing.T) {
 				mock.ExpectRollback()
 			}
 			var n atomic.Int32
-			err := RunTx(ctx, db, nil, countAttempts(&n, func(_ context.Context, tx *sql.Tx, _ int) error {
+			err := RunTx(ctx, db, nil, txCountAttempts(&n, func(_ context.Context, tx *sql.Tx, _ int) error {
 				if end == "commits" {
 					return tx.Commit()
 				}
 				return tx.Rollback()
-			}), noWait)
+			}), txNoWait)
 			if !errors.Is(err, sql.ErrTxDone) || !strings.Contains(err.Error(), "itself") || n.Load() != 1 {
 				t.Fatalf("%v after %d attempts, want sql.ErrTxDone explained, after 1", err, n.Load())
 			}
@@ -372,7 +372,7 @@ func TestRunTxMock(t *testing.T) {
 		mock.ExpectRollback()
 		cctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		err := RunTx(cctx, db, nil, func(context.Context, *sql.Tx) error { cancel(); return nil }, noWait)
+		err := RunTx(cctx, db, nil, func(context.Context, *sql.Tx) error { cancel(); return nil }, txNoWait)
 		if err != context.Canceled { //nolint:errorlint // ctx.Err() itself
 			t.Fatalf("want context.Canceled, got %v", err)
 		}
@@ -384,15 +384,15 @@ func TestRunTxMock(t *testing.T) {
 	t.Run("the context ends during the wait", func(t *testing.T) {
 		db, mock, _ := openMock(t, "breaker=off")
 		mock.ExpectBegin()
-		mock.ExpectExec("update").WillReturnError(serializationFailure)
+		mock.ExpectExec("update").WillReturnError(txSerializationFailure)
 		mock.ExpectRollback()
 		cctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		var n atomic.Int32
-		err := RunTx(cctx, db, nil, countAttempts(&n, exec), TxBackoff(time.Hour, time.Hour),
+		err := RunTx(cctx, db, nil, txCountAttempts(&n, exec), TxBackoff(time.Hour, time.Hour),
 			TxOnRetry(func(int, error, time.Duration) { cancel() }))
 		var re *RunTxError
-		if !errors.As(err, &re) || re.Attempts != 1 || !errors.Is(err, context.Canceled) || !errors.Is(err, serializationFailure) {
+		if !errors.As(err, &re) || re.Attempts != 1 || !errors.Is(err, context.Canceled) || !errors.Is(err, txSerializationFailure) {
 			t.Fatalf("want a *RunTxError after 1 attempt matching context.Canceled and the 40001, got %v", err)
 		}
 		if err := mock.ExpectationsWereMet(); err != nil {
@@ -403,14 +403,14 @@ func TestRunTxMock(t *testing.T) {
 	t.Run("no wait past the deadline", func(t *testing.T) {
 		db, mock, _ := openMock(t, "breaker=off")
 		mock.ExpectBegin()
-		mock.ExpectExec("update").WillReturnError(serializationFailure)
+		mock.ExpectExec("update").WillReturnError(txSerializationFailure)
 		mock.ExpectRollback()
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		began := time.Now()
 		// A wait drawn from [0, 24h]: far past the deadline but for a
 		// chance of 3.5e-4.
-		err := RunTx(dctx, db, nil, exec2(exec), TxBackoff(24*time.Hour, 24*time.Hour))
+		err := RunTx(dctx, db, nil, txIgnoreAttempt(exec), TxBackoff(24*time.Hour, 24*time.Hour))
 		var re *RunTxError
 		if !errors.As(err, &re) || re.Attempts != 1 || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "deadline") {
 			t.Fatalf("want a *RunTxError after 1 attempt matching DeadlineExceeded, got %v", err)
@@ -424,19 +424,19 @@ func TestRunTxMock(t *testing.T) {
 	})
 }
 
-// exec2 drops the attempt number.
-func exec2(fn func(context.Context, *sql.Tx, int) error) func(context.Context, *sql.Tx) error {
+// txIgnoreAttempt drops the attempt number.
+func txIgnoreAttempt(fn func(context.Context, *sql.Tx, int) error) func(context.Context, *sql.Tx) error {
 	return func(ctx context.Context, tx *sql.Tx) error { return fn(ctx, tx, 0) }
 }
 
-// flakyBeginner fails its first BeginTx calls with errs, then begins on db.
-type flakyBeginner struct {
+// txFlakyBeginner fails its first BeginTx calls with errs, then begins on db.
+type txFlakyBeginner struct {
 	db    TxBeginner
 	errs  []error
 	calls int
 }
 
-func (f *flakyBeginner) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error) {
+func (f *txFlakyBeginner) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error) {
 	f.calls++
 	if len(f.errs) > 0 {
 		err := f.errs[0]
@@ -468,8 +468,8 @@ func TestRunTxBegin(t *testing.T) {
 				mock.ExpectBegin()
 				mock.ExpectCommit()
 			}
-			fb := &flakyBeginner{db: db, errs: []error{tt.err}}
-			err := RunTx(ctx, fb, nil, func(context.Context, *sql.Tx) error { return nil }, noWait)
+			fb := &txFlakyBeginner{db: db, errs: []error{tt.err}}
+			err := RunTx(ctx, fb, nil, func(context.Context, *sql.Tx) error { return nil }, txNoWait)
 			if tt.retried {
 				if err != nil || fb.calls != 2 {
 					t.Errorf("%v after %d BEGINs, want success after 2", err, fb.calls)
@@ -498,26 +498,26 @@ func TestRunTxOptions(t *testing.T) {
 	}
 }
 
-// barrier is a meeting point for n goroutines, each calling arrive once.
-type barrier struct {
+// txBarrier is a meeting point for n goroutines, each calling arrive once.
+type txBarrier struct {
 	wg  sync.WaitGroup
 	all chan struct{}
 }
 
-func newBarrier(n int) *barrier {
-	b := &barrier{all: make(chan struct{})}
+func newTxBarrier(n int) *txBarrier {
+	b := &txBarrier{all: make(chan struct{})}
 	b.wg.Add(n)
 	go func() { b.wg.Wait(); close(b.all) }()
 	return b
 }
 
 // arrive waits for the others, for 10 s at most.
-func (b *barrier) arrive() error {
+func (b *txBarrier) arrive() error {
 	b.wg.Done()
-	return waitFor(b.all)
+	return txWaitFor(b.all)
 }
 
-func waitFor(ch <-chan struct{}) error {
+func txWaitFor(ch <-chan struct{}) error {
 	select {
 	case <-ch:
 		return nil
@@ -526,7 +526,7 @@ func waitFor(ch <-chan struct{}) error {
 	}
 }
 
-var serializable = &sql.TxOptions{Isolation: sql.LevelSerializable}
+var txSerializable = &sql.TxOptions{Isolation: sql.LevelSerializable}
 
 // TestRunTxWriteSkew is the classic write skew under SERIALIZABLE: two
 // doctors on call, each transaction reads how many are on call and, if two,
@@ -541,7 +541,7 @@ func TestRunTxWriteSkew(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			table := freshTable(t, c, "trskew", name, "(doctor text primary key, on_call bool not null)", "('alice', true), ('bob', true)")
 			db := openDB(t, name, c.DSN())
-			read, wrote := newBarrier(2), newBarrier(2)
+			read, wrote := newTxBarrier(2), newTxBarrier(2)
 			firstDone := make(chan struct{})
 			doctors := []string{"alice", "bob"}
 			var attempts [2]atomic.Int32
@@ -574,14 +574,14 @@ func TestRunTxWriteSkew(t *testing.T) {
 							if err == nil && i == 1 {
 								// Commit after the first, while this
 								// transaction was open all along.
-								if berr := waitFor(firstDone); berr != nil {
+								if berr := txWaitFor(firstDone); berr != nil {
 									return berr
 								}
 							}
 						}
 						return err
 					}
-					errs[i] = RunTx(ctx, db, serializable, fn, TxOnRetry(func(attempt int, err error, wait time.Duration) {
+					errs[i] = RunTx(ctx, db, txSerializable, fn, TxOnRetry(func(attempt int, err error, wait time.Duration) {
 						retryErrs[i] = append(retryErrs[i], fmt.Sprintf("attempt %d: %v (waited %v)", attempt, err, wait.Round(time.Microsecond)))
 					}))
 					if i == 0 {
@@ -632,7 +632,7 @@ func TestRunTxDeadlock(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			table := freshTable(t, c, "trdead", name, "(id int primary key, v int not null)", "(1, 0), (2, 0)")
 			db := openDB(t, name, c.DSN())
-			locked := newBarrier(2)
+			locked := newTxBarrier(2)
 			var attempts [2]atomic.Int32
 			var retried [2]string
 			errs := make([]error, 2)
@@ -836,7 +836,7 @@ func TestRunTxCutAtBegin(t *testing.T) {
 			if err := db.Ping(); err != nil {
 				t.Fatal(err)
 			}
-			fb := &flakyBeginner{db: db}
+			fb := &txFlakyBeginner{db: db}
 			p.CutOn([]byte("begin"), true)
 			var first error
 			err := RunTx(ctx, fb, nil, func(ctx context.Context, tx *sql.Tx) error {
@@ -875,7 +875,7 @@ func TestRunTxConn(t *testing.T) {
 	}
 	defer sc.Close()
 	var pids []int
-	err = RunTx(ctx, sc, serializable, func(ctx context.Context, tx *sql.Tx) error {
+	err = RunTx(ctx, sc, txSerializable, func(ctx context.Context, tx *sql.Tx) error {
 		var pid int
 		if err := tx.QueryRowContext(ctx, "select pg_backend_pid()").Scan(&pid); err != nil {
 			return err
