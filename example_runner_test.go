@@ -54,10 +54,11 @@ func ExampleRunTx() {
 			fmt.Printf("attempt %d failed, retrying: %v\n", attempt, err)
 		}))
 
+	var re *pgresilient.RunTxError
 	switch {
-	case errors.Is(err, pgresilient.ErrConnLost):
-		// Only when COMMIT was sent and the connection broke: the transfer
-		// may have happened. Not retried: check before doing it again.
+	case errors.As(err, &re) && re.CommitUnknown:
+		// COMMIT was sent and the connection broke: the transfer may have
+		// happened. Not retried: check before doing it again.
 	case err != nil:
 		// Not committed: fn's own error, an SQL error, or the last of
 		// TxMaxAttempts serialization failures (a *pgresilient.RunTxError).

@@ -68,6 +68,11 @@ func TxOnRetry(fn func(attempt int, err error, wait time.Duration)) RunTxOption 
 // RunTxError is returned by RunTx when it stopped on an error it would
 // otherwise retry, or when COMMIT's outcome is unknown. Err is the last
 // attempt's error; errors.Is and errors.As see through to it.
+//
+// Without CommitUnknown, no attempt committed, even when the error also
+// matches ErrConnLost: the last attempt then lost its connection inside the
+// transaction (its context ended during a statement, say), which the server
+// rolled back.
 type RunTxError struct {
 	// Attempts is how many times the transaction was tried (a failed BEGIN
 	// counts), the last one included.

@@ -898,3 +898,37 @@ func TestRunTxConn(t *testing.T) {
 		t.Errorf("%v, backends %v, %d rows; want success after 2 attempts on one connection, 1 row", err, pids, n)
 	}
 }
+
+// TestRunTxDeadlineInsideTx: the caller's deadline fires during a statement
+// inside the transaction. pgx closes the connection, so the statement's
+// error matches ErrConnLost, but it was inside the transaction: RunTx says
+// it stopped (no CommitUnknown), and the insert before it is not committed.
+func TestRunTxDeadlineInsideTx(t *testing.T) {
+	c := needCluster(t)
+	table := freshTable(t, c, "trdl", DriverName, "(id int)", "")
+	db := openDB(t, DriverName, c.DSN())
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	var attempts atomic.Int32
+	err := RunTx(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
+		attempts.Add(1)
+		if _, err := tx.ExecContext(ctx, "insert into "+table+" values (1)"); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, "select pg_sleep(5)")
+		return err
+	})
+	time.Sleep(200 * time.Millisecond) // the backend, cancelled or not, is gone or rolled back by now
+	n, cerr := countRows(context.Background(), c, table)
+	if cerr != nil {
+		t.Fatal(cerr)
+	}
+	t.Logf("MEASURE deadline inside the transaction: %d attempt(s), %d row(s); error: %v", attempts.Load(), n, err)
+	var re *RunTxError
+	if !errors.As(err, &re) || re.CommitUnknown || re.Attempts != 1 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("want a *RunTxError after 1 attempt, without CommitUnknown, matching DeadlineExceeded; got %v", err)
+	}
+	if n != 0 {
+		t.Errorf("%d rows committed", n)
+	}
+}
