@@ -94,18 +94,21 @@ type RunTxError struct {
 }
 
 func (e *RunTxError) Error() string {
-	n := strconv.Itoa(e.Attempts)
+	n := strconv.Itoa(e.Attempts) + " attempts"
+	if e.Attempts == 1 {
+		n = "1 attempt"
+	}
 	switch {
 	case e.CommitUnknown:
-		return "pgresilient: RunTx: connection lost during COMMIT of attempt " + n +
+		return "pgresilient: RunTx: connection lost during COMMIT of attempt " + strconv.Itoa(e.Attempts) +
 			": the transaction may have committed, and was not retried: " + errString(e.Err)
 	case e.early:
 		return "pgresilient: RunTx: gave up after " + n +
-			" attempt(s): the context's deadline comes before the next attempt is due: " + errString(e.Err)
+			": the context's deadline comes before the next attempt is due: " + errString(e.Err)
 	case e.stop != nil:
-		return "pgresilient: RunTx: gave up after " + n + " attempt(s): " + e.stop.Error() + ": " + errString(e.Err)
+		return "pgresilient: RunTx: gave up after " + n + ": " + e.stop.Error() + ": " + errString(e.Err)
 	}
-	return "pgresilient: RunTx: gave up after " + n + " attempts (the maximum): " + errString(e.Err)
+	return "pgresilient: RunTx: gave up after " + n + " (the maximum): " + errString(e.Err)
 }
 
 // Unwrap returns the last attempt's error, ErrConnLost when COMMIT's outcome
@@ -126,9 +129,9 @@ func (e *RunTxError) Unwrap() []error {
 	return []error{e.Err}
 }
 
-// errFnEndedTx is wrapped, with sql.ErrTxDone, in the error RunTx returns
+// fnEndedTxMsg begins the error, wrapping sql.ErrTxDone, that RunTx returns
 // when fn committed or rolled back the transaction itself.
-const errFnEndedTx = "pgresilient: RunTx: fn committed or rolled back the transaction itself " +
+const fnEndedTxMsg = "pgresilient: RunTx: fn committed or rolled back the transaction itself " +
 	"(its work is committed or not, depending on which); RunTx commits, or rolls back when fn returns an error"
 
 // RunTx runs fn in a transaction begun on db with opts and commits it; when
@@ -211,7 +214,7 @@ func RunTx(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx 
 					// context ended, before COMMIT was sent.
 					return cerr
 				}
-				return fmt.Errorf("%s: %w", errFnEndedTx, err)
+				return fmt.Errorf("%s: %w", fnEndedTxMsg, err)
 			case err == context.Canceled || err == context.DeadlineExceeded: //nolint:errorlint // database/sql's own bare refusal to send COMMIT
 				return err
 			case txCommitUnknown(err):
