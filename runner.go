@@ -152,7 +152,11 @@ const fnEndedTxMsg = "pgresilient: RunTx: fn committed or rolled back the transa
 //     rolls back an open transaction when its session ends, so nothing of the
 //     attempt committed. On a *sql.Conn this is not retried: its connection
 //     is gone;
-//   - a *DisconnectError that says nothing was done (Safe);
+//   - a *DisconnectError that says nothing was done (it matches
+//     driver.ErrBadConn);
+//   - ErrRoleChanged: a server that changed role refused a statement of the
+//     transaction; nothing of it committed, and the next attempt's
+//     connection goes where target_session_attrs says;
 //   - a BEGIN that failed with a lost connection or driver.ErrBadConn, from
 //     any driver: a transaction cannot commit without COMMIT.
 //
@@ -312,7 +316,7 @@ func txRetryable(stage txStage, err error, pinned bool) bool {
 		// transaction back with the session. A statement that was not in a
 		// transaction (fn used the pool) may have committed by itself, and
 		// a COMMIT (fn's own, of another transaction) may have committed.
-		return de.Safe || de.InTx && de.Op != "commit"
+		return de.safe || de.InTx && de.Op != OpCommit
 	}
 	// Commit: only the server's answer, above. A lost COMMIT was
 	// handled by the caller.
@@ -322,15 +326,14 @@ func txRetryable(stage txStage, err error, pinned bool) bool {
 // txRetryableServerError reports whether err is the server saying that the
 // transaction was rolled back and may succeed if run again.
 //
-// This is the place for the coming "server changed role" sentinel
-// (SQLSTATE 25006, read_only_sql_transaction, from a primary demoted under
-// the pool), marked below. A bare 25006 is not retryable: a read-only
-// transaction that writes fails every time; only the sentinel, returned once
-// pgresilient has learned that the server's role changed and the pool will
-// reach the new primary, is.
+// A bare 25006 (read_only_sql_transaction) is not retryable: a read-only
+// transaction that writes fails every time. ErrRoleChanged is: pgresilient
+// returns it only once it learned that the server's role changed, and the
+// connection is discarded, so the next attempt reaches the new primary.
 func txRetryableServerError(err error) bool {
-	// The server changed role: add here, when it exists,
-	//	if errors.Is(err, ErrServerRoleChanged) { return true }
+	if errors.Is(err, ErrRoleChanged) {
+		return true
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {

@@ -15,7 +15,6 @@ import (
 
 	"github.com/DATA-DOG/go-sqlmock"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/sony/gobreaker/v2"
 
 	"github.com/pgresilient/pgresilient/pgtest"
 )
@@ -31,7 +30,7 @@ var txNoWait = TxBackoff(0, 0)
 
 // TestRunTxRetryable is the classification table.
 func TestRunTxRetryable(t *testing.T) {
-	inTx := &DisconnectError{Op: "exec", InTx: true, Err: io.EOF}
+	inTx := &DisconnectError{Op: OpExec, InTx: true, Err: io.EOF}
 	tests := []struct {
 		name   string
 		stage  txStage
@@ -47,24 +46,26 @@ func TestRunTxRetryable(t *testing.T) {
 		{"unique violation", txStageFn, uniqueViolation, false, false},
 		{"40003 completion unknown", txStageCommit, &pgconn.PgError{Code: "40003"}, false, false},
 		{"bare 25006 read only", txStageFn, &pgconn.PgError{Code: "25006"}, false, false},
+		{"server changed role", txStageFn, &RoleChangedError{Op: OpExec, InTx: true, Err: &pgconn.PgError{Code: "25006"}}, false, true},
+		{"server changed role, in Commit's TxAbortedError", txStageCommit, &TxAbortedError{Err: &RoleChangedError{Op: OpExec, InTx: true, Err: &pgconn.PgError{Code: "25006"}}}, false, true},
 		{"fn's own error", txStageFn, errTxBusiness, false, false},
 		{"lost inside the transaction", txStageFn, inTx, false, true},
 		{"lost inside the transaction, wrapped", txStageFn, fmt.Errorf("step 2: %w", inTx), false, true},
 		{"lost inside the transaction, *sql.Conn", txStageFn, inTx, true, false},
-		{"lost outside the transaction (fn used the pool)", txStageFn, &DisconnectError{Op: "exec", Err: io.EOF}, false, false},
-		{"safe, outside the transaction", txStageFn, &DisconnectError{Op: "exec", Safe: true, Err: io.EOF}, false, true},
+		{"lost outside the transaction (fn used the pool)", txStageFn, &DisconnectError{Op: OpExec, Err: io.EOF}, false, false},
+		{"safe, outside the transaction", txStageFn, &DisconnectError{Op: OpExec, safe: true, Err: io.EOF}, false, true},
 		{"another transaction's commit lost", txStageFn, &DisconnectError{Op: "commit", InTx: true, Err: io.EOF}, false, false},
 		{"another driver's EOF in fn", txStageFn, io.EOF, false, false},
 		{"another driver's ErrBadConn in fn", txStageFn, driver.ErrBadConn, false, false},
-		{"begin: safe disconnect", txStageBegin, &DisconnectError{Op: "begin", Safe: true, Err: io.EOF}, false, true},
+		{"begin: safe disconnect", txStageBegin, &DisconnectError{Op: OpBegin, safe: true, Err: io.EOF}, false, true},
 		{"begin: ErrBadConn", txStageBegin, driver.ErrBadConn, false, true},
 		{"begin: another driver's EOF", txStageBegin, fmt.Errorf("begin: %w", io.ErrUnexpectedEOF), false, true},
 		{"begin: on a *sql.Conn", txStageBegin, driver.ErrBadConn, true, false},
-		{"begin: circuit open", txStageBegin, &CircuitOpenError{Err: gobreaker.ErrOpenState}, false, false},
+		{"begin: circuit open", txStageBegin, &CircuitOpenError{}, false, false},
 		{"begin: connect failed", txStageBegin, &ConnectError{Attempts: 4, Err: io.EOF}, false, false},
 		{"begin: pgx could not connect", txStageBegin, fmt.Errorf("x: %w", &pgconn.ConnectError{}), false, false},
 		{"begin: the server shut down", txStageBegin, &pgconn.PgError{Severity: "FATAL", Code: "57P01"}, false, true},
-		{"fn: circuit open", txStageFn, &CircuitOpenError{Err: gobreaker.ErrOpenState}, false, false},
+		{"fn: circuit open", txStageFn, &CircuitOpenError{}, false, false},
 		{"commit: lost", txStageCommit, &DisconnectError{Op: "commit", InTx: true, Err: io.EOF}, false, false},
 	}
 	for _, tt := range tests {
@@ -214,7 +215,7 @@ func TestRunTxMock(t *testing.T) {
 			t.Fatalf("%v after %d attempts, want success after 2", err, n.Load())
 		}
 		var de *DisconnectError
-		if !errors.As(first, &de) || !de.InTx || de.Op != "exec" || de.Safe {
+		if !errors.As(first, &de) || !de.InTx || de.Op != "exec" || de.safe {
 			t.Errorf("attempt 1 failed with %v, want an unsafe in-transaction DisconnectError", first)
 		}
 		if err := mock.ExpectationsWereMet(); err != nil {
@@ -449,14 +450,14 @@ func (f *txFlakyBeginner) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sq
 // TestRunTxBegin: which failed BEGINs are retried.
 func TestRunTxBegin(t *testing.T) {
 	ctx := context.Background()
-	circuitOpen := &CircuitOpenError{NextProbe: time.Now().Add(time.Second), Err: gobreaker.ErrOpenState}
+	circuitOpen := &CircuitOpenError{NextProbe: time.Now().Add(time.Second)}
 	connectFailed := &ConnectError{Attempts: 4, Err: io.EOF}
 	for _, tt := range []struct {
 		name    string
 		err     error
 		retried bool
 	}{
-		{"safe disconnect", &DisconnectError{Op: "begin", Safe: true, Err: io.EOF}, true},
+		{"safe disconnect", &DisconnectError{Op: OpBegin, safe: true, Err: io.EOF}, true},
 		{"driver.ErrBadConn", driver.ErrBadConn, true},
 		{"circuit open", circuitOpen, false},
 		{"connect failed", connectFailed, false},
