@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 )
 
@@ -495,4 +496,20 @@ func (p *Proxy) copyToClient(pr *pair) {
 
 func isEOF(err error) bool {
 	return errors.Is(err, io.EOF)
+}
+
+// NewT is New for one test: it fails the test if the proxy cannot start,
+// and closes the proxy when the test ends (t.Cleanup).
+func NewT(t testing.TB, target string) *Proxy {
+	t.Helper()
+	p, err := New(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("faultproxy: close: %v", err)
+		}
+	})
+	return p
 }

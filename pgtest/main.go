@@ -89,3 +89,29 @@ func Require(t testing.TB, cl *Cluster) *Cluster {
 	}
 	return cl
 }
+
+// NewT starts a throwaway cluster for one test and closes it when the test
+// ends, passed, failed or panicked (t.Cleanup), so nothing is left running;
+// a cluster left by a process killed outright is reaped by the next Start.
+// It skips the test when PGRESILIENT_SKIP_INTEGRATION=1, and fails it with
+// a message saying how to install PostgreSQL when the server binaries are
+// missing. A package whose tests share one cluster starts it with RunMain
+// instead: a cluster takes a second or two to start.
+func NewT(t testing.TB) *Cluster {
+	t.Helper()
+	if SkipRequested() {
+		t.Skip(SkipEnv + "=1")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("pgtest: close the cluster: %v", err)
+		}
+	})
+	return c
+}
