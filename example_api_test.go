@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/ngrok/sqlmw"
 
 	"github.com/pgresilient/pgresilient"
@@ -271,4 +272,37 @@ func ExampleWithStateChange() {
 	}
 	db := sql.OpenDB(c)
 	defer db.Close()
+}
+
+// A write refused by a demoted primary: outside a transaction database/sql
+// runs it again elsewhere; inside one, the caller runs the transaction again.
+func ExampleRoleChangedError() {
+	refused := &pgconn.PgError{Code: "25006", Message: "cannot execute INSERT in a read-only transaction"}
+	err := error(&pgresilient.RoleChangedError{Op: pgresilient.OpExec, InTx: true, Err: refused})
+	fmt.Println(errors.Is(err, pgresilient.ErrRoleChanged), errors.Is(err, pgresilient.ErrConnLost))
+	// Output: true false
+}
+
+// RunTxError says how many attempts were made and whether the last COMMIT's
+// outcome is unknown.
+func ExampleRunTxError() {
+	err := error(&pgresilient.RunTxError{Attempts: 3, Err: errors.New("40001")})
+	var re *pgresilient.RunTxError
+	fmt.Println(errors.As(err, &re), re.Attempts, re.CommitUnknown)
+	// Output: true 3 false
+}
+
+// The runner's backoff between attempts: full jitter, from base doubling to max.
+func ExampleTxBackoff() {
+	var db *sql.DB // the pool
+	_ = pgresilient.RunTx(context.Background(), db, nil,
+		func(ctx context.Context, tx *sql.Tx) error { return nil },
+		pgresilient.TxMaxAttempts(10), pgresilient.TxBackoff(5*time.Millisecond, time.Second))
+}
+
+// TxBeginner is what RunTx runs on: a *sql.DB, or a *sql.Conn pinned to one
+// connection.
+func ExampleTxBeginner() {
+	var _ pgresilient.TxBeginner = (*sql.DB)(nil)
+	var _ pgresilient.TxBeginner = (*sql.Conn)(nil)
 }
