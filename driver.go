@@ -178,6 +178,7 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 		}
 		pcfg := cfg.ConnConfig.Copy()
 		countWrites(pcfg)
+		tagRole(pcfg)
 		c.inner = stdlib.GetConnector(*pcfg, popts...)
 	}
 
@@ -284,7 +285,11 @@ func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
 	}
 	inner, err := c.connect(ctx)
 	if c.breaker != nil {
-		c.breaker.after(probe, connectClass(ctx, err))
+		class := connectClass(ctx, err)
+		if class == classGone && errors.Is(err, errWrongRole) {
+			class = classOther // a server answered: a change of primary under way, not an outage
+		}
+		c.breaker.after(probe, class)
 	}
 	if err != nil {
 		return nil, err

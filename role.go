@@ -278,3 +278,41 @@ func (c *Connector) sweep(wire *countingConn) {
 		_ = bc.wire.Conn.Close()
 	}
 }
+
+// errWrongRole is matched by a connection attempt's error when a server
+// answered but failed target_session_attrs's check: a standby, or a
+// read-only server under read-write. That is a change of primary under way,
+// not an outage: the breaker counts it neither as a failure nor as a
+// success (measured in TestFailoverSwitchover and TestFailoverKill: counted
+// as failures, five of them opened the breaker while no server accepted
+// writes, and it then refused writes for up to 0.9 s after the new primary
+// did).
+var errWrongRole = errors.New("pgresilient: the server answered, but not with the role target_session_attrs asks for")
+
+// wrongRoleError is pgx's refusal, marked as errWrongRole.
+type wrongRoleError struct{ err error }
+
+func (e *wrongRoleError) Error() string   { return e.err.Error() }
+func (e *wrongRoleError) Unwrap() []error { return []error{e.err, errWrongRole} }
+
+// tagRole wraps cc's ValidateConnect so that its refusals match
+// errWrongRole; the network's, the server's and the context's errors during
+// the check pass unchanged.
+func tagRole(cc *pgx.ConnConfig) {
+	v := cc.ValidateConnect
+	if v == nil {
+		return
+	}
+	cc.ValidateConnect = func(ctx context.Context, pc *pgconn.PgConn) error {
+		err := v(ctx, pc)
+		if err == nil || pc.IsClosed() {
+			return err
+		}
+		var pgErr *pgconn.PgError
+		var ne net.Error
+		if errors.As(err, &pgErr) || errors.As(err, &ne) || ctx.Err() != nil {
+			return err
+		}
+		return &wrongRoleError{err}
+	}
+}
