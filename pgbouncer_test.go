@@ -741,3 +741,46 @@ func TestPgBouncerSummary(t *testing.T) {
 	}
 	t.Log("\n| fault | raw pgx | pgresilient |\n|---|---|---|\n" + strings.Join(bouncerRows, "\n"))
 }
+
+// BenchmarkPgBouncerExecMode measures one parameterized query through
+// PgBouncer per pool mode, pgx query execution mode and driver, for
+// benchstat:
+//
+//	go test -run '^$' -bench PgBouncerExecMode -count 5 . | tee pgb.txt
+//	benchstat -col /exec pgb.txt
+//
+// cache_statement fails under transaction pooling and is benchmarked in
+// session pooling only; describe_exec fails now and then there (two round
+// trips, see TestPgBouncerExecModes) and is left out of it too.
+func BenchmarkPgBouncerExecMode(b *testing.B) {
+	c := pgtest.Require(b, cluster)
+	for _, pool := range []string{pgtest.PoolSession, pgtest.PoolTransaction} {
+		bouncer := pgtest.RequireBouncer(b, c, pgtest.BouncerConfig{PoolMode: pool})
+		for _, mode := range []string{"cache_statement", "cache_describe", "describe_exec", "exec", "simple_protocol"} {
+			if pool == pgtest.PoolTransaction && (mode == "cache_statement" || mode == "describe_exec") {
+				continue
+			}
+			for _, name := range drivers {
+				b.Run("pool="+pool+"/exec="+mode+"/driver="+name, func(b *testing.B) {
+					db, err := sql.Open(name, bouncerDSN(bouncer, mode))
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer db.Close()
+					db.SetMaxOpenConns(1)
+					var got int
+					if err := db.QueryRow("select $1::int", 7).Scan(&got); err != nil {
+						b.Fatal(err)
+					}
+					b.ReportAllocs()
+					b.ResetTimer()
+					for b.Loop() {
+						if err := db.QueryRow("select $1::int", 7).Scan(&got); err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+			}
+		}
+	}
+}
