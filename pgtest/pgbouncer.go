@@ -402,8 +402,10 @@ func (b *Bouncer) Reconnect(ctx context.Context) error {
 }
 
 // Pause runs PAUSE on the cluster's database and returns when it is done:
-// every server connection has been released (in session pooling, every client
-// has disconnected) and closed. Queries issued meanwhile wait until Resume.
+// every server connection has been released and closed. In session pooling
+// that means every client has disconnected: with an idle database/sql pool
+// open, Pause waits until ctx ends. Queries issued meanwhile wait until
+// Resume.
 func (b *Bouncer) Pause(ctx context.Context) error {
 	return b.Admin(ctx, "PAUSE "+Database)
 }
