@@ -72,12 +72,16 @@ type Bouncer struct {
 	closed bool
 }
 
-// bouncerBinary finds pgbouncer on PATH or in /usr/sbin, where Debian puts it.
+// bouncerPaths are searched for pgbouncer after PATH: Debian puts it in
+// /usr/sbin, which a normal user's PATH may lack.
+var bouncerPaths = []string{"/usr/sbin/pgbouncer", "/usr/local/sbin/pgbouncer", "/usr/local/bin/pgbouncer"}
+
+// bouncerBinary finds pgbouncer on PATH or in bouncerPaths.
 func bouncerBinary() (string, error) {
 	if p, err := exec.LookPath("pgbouncer"); err == nil {
 		return p, nil
 	}
-	for _, p := range []string{"/usr/sbin/pgbouncer", "/usr/local/sbin/pgbouncer", "/usr/local/bin/pgbouncer"} {
+	for _, p := range bouncerPaths {
 		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
 			return p, nil
 		}

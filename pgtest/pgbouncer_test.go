@@ -2,6 +2,9 @@ package pgtest
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,5 +93,42 @@ func TestBouncerBadMode(t *testing.T) {
 	c := Require(t, cluster)
 	if _, err := StartBouncer(t.Context(), c, BouncerConfig{PoolMode: "statement-ish"}); err == nil {
 		t.Fatal("want an error for an invalid pool mode")
+	}
+}
+
+// TestReapBouncers: the pgbouncer a dead test process left in its cluster's
+// directory is killed by the reaping of the next Start; any other process
+// named in a pid file is left alone.
+func TestReapBouncers(t *testing.T) {
+	c := Require(t, cluster)
+	b := RequireBouncer(t, c, BouncerConfig{})
+	// A pid file naming ourselves, not a pgbouncer: must survive.
+	decoy := filepath.Join(c.Dir(), bouncerDirPrefix+"decoy")
+	if err := os.Mkdir(decoy, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(decoy)
+	if err := os.WriteFile(filepath.Join(decoy, bouncerPidFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reapBouncers(c.Dir())
+	select {
+	case <-b.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("pgbouncer still running after reapBouncers")
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStartBouncerWithoutBinary(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	saved := bouncerPaths
+	bouncerPaths = nil
+	defer func() { bouncerPaths = saved }()
+	b, err := StartBouncer(t.Context(), nil, BouncerConfig{})
+	if !errors.Is(err, ErrBouncerNotFound) || b != nil || !strings.Contains(err.Error(), "apt-get install pgbouncer") {
+		t.Fatalf("StartBouncer = %v, %v; want nil and ErrBouncerNotFound saying how to install it", b, err)
 	}
 }
