@@ -15,6 +15,7 @@ import (
 // Close (a test timeout, kill -9) left in base, stopping their servers first:
 // pg_ctl detaches the server, so it would otherwise run on. A directory is
 // stale only when the process named in its owner file no longer exists.
+// PgBouncers started in front of such a cluster are killed too.
 // Errors are ignored: this is housekeeping.
 func reapStale(ctx context.Context, r *runner, base string) {
 	dirs, _ := filepath.Glob(filepath.Join(base, dirPrefix+"*"))
@@ -27,6 +28,7 @@ func reapStale(ctx context.Context, r *runner, base string) {
 		if err != nil || pid <= 0 || processExists(pid) {
 			continue
 		}
+		reapBouncers(dir)
 		data := filepath.Join(dir, "data")
 		if _, err := os.Stat(filepath.Join(data, "postmaster.pid")); err == nil {
 			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
