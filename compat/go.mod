@@ -5,6 +5,7 @@ go 1.25.0
 replace github.com/pgresilient/pgresilient => ..
 
 require (
+	entgo.io/ent v0.14.5
 	github.com/XSAM/otelsql v0.44.0
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/jmoiron/sqlx v1.4.0
