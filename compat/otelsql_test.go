@@ -3,6 +3,7 @@ package compat
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"testing"
 
@@ -110,4 +111,24 @@ func TestOtelsqlErrors(t *testing.T) {
 	var one int
 	t.Logf("otelsql over pgresilient, connection refused: %v", db.QueryRow("select 1").Scan(&one))
 	checkCircuitOpen(t, "otelsql QueryRow", db.QueryRow("select 1").Scan(&one))
+}
+
+// TestOtelsqlTxAborted: after a failed statement in a transaction under
+// otelsql, the next statement and the commit match ErrTxAborted.
+func TestOtelsqlTxAborted(t *testing.T) {
+	c := requireCluster(t)
+	exec(t, c, "drop table if exists otel_tx; create table otel_tx (id int primary key); insert into otel_tx values (1)")
+	db, _ := openOtel(t, pgresilient.DriverName, c.DSN())
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	_, first := tx.Exec("insert into otel_tx values ($1)", 1)
+	_, next := tx.Exec("insert into otel_tx values ($1)", 2)
+	commit := tx.Commit()
+	t.Logf("otelsql Tx: first: %v; next: %v; commit: %v", first, next, commit)
+	if first == nil || !errors.Is(next, pgresilient.ErrTxAborted) || !errors.Is(commit, pgresilient.ErrTxAborted) {
+		t.Error("want a 23505, then ErrTxAborted for the next statement and the commit")
+	}
 }

@@ -107,3 +107,23 @@ func TestSqlxErrors(t *testing.T) {
 	t.Logf("sqlx over pgresilient, connection refused: %v", db.Get(&one, "select 1"))
 	checkCircuitOpen(t, "sqlx Get", db.Get(&one, "select 1"))
 }
+
+// TestSqlxTxAborted: after a failed statement in a sqlx transaction, the
+// next statement and the commit match ErrTxAborted.
+func TestSqlxTxAborted(t *testing.T) {
+	c := requireCluster(t)
+	exec(t, c, "drop table if exists sqlx_tx; create table sqlx_tx (id int primary key); insert into sqlx_tx values (1)")
+	db := sqlx.NewDb(openDB(t, pgresilient.DriverName, c.DSN()), pgresilient.DriverName)
+	tx, err := db.Beginx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	_, first := tx.Exec("insert into sqlx_tx values ($1)", 1)
+	_, next := tx.Exec("insert into sqlx_tx values ($1)", 2)
+	commit := tx.Commit()
+	t.Logf("sqlx Tx: first: %v; next: %v; commit: %v", first, next, commit)
+	if first == nil || !errors.Is(next, pgresilient.ErrTxAborted) || !errors.Is(commit, pgresilient.ErrTxAborted) {
+		t.Error("want a 23505, then ErrTxAborted for the next statement and the commit")
+	}
+}
