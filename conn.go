@@ -139,9 +139,13 @@ func (c *conn) Unwrap() driver.Conn { return c.base.inner }
 //		return err
 //	})
 //
-// It also accepts a raw *stdlib.Conn. The *pgx.Conn must not be used after
-// the callback returns. If it is left inside a transaction or broken,
-// pgresilient discards or resets it when it returns to the pool.
+// It also accepts a raw *stdlib.Conn, and sees through the wrappers that
+// instrumentation libraries put around a driver's connection: those with an
+// Unwrap() driver.Conn method (pgresilient's own, ngrok/sqlmw) and those with
+// a Raw() driver.Conn method (XSAM/otelsql), a few layers deep. The *pgx.Conn
+// must not be used after the callback returns. If it is left inside a
+// transaction or broken, pgresilient discards or resets it when it returns to
+// the pool.
 func PgxConn(driverConn any) (*pgx.Conn, error) {
 	for range 8 { // a few layers at most; never loop forever on a cycle
 		switch c := driverConn.(type) {
@@ -149,6 +153,8 @@ func PgxConn(driverConn any) (*pgx.Conn, error) {
 			return c.Conn(), nil
 		case interface{ Unwrap() driver.Conn }:
 			driverConn = c.Unwrap()
+		case interface{ Raw() driver.Conn }:
+			driverConn = c.Raw()
 		default:
 			return nil, errNotPgx
 		}

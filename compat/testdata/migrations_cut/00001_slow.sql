@@ -1,0 +1,5 @@
+-- +goose Up
+SELECT pg_sleep(0.05);
+
+-- +goose Down
+SELECT 1;
