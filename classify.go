@@ -223,3 +223,42 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// PgBouncer answers for PostgreSQL with errors of its own, all FATAL 08P01
+// (protocol_violation), told apart only by their messages (PgBouncer 1.18
+// sends S, C and M fields only; docs/pgbouncer.md lists what each fault
+// sends). Most mean what any lost connection means. These say more:
+const (
+	// bouncerQueueTimeout: the statement waited in PgBouncer's queue for a
+	// server connection and was never forwarded to PostgreSQL.
+	bouncerQueueTimeout = "query_wait_timeout"
+	// bouncerLoginFailing: PgBouncer cannot log in to PostgreSQL, and
+	// refuses the statement before linking it to any server connection.
+	bouncerLoginFailing = "server login has been failing, try again later (server_login_retry)"
+	// bouncerFull: max_client_conn reached, at login: the pooler is up and
+	// answering, only full.
+	bouncerFull = "no more connections allowed (max_client_conn)"
+)
+
+// bouncerError returns PgBouncer's message when err is one of its FATAL
+// 08P01 errors, and "" otherwise.
+func bouncerError(err error) string {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "08P01" || pgErr.Severity != "FATAL" {
+		return ""
+	}
+	return pgErr.Message
+}
+
+// bouncerNotForwarded reports a statement that PgBouncer refused without
+// forwarding it to PostgreSQL: nothing of it ran, whatever bytes reached
+// PgBouncer. PgBouncer sends these only to a client that has no server
+// connection: never inside a transaction block under transaction pooling,
+// where the client keeps its server connection until the block ends.
+func bouncerNotForwarded(err error) bool {
+	switch bouncerError(err) {
+	case bouncerQueueTimeout, bouncerLoginFailing:
+		return true
+	}
+	return false
+}

@@ -271,7 +271,7 @@ func (c *baseConn) fail(ctx context.Context, op Op, err error, mark int64) error
 	c.markBroken(discardLost)
 	news := c.owner.invalidate(c.gen, op, err)
 	inTx := c.inTx.Load()
-	safe := !inTx && (noEffect(op) || c.safeToRetry(mark, err))
+	safe := !inTx && (noEffect(op) || c.safeToRetry(mark, err) || bouncerNotForwarded(err))
 	if safe {
 		c.owner.stats.badConnRetries.Add(1)
 	} else {

@@ -286,8 +286,10 @@ func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
 	inner, err := c.connect(ctx)
 	if c.breaker != nil {
 		class := connectClass(ctx, err)
-		if class == classGone && errors.Is(err, errWrongRole) {
-			class = classOther // a server answered: a change of primary under way, not an outage
+		if class == classGone && (errors.Is(err, errWrongRole) || bouncerError(err) == bouncerFull) {
+			// A server answered: a change of primary under way, or a full
+			// PgBouncer; not an outage. The attempts were still retried.
+			class = classOther
 		}
 		c.breaker.after(probe, class)
 	}

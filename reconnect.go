@@ -71,9 +71,10 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 			return nil, err
 		case class != classGone:
 			return nil, &ConnectError{Attempts: attempt + 1, Permanent: true, Err: err}
-		case attempt >= retries || isTimeout(err):
+		case attempt >= retries || isTimeout(err) || bouncerError(err) == bouncerQueueTimeout:
 			// A timeout is a connectivity failure, but not retried: an
-			// unreachable host would only make the caller wait again.
+			// unreachable host would only make the caller wait again;
+			// PgBouncer's query_wait_timeout at login is one too.
 			return nil, &ConnectError{Attempts: attempt + 1, Err: err}
 		}
 		if c.breaker != nil && c.breaker.isOpen() {
