@@ -52,8 +52,39 @@ func TestDemo(t *testing.T) {
 	res, out := runDemo(t, cfg)
 
 	checkResults(t, res, phaseNames(phaseDefs))
+	checkFailover(t, res)
 	checkReport(t, cfg.report)
 	checkWidth(t, out)
+}
+
+// checkFailover asserts that phase "failover" stopped the primary and
+// promoted the standby, that pgresilient neither duplicated nor lost a
+// transfer in it (synchronous replication: an acknowledged commit is on the
+// new primary), and that both pools served again on the new primary.
+func checkFailover(t *testing.T, res *results) {
+	t.Helper()
+	seen := 0
+	for _, rw := range res.rows {
+		if rw.run.def.name != "failover" {
+			continue
+		}
+		seen++
+		r := rw.run
+		if r.down == 0 || r.promoted < r.down {
+			t.Errorf("failover: primary down at %v, promoted at %v", r.down, r.promoted)
+		}
+		t.Logf("failover, %s: %d ok, %d errors %v, %d duplicated, %d lost; served again %v after the promotion (%v)",
+			rw.pool, rw.ok, rw.errs, rw.kinds, rw.dup, rw.lost, rw.served-r.promoted, rw.hasServed)
+		if rw.pool == pgresilient.DriverName && (rw.dup != 0 || rw.lost != 0) {
+			t.Errorf("pgresilient, failover: %d duplicated and %d lost transfers, want none", rw.dup, rw.lost)
+		}
+		if !rw.hasServed {
+			t.Errorf("%s, failover: no transfer acknowledged by the new primary", rw.pool)
+		}
+	}
+	if seen != 2 {
+		t.Errorf("failover: %d rows, want one per pool", seen)
+	}
 }
 
 // checkWidth asserts that the output fits an 80-column terminal.
@@ -222,6 +253,24 @@ func TestWithParams(t *testing.T) {
 	}
 }
 
+func TestWithStandby(t *testing.T) {
+	got, err := withStandby("postgres://postgres@127.0.0.1:5000/postgres?sslmode=disable", "127.0.0.1:6000")
+	want := "postgres://postgres@127.0.0.1:5000,127.0.0.1:6000/postgres?sslmode=disable&target_session_attrs=read-write"
+	if err != nil || got != want {
+		t.Fatalf("withStandby = %q, %v; want %q", got, err, want)
+	}
+	cfg, err := pgconn.ParseConfig(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Port != 5000 || len(cfg.Fallbacks) != 1 || cfg.Fallbacks[0].Port != 6000 {
+		t.Errorf("pgx reads %d, then %d fallbacks; want 5000 then 6000", cfg.Port, len(cfg.Fallbacks))
+	}
+	if _, err := withStandby("host=db", "127.0.0.1:6000"); err == nil {
+		t.Error("withStandby accepted a keyword/value DSN")
+	}
+}
+
 // TestMeasure checks the definitions of the table's columns on made-up
 // attempts.
 func TestMeasure(t *testing.T) {
@@ -260,6 +309,21 @@ func TestMeasure(t *testing.T) {
 	rw = measure(r, "x", atts, rows, okB, errB)
 	if rw.recovered {
 		t.Errorf("recovered after %v, want never", rw.recovery)
+	}
+	if rw.hasServed {
+		t.Error("served again measured in a phase without a stopped primary")
+	}
+	// Phase "failover": the first acknowledged transfer begun once the
+	// primary was down.
+	r.down = 1025 * ms
+	rw = measure(r, "x", atts, rows, okB, errB)
+	if rw.hasServed {
+		t.Errorf("served again at %v, want never: no success began after the stop", rw.served)
+	}
+	r.down = 1005 * ms
+	rw = measure(r, "x", atts, rows, okB, errB)
+	if !rw.hasServed || rw.served != 1020*ms {
+		t.Errorf("served again at %v (%v), want 1.02s", rw.served, rw.hasServed)
 	}
 }
 

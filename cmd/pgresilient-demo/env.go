@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -26,6 +27,7 @@ const appNamePrefix = "pgresilient-demo-"
 // given with -dsn; and the fault proxy in front of it, when it can have one.
 type env struct {
 	cluster *pgtest.Cluster   // nil with -dsn
+	standby *pgtest.Cluster   // nil with -dsn: a streaming standby of cluster, promoted in phase "failover"
 	proxy   *faultproxy.Proxy // nil when the server is not on a loopback address
 	direct  string            // DSN reaching the server without the proxy
 	base    string            // DSN the pools use: through the proxy when there is one
@@ -42,12 +44,20 @@ func startCluster(ctx context.Context) (*env, error) {
 		}
 		return nil, fmt.Errorf("cannot start a throwaway PostgreSQL: %w", err)
 	}
+	// Started now, on an idle primary, rather than in phase "failover":
+	// the copy takes a few seconds, which would hold up the workload. Until
+	// that phase it streams asynchronously and no pool knows it.
+	sb, err := pgtest.StartStandby(ctx, cl)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("cannot start the standby: %w", err), cl.Close())
+	}
 	p, err := faultproxy.New(cl.Addr())
 	if err != nil {
-		return nil, errors.Join(err, cl.Close())
+		return nil, errors.Join(err, sb.Close(), cl.Close())
 	}
 	e := &env{
 		cluster: cl,
+		standby: sb,
 		proxy:   p,
 		direct:  cl.DSN(),
 		base:    cl.DSNFor(p.Host(), p.Port()),
@@ -124,6 +134,7 @@ func (e *env) close() error {
 	if e.cluster != nil {
 		errs = append(errs, e.cluster.Close())
 	}
+	errs = append(errs, e.standby.Close()) // safe on nil
 	return errors.Join(errs...)
 }
 
@@ -160,11 +171,35 @@ func withParams(dsn, host string, port int, params []string) (string, error) {
 	return b.String(), nil
 }
 
+// withStandby returns dsn, a URL over one host, as a multi-host URL over that
+// host and then addr, asking for a read-write session: pgx, and pgresilient
+// after it, try the hosts in order and keep the first that accepts writes.
+func withStandby(dsn, addr string) (string, error) {
+	u, err := url.Parse(dsn)
+	if err != nil || u.Host == "" {
+		return "", errors.New("not a single-host URL: " + dsn)
+	}
+	u.Host += "," + addr
+	q := u.Query()
+	q.Set("target_session_attrs", "read-write")
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
+
 // observer reaches the server directly, never through the proxy, on a
 // connection of its own for each check: it reads the ledgers and the
 // sessions' states, and terminates the pools' backends.
 type observer struct {
+	mu  sync.Mutex
 	dsn string
+}
+
+// setDSN points the observer at another server: the new primary after a
+// failover.
+func (o *observer) setDSN(dsn string) {
+	o.mu.Lock()
+	o.dsn = dsn
+	o.mu.Unlock()
 }
 
 const observerTimeout = 10 * time.Second
@@ -172,7 +207,10 @@ const observerTimeout = 10 * time.Second
 func (o *observer) with(ctx context.Context, f func(*pgx.Conn) error) error {
 	ctx, cancel := context.WithTimeout(ctx, observerTimeout)
 	defer cancel()
-	c, err := pgx.Connect(ctx, o.dsn)
+	o.mu.Lock()
+	dsn := o.dsn
+	o.mu.Unlock()
+	c, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return err
 	}

@@ -174,7 +174,7 @@ func run(ctx context.Context, cfg *config, out io.Writer) (res *results, err err
 	}
 	d := &demo{cfg: cfg, prefix: fmt.Sprintf("demo_%x", time.Now().UnixNano()&0xffffff)}
 	if cfg.dsn == "" {
-		fmt.Fprintln(out, "starting a throwaway PostgreSQL cluster...")
+		fmt.Fprintln(out, "starting a throwaway PostgreSQL cluster and a streaming standby...")
 		d.env, err = startCluster(ctx)
 	} else {
 		d.env, err = useServer(ctx, cfg.dsn)
@@ -242,6 +242,7 @@ func (d *demo) printIntro(w io.Writer) {
 	cfg := d.cfg
 	if d.env.cluster != nil {
 		fmt.Fprintf(w, "cluster on %s, fault proxy on %s\n", d.env.cluster.Addr(), d.env.proxy.Addr())
+		fmt.Fprintf(w, "streaming standby on %s (asynchronous until phase failover)\n", d.env.standby.Addr())
 	} else {
 		if d.env.proxy != nil {
 			fmt.Fprintf(w, "existing server (-dsn), fault proxy on %s in front of it\n", d.env.proxy.Addr())

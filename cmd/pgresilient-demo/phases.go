@@ -35,6 +35,7 @@ type phaseRun struct {
 	start, end           time.Duration
 	faultStart, faultEnd time.Duration // the fault's window; equal for an instantaneous fault
 	detail               string        // what the fault did, measured
+	down, promoted       time.Duration // phase "failover": when the primary had stopped, when the promotion returned; 0 otherwise
 }
 
 func (r *phaseRun) ran() bool { return r.skipped == "" }
@@ -52,6 +53,7 @@ var phaseDefs = []*phaseDef{
 	{"stop/start", "pg_ctl stop -m fast, down for the outage time, then started again", needServer, runStopStart},
 	{"aborted tx", "an application bug: an overdraft inside a transaction fails the balance check, and the code carries on and commits", needNothing, runAbortedTx},
 	{"late start", "both pools opened and the workload started while the server is down; it starts after the outage time", needServer, runLateStart},
+	{"failover", "the streaming standby made synchronous, both pools reopened over primary and standby (target_session_attrs=read-write); the primary stopped -m immediate, the standby promoted", needServer, runFailover},
 }
 
 // skipReason says why def cannot run in e, or "".
@@ -225,5 +227,64 @@ func runLateStart(ctx context.Context, d *demo, r *phaseRun) error {
 	}
 	r.detail = fmt.Sprintf("the server started %v after the pools; starting took %v",
 		(d.wl.since() - r.faultStart).Round(10*time.Millisecond), time.Since(began).Round(10*time.Millisecond))
+	return d.observe(ctx, r)
+}
+
+// failoverSettle is how long phase "failover" runs the workload over the
+// synchronous pair before it stops the primary.
+const failoverSettle = time.Second
+
+// runFailover makes the replication to the standby started with the cluster
+// synchronous (a commit is acknowledged once the standby has flushed it) and
+// reopens both pools on a multi-host DSN, the primary through the fault proxy
+// and then the standby, with target_session_attrs=read-write; then it stops
+// the primary -m immediate and promotes the standby, and watches the pools
+// find the new primary. It is the last phase: the old primary stays down, and
+// the ledgers are read from the new one.
+func runFailover(ctx context.Context, d *demo, r *phaseRun) error {
+	cl, sb := d.env.cluster, d.env.standby
+	began := time.Now()
+	if err := cl.SetSynchronous(ctx, true); err != nil {
+		return err
+	}
+	if err := cl.WaitStreaming(ctx, 1); err != nil {
+		return err
+	}
+	synced := time.Since(began)
+	base, err := withStandby(d.env.base, sb.Addr())
+	if err != nil {
+		return err
+	}
+	wl := d.wl
+	wl.gate.Lock()
+	err = d.closePools()
+	if err == nil {
+		d.env.base = base
+		err = d.openPools()
+	}
+	wl.gate.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := d.sleepUntil(ctx, wl.since()+failoverSettle); err != nil {
+		return err
+	}
+
+	r.faultStart = wl.since()
+	if err := cl.Stop(pgtest.ModeImmediate); err != nil {
+		return err
+	}
+	r.down = wl.since()
+	stopped := r.down - r.faultStart
+	began = time.Now()
+	if err := sb.Promote(ctx); err != nil {
+		return err
+	}
+	r.promoted = wl.since()
+	d.env.obs.setDSN(sb.DSN())
+	r.detail = fmt.Sprintf("the standby was synchronous in %v; pools reopened over both servers; "+
+		"%v later the primary stopped -m immediate in %v; the promotion took %v",
+		synced.Round(10*time.Millisecond), failoverSettle,
+		stopped.Round(10*time.Millisecond), time.Since(began).Round(10*time.Millisecond))
 	return d.observe(ctx, r)
 }

@@ -41,6 +41,13 @@ type row struct {
 	// time there was to recover).
 	recovery, limit time.Duration
 	recovered       bool
+
+	// served is when (an offset from the workload's start) the first
+	// transfer begun after the primary had stopped was acknowledged, if one
+	// was (hasServed): in phase "failover", the first served by the new
+	// primary.
+	served    time.Duration
+	hasServed bool
 }
 
 // poolResult is one pool over the whole run.
@@ -148,6 +155,9 @@ func measure(r *phaseRun, poolName string, atts []attempt, rows map[int64]int, o
 			}
 		}
 		if a.kind == kindOK {
+			if r.down > 0 && a.start >= r.down && (!rw.hasServed || a.end < rw.served) {
+				rw.served, rw.hasServed = a.end, true
+			}
 			rw.ok++
 			if n == 0 {
 				rw.lost++

@@ -42,6 +42,14 @@ func printResults(w io.Writer, d *demo, res *results) {
 			fmt.Fprintf(w, "  %-10s %s\n", r.def.name, wrap(r.detail, 65, "             "))
 		}
 	}
+	if lines := failoverLines(res.rows); len(lines) > 0 {
+		fmt.Fprintf(w, "\nfailover: when each pool served again, its first transfer begun after the\n"+
+			"primary was down and acknowledged (by the new primary); negative: before\n"+
+			"the promotion returned\n\n")
+		for _, l := range lines {
+			fmt.Fprintln(w, l)
+		}
+	}
 	if lines := abortLines(res.pools); len(lines) > 0 {
 		fmt.Fprintf(w, "\naborted tx: the application's overdrafts, what followed the failed debit\n\n")
 		for _, l := range lines {
@@ -169,6 +177,34 @@ func ledgerLines(pools []poolResult) []string {
 		out = append(out, strings.TrimRight(s, " "))
 	}
 	return out
+}
+
+// failoverLines says, per pool, when phase "failover" served again: the
+// first transfer begun once the primary had stopped and acknowledged, timed
+// from the stop's end and from the promotion's.
+func failoverLines(rows []row) []string {
+	out := []string{"                 after the stop  after the promotion"}
+	for _, rw := range rows {
+		r := rw.run
+		if r.promoted == 0 {
+			continue
+		}
+		down, prom := "never", "never"
+		if rw.hasServed {
+			down = fmtMillis(rw.served - r.down)
+			prom = fmtMillis(rw.served - r.promoted)
+		}
+		out = append(out, fmt.Sprintf("  %-11s %18s %20s", rw.pool, down, prom))
+	}
+	if len(out) == 1 {
+		return nil
+	}
+	return out
+}
+
+// fmtMillis formats d in milliseconds, with its sign: "350ms", "-40ms".
+func fmtMillis(d time.Duration) string {
+	return strconv.FormatInt(d.Round(time.Millisecond).Milliseconds(), 10) + "ms"
 }
 
 // abortLines summarizes phase "aborted tx" per pool.
