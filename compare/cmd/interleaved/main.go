@@ -6,8 +6,10 @@
 //
 // It starts its own throwaway PostgreSQL (pgtest, on 127.0.0.1) and runs the
 // three drivers in one process, interleaved: for each workload and round,
-// each driver runs the same fixed batch, in an order rotated every round.
-// Each batch measures wall time and the process's CPU time
+// each driver runs the same fixed batch, in slices (100 operations by
+// default): the drivers take turns slice by slice, in an order rotated every
+// slice, so that a change in load within a round hits all three alike.
+// Each slice measures wall time and the process's CPU time
 // (getrusage(RUSAGE_SELF), user plus system: the client's, since the server
 // runs in processes of its own). A change in the machine's load then hits
 // the three drivers of one round alike, so the ratio of each driver to raw
@@ -27,11 +29,13 @@ import (
 	"io"
 	"math"
 	"os"
+	"os/signal"
 	"regexp"
 	"runtime"
 	"runtime/debug"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
@@ -43,7 +47,11 @@ import (
 )
 
 func main() {
-	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	// On ^C the running batch fails and the cluster is closed on the way out.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		stop()
 		fmt.Fprintln(os.Stderr, "interleaved:", err)
 		os.Exit(1)
 	}
@@ -55,6 +63,7 @@ type config struct {
 	batch   int           // operations per batch of the short workloads
 	bursts  int           // bursts per round of the bursty workload
 	idle    time.Duration // the bursty workload's idle time between uses of a connection
+	slice   int           // operations per slice: the drivers take turns slice by slice
 	warm    int           // warm-up operations per goroutine before the rounds
 	filter  *regexp.Regexp
 	quick   bool
@@ -69,6 +78,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.batch, "batch", 2000, "operations per batch for select 1 and the prepared insert; the 1000-row scan runs batch/10, the transaction batch/4")
 	fs.IntVar(&c.bursts, "bursts", 2, "bursts per round of the bursty workload (each: one query on each of the 8 connections)")
 	fs.DurationVar(&c.idle, "idle", 1200*time.Millisecond, "bursty workload: how long each connection idles between uses")
+	fs.IntVar(&c.slice, "slice", 100, "operations per turn of a driver within a batch (scaled like -batch; at least 8 per goroutine)")
 	fs.IntVar(&c.warm, "warm", 20, "warm-up operations per goroutine before the rounds")
 	pattern := fs.String("run", "", "run only the workloads whose name matches this regular expression")
 	fs.BoolVar(&c.quick, "quick", false, "smoke test: 3 rounds of small batches (overrides -rounds, -batch, -bursts)")
@@ -80,10 +90,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if c.quick {
-		c.rounds, c.batch, c.bursts, c.warm = 3, 64, 1, 4
+		c.rounds, c.batch, c.bursts, c.warm, c.slice = 3, 64, 1, 4, 16
 	}
-	if c.rounds < 1 || c.batch < 1 || c.bursts < 1 || c.warm < 1 {
-		return c, errors.New("-rounds, -batch, -bursts and -warm must be at least 1")
+	if c.rounds < 1 || c.batch < 1 || c.bursts < 1 || c.warm < 1 || c.slice < 1 {
+		return c, errors.New("-rounds, -batch, -bursts, -slice and -warm must be at least 1")
 	}
 	var err error
 	if c.filter, err = regexp.Compile(*pattern); err != nil {
@@ -337,7 +347,8 @@ func runWorkload(ctx context.Context, cfg config, w workload, dsn string, stderr
 		if w.bursty {
 			for b := range cfg.bursts {
 				for _, i := range order(round, len(pools)) {
-					s, err := measure(ctx, func() error { return burst(ctx, pools[i].db, w.goroutines) }, w.goroutines)
+					runtime.GC()
+					s, err := measure(func() error { return burst(ctx, pools[i].db, w.goroutines) }, w.goroutines)
 					if err != nil {
 						return res, fmt.Errorf("%s: %w", pools[i].d.name, err)
 					}
@@ -353,12 +364,29 @@ func runWorkload(ctx context.Context, cfg config, w workload, dsn string, stderr
 				time.Sleep(cfg.idle)
 			}
 		} else {
-			for _, i := range order(round, len(pools)) {
-				s, err := measure(ctx, func() error { return runBatch(ctx, pools[i].op, w.goroutines, res.ops) }, res.ops)
-				if err != nil {
-					return res, fmt.Errorf("%s: %w", pools[i].d.name, err)
+			// The batch runs in slices, the drivers taking turns slice by
+			// slice (the order rotated every slice), so that the three
+			// batches of a round see the same load even when it changes
+			// within the round. One collection before the round: each
+			// driver pays for its own garbage, in proportion.
+			runtime.GC()
+			for i := range pools {
+				res.samples[i] = append(res.samples[i], sample{})
+			}
+			per := max(1, max(cfg.slice/w.scale, 8*w.goroutines))
+			for done, k := 0, 0; done < res.ops; k++ {
+				n := min(per, res.ops-done)
+				for _, i := range order(round+k, len(pools)) {
+					s, err := measure(func() error { return runBatch(ctx, pools[i].op, w.goroutines, n) }, n)
+					if err != nil {
+						return res, fmt.Errorf("%s: %w", pools[i].d.name, err)
+					}
+					acc := &res.samples[i][round]
+					acc.wall += s.wall
+					acc.cpu += s.cpu
+					acc.ops += s.ops
 				}
-				res.samples[i] = append(res.samples[i], s)
+				done += n
 			}
 		}
 		if cfg.verbose {
@@ -438,10 +466,8 @@ func warmPool(ctx context.Context, db *sql.DB, conns int) error {
 	return nil
 }
 
-// measure runs batch once, after a garbage collection (so that no driver
-// pays for the garbage of the one before), and returns its wall and CPU time.
-func measure(_ context.Context, batch func() error, ops int) (sample, error) {
-	runtime.GC()
+// measure runs batch once and returns its wall and CPU time.
+func measure(batch func() error, ops int) (sample, error) {
 	cpu0, _ := benchcpu.Now()
 	t0 := time.Now()
 	err := batch()
@@ -596,8 +622,8 @@ func moduleVersion(path string) string {
 
 // report writes the tables. Its layout is stable, to paste into docs.
 func report(w io.Writer, cfg config, results []result, server string, took time.Duration) {
-	fmt.Fprintf(w, "interleaved: %d rounds, batch %d, bursts %d, idle %v; %s %s/%s GOMAXPROCS=%d NumCPU=%d\n",
-		cfg.rounds, cfg.batch, cfg.bursts, cfg.idle, runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), runtime.NumCPU())
+	fmt.Fprintf(w, "interleaved: %d rounds, batch %d in slices of %d, bursts %d, idle %v; %s %s/%s GOMAXPROCS=%d NumCPU=%d\n",
+		cfg.rounds, cfg.batch, cfg.slice, cfg.bursts, cfg.idle, runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), runtime.NumCPU())
 	fmt.Fprintf(w, "PostgreSQL %s on 127.0.0.1; pgx %s, lib/pq %s; took %v\n",
 		server, moduleVersion("github.com/jackc/pgx/v5"), moduleVersion("github.com/lib/pq"), took.Round(time.Second))
 	fmt.Fprintln(w, "per op: median of the per-round values; x: the driver's time over pgx's in the same round,")
