@@ -308,7 +308,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // runWorkload opens one pool per driver, warms them, runs the rounds and
 // then the allocation pass, and closes the pools.
-func runWorkload(ctx context.Context, cfg config, w workload, dsn string, stderr io.Writer) (res result, err error) {
+func runWorkload(stop context.Context, cfg config, w workload, dsn string, stderr io.Writer) (res result, err error) {
+	// The operations run under a context that never ends, as an
+	// application's context.Background() would: a cancellable one costs
+	// pgx (its context watcher) and database/sql allocations and timers of
+	// their own on every query. stop (^C) is checked between batches.
+	ctx := context.WithoutCancel(stop)
 	pools := make([]*pool, 0, len(drivers))
 	defer func() {
 		for _, p := range pools {
@@ -344,6 +349,9 @@ func runWorkload(ctx context.Context, cfg config, w workload, dsn string, stderr
 		time.Sleep(cfg.idle)
 	}
 	for round := range cfg.rounds {
+		if err := stop.Err(); err != nil {
+			return res, err
+		}
 		if w.bursty {
 			for b := range cfg.bursts {
 				for _, i := range order(round, len(pools)) {
@@ -375,6 +383,9 @@ func runWorkload(ctx context.Context, cfg config, w workload, dsn string, stderr
 			}
 			per := max(1, max(cfg.slice/w.scale, 8*w.goroutines))
 			for done, k := 0, 0; done < res.ops; k++ {
+				if err := stop.Err(); err != nil {
+					return res, err
+				}
 				n := min(per, res.ops-done)
 				for _, i := range order(round+k, len(pools)) {
 					s, err := measure(func() error { return runBatch(ctx, pools[i].op, w.goroutines, n) }, n)
