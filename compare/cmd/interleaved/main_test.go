@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -37,6 +38,26 @@ func TestQuick(t *testing.T) {
 	for _, d := range drivers {
 		if !strings.Contains(got, d.name) {
 			t.Errorf("driver %s missing from the output", d.name)
+		}
+	}
+	// The allocation row of select 1: pgx's own count (14 with pgx v5.12)
+	// stays low only while the operations run under a context that never
+	// ends, and pgresilient's target is at most 3 more.
+	for _, line := range strings.Split(got, "\n") {
+		f := strings.Fields(line)
+		if len(f) != 5 || f[0] != "select1-1conn" || f[1] != "query" {
+			continue
+		}
+		pgx, err1 := strconv.ParseFloat(f[2], 64)
+		res, err2 := strconv.ParseFloat(f[3], 64)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("allocation row %q: %v %v", line, err1, err2)
+		}
+		if pgx > 18 {
+			t.Errorf("pgx allocates %.1f per select 1: do the operations run under a cancellable context?", pgx)
+		}
+		if res-pgx > 3 {
+			t.Errorf("pgresilient allocates %.1f per select 1, pgx %.1f: more than 3 extra", res, pgx)
 		}
 	}
 	for _, title := range []string{"wall time per op", "client CPU per op", "allocations per op"} {
