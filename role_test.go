@@ -49,17 +49,11 @@ func (p rolePair) dsn(attrs string) string {
 }
 
 // setReadOnly turns default_transaction_read_only on or off for the whole
-// server, with a reload: every session sees it at its next statement.
+// server, with a reload (pgtest's SetReadOnly, which returns once new
+// sessions see it): every existing session sees it at its next statement.
 func (p rolePair) setReadOnly(t *testing.T, c *pgtest.Cluster, on bool) {
 	t.Helper()
-	v := "off"
-	if on {
-		v = "on"
-	}
-	if err := c.Exec(context.Background(), "alter system set default_transaction_read_only = "+v); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Exec(context.Background(), "select pg_reload_conf()"); err != nil {
+	if err := c.SetReadOnly(context.Background(), on); err != nil {
 		t.Fatal(err)
 	}
 }
