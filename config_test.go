@@ -598,18 +598,3 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
-
-// Every parameter is caught by the reserved prefixes, and pgx's own
-// connect_timeout is not.
-func TestParamTable(t *testing.T) {
-	for _, p := range paramTable {
-		if !isReservedKey(p.name) {
-			t.Errorf("%s is not covered by reservedPrefixes", p.name)
-		}
-	}
-	for _, k := range []string{"connect_timeout", "statement_timeout", "application_name", "transaction_isolation", "idle_in_transaction_session_timeout"} {
-		if isReservedKey(k) {
-			t.Errorf("%s is taken for ours", k)
-		}
-	}
-}
