@@ -100,13 +100,18 @@ var (
 
 // breakerMinSpan is how long the breaker_failures counted failures must span
 // before they open the breaker, once the Connector has had a working
-// connection: a fast restart refuses every attempt for a moment, and must open
-// nothing. Measured here (2 cores, PostgreSQL 15, 8 workers under load):
-// `pg_ctl restart -m fast` refused connections for 170-260 ms
-// (TestBreakerRestartUnderLoad logs it). 350 ms is above that with a margin,
-// and a real outage still opens the breaker within ~0.4 s of its first
-// failure. A timeout opens it at once, whatever the span.
-const breakerMinSpan = 350 * time.Millisecond
+// connection: a fast restart ends every session and refuses connections for a
+// moment, and must open nothing. Measured here (TestBreakerRestartUnderLoad: 2
+// shared cores, PostgreSQL 15, 8 workers querying): `pg_ctl restart -m fast`
+// took 208-217 ms in 7 runs of 8 (the server refused connections for 115-175
+// ms of it), and 471 ms (refusing for 400 ms) in one run on a machine busy
+// with other work; the failures a restart causes span from the sessions'
+// termination to the last refused attempt, so at most the restart's length.
+// 450 ms is above every restart measured, and a server that stays down still
+// opens the breaker ~0.45 s after its first failure (connect shortens its
+// backoff to make the attempt that opens it on time: tripDue). A timeout
+// opens it at once, whatever the span.
+const breakerMinSpan = 450 * time.Millisecond
 
 // How the failure being recorded may open the breaker.
 type tripRule uint8
@@ -324,6 +329,22 @@ func (b *breaker) fail(rule tripRule) {
 	b.dirty.Store(true)
 	done(errFailure)
 	b.rule = tripSpan
+}
+
+// tripDue returns how long until the run of failures under way spans
+// minSpan, if it already has enough failures to open the breaker then, and 0
+// otherwise: a retry loop makes its next attempt no later than that, so an
+// outage opens the breaker right at minSpan, not a backoff later.
+func (b *breaker) tripDue() time.Duration {
+	if b == nil {
+		return 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if BreakerState(b.state.Load()) != BreakerClosed || b.cb.Counts().ConsecutiveFailures+1 < b.failures {
+		return 0
+	}
+	return max(time.Until(b.firstFail.Add(b.minSpan)), time.Millisecond)
 }
 
 // succeed records a success after failures, ending their run. It is ignored

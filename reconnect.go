@@ -106,6 +106,11 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 			return nil, &ConnectError{Attempts: attempt + 1, Err: err}
 		}
 		wait := backoff(attempt, c.cfg.ConnectBackoff, c.cfg.ConnectBackoffMax)
+		if counting {
+			if due := c.breaker.tripDue(); due > 0 && due < wait {
+				wait = due
+			}
+		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
 			return nil, &ConnectError{Attempts: attempt + 1, Err: err}
 		}
