@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -578,5 +580,61 @@ func TestQueryTimeoutLabelsOnlyItsOwnDeadline(t *testing.T) {
 		if err == nil || strings.Contains(err.Error(), "query_timeout") || errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("cause %v: got %v, want no query_timeout label", cause, err)
 		}
+	}
+}
+
+// TestBreakerLateOutcomeIgnored: the outcome of a call that started before
+// the breaker opened, arriving while it is open, changes nothing: a late
+// success cannot close it (only a probe does), a late failure is not counted.
+func TestBreakerLateOutcomeIgnored(t *testing.T) {
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	b := newBreaker(1, time.Hour, slog.New(slog.DiscardHandler), nil)
+	b.minSpan = 0
+	var probes atomic.Int64
+	b.probeFn = func(context.Context) error { probes.Add(1); return refused }
+	defer b.close()
+	b.fail(tripSpan)
+	if s := b.State(); s == BreakerClosed {
+		t.Fatal("one failure with breaker_failures=1 left the breaker closed")
+	}
+	for range 10 {
+		b.after(classNone, tripSpan) // late successes
+		b.done(context.Background(), nil)
+		b.after(classGone, tripNow) // late failures
+	}
+	if s := b.State(); s == BreakerClosed {
+		t.Fatalf("late outcomes closed the breaker (%v)", s)
+	}
+	if n := b.transitions.Load(); n != 1 {
+		t.Errorf("%d transitions, want 1 (closed -> open)", n)
+	}
+	if err := b.before(); !errors.Is(err, ErrCircuitOpen) {
+		t.Errorf("before while open: %v", err)
+	}
+}
+
+// TestCircuitOpenErrorUnwrap: a rejection matches ErrCircuitOpen without
+// allocating to say so; a retry loop stopped by the breaker also wraps its
+// last connect error.
+func TestCircuitOpenErrorUnwrap(t *testing.T) {
+	plain := error(&CircuitOpenError{})
+	if allocs := testing.AllocsPerRun(100, func() {
+		if !errors.Is(plain, ErrCircuitOpen) {
+			t.Fatal("no ErrCircuitOpen")
+		}
+	}); allocs != 0 {
+		t.Errorf("errors.Is on a CircuitOpenError allocates %v times", allocs)
+	}
+	ce := &ConnectError{Attempts: 3, Err: syscall.ECONNREFUSED}
+	wrapped := error(&CircuitOpenError{cause: ce})
+	var got *ConnectError
+	if !errors.Is(wrapped, ErrCircuitOpen) || !errors.As(wrapped, &got) || got != ce || !errors.Is(wrapped, syscall.ECONNREFUSED) {
+		t.Errorf("%v: want ErrCircuitOpen and the *ConnectError", wrapped)
+	}
+	if errors.Is(wrapped, driver.ErrBadConn) {
+		t.Error("a CircuitOpenError matches driver.ErrBadConn")
+	}
+	if !strings.Contains(wrapped.Error(), "connect failed after 3 attempt(s)") {
+		t.Errorf("message %q does not carry the cause", wrapped)
 	}
 }
