@@ -351,3 +351,63 @@ func TestBreakerRestartUnderLoad(t *testing.T) {
 	t.Logf("MEASURE breaker/restart %s pg_ctl_restart=%s failed_calls=%d circuit_open=%d ok=%d connect_failures=%d call_failures_spanned=%s server_refused_for=%s min_span=%s first_error=%v",
 		DriverName, outageMS(restarted), failed.Load(), circuitOpen.Load(), ok.Load(), refusedFor, outageMS(failSpan), outageMS(refusedSpan), breakerMinSpan, firstErr)
 }
+
+// TestBreakerOutageServerBack: the server itself stops under a warm pool and
+// starts again. The background probe closes the breaker soon after the
+// server accepts connections (Resume returns once its own readiness check
+// connected, so "up" is a little late, never early); calls every 20ms are
+// refused at most a few times after that.
+func TestBreakerOutageServerBack(t *testing.T) {
+	const pace = 20 * time.Millisecond
+	c := needCluster(t)
+	db, cn := outageDB(t, c.DSN()+issue13Params)
+	warmPool(t, db, 4)
+	raw := openDB(t, "pgx", c.DSN())
+	warmPool(t, raw, 4)
+	outageStop(t, c)
+	deadline := time.Now().Add(10 * time.Second)
+	for cn.Stats().Breaker == BreakerClosed {
+		if time.Now().After(deadline) {
+			t.Fatal("the breaker did not open within 10s of the server stopping")
+		}
+		_, _ = issue13Call(db)
+	}
+	time.Sleep(300 * time.Millisecond)
+	outageResume(t, c)
+	up := time.Now()
+
+	first := func(db *sql.DB) (time.Duration, int, error) {
+		refused := 0
+		for time.Since(up) < 10*time.Second {
+			_, err := issue13Call(db)
+			if err == nil {
+				return time.Since(up), refused, nil
+			}
+			if errors.Is(err, ErrCircuitOpen) {
+				refused++
+			}
+			time.Sleep(pace)
+		}
+		return 0, refused, errors.New("no success within 10s")
+	}
+	var wg sync.WaitGroup
+	var rawOK time.Duration
+	var rawErr error
+	wg.Add(1)
+	go func() { defer wg.Done(); rawOK, _, rawErr = first(raw) }()
+	ok, refused, err := first(db)
+	wg.Wait()
+	if err != nil || rawErr != nil {
+		t.Fatalf("pgresilient: %v; raw pgx: %v", err, rawErr)
+	}
+	if ok > time.Second {
+		t.Errorf("first success %v after the server was up, want within ~100ms (asserted: 1s)", ok)
+	}
+	if refused > 10 {
+		t.Errorf("%d calls refused after the server was up (one every %v), want a few", refused, pace)
+	}
+	st := cn.Stats()
+	t.Logf("MEASURE breaker/server-back %s first_success_after_up=%s refused_after_up=%d (a call every %s) probes=%d open_for=%s",
+		DriverName, outageMS(ok), refused, pace, st.Probes, outageMS(st.BreakerOpenDuration))
+	t.Logf("MEASURE breaker/server-back pgx first_success_after_up=%s", outageMS(rawOK))
+}

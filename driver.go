@@ -336,7 +336,8 @@ func (c *Connector) probe(ctx context.Context) error {
 
 // Close stops the breaker's background prober and waits for it. database/sql
 // calls it from DB.Close; it implements io.Closer. Connections still open are
-// not touched (DB.Close closes them).
+// not touched (DB.Close closes them). A Connector used after Close keeps
+// working, but an open breaker then stays open: nothing probes any more.
 func (c *Connector) Close() error {
 	c.breaker.close()
 	return nil

@@ -631,8 +631,8 @@ func TestCircuitOpenErrorUnwrap(t *testing.T) {
 	if !errors.Is(wrapped, ErrCircuitOpen) || !errors.As(wrapped, &got) || got != ce || !errors.Is(wrapped, syscall.ECONNREFUSED) {
 		t.Errorf("%v: want ErrCircuitOpen and the *ConnectError", wrapped)
 	}
-	if errors.Is(wrapped, driver.ErrBadConn) {
-		t.Error("a CircuitOpenError matches driver.ErrBadConn")
+	if errors.Is(wrapped, driver.ErrBadConn) || IsDisconnect(wrapped) {
+		t.Error("a CircuitOpenError matches driver.ErrBadConn, or IsDisconnect")
 	}
 	if !strings.Contains(wrapped.Error(), "connect failed after 3 attempt(s)") {
 		t.Errorf("message %q does not carry the cause", wrapped)
