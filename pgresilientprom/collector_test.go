@@ -397,7 +397,7 @@ func TestRealFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Every failed connection attempt counts now; the breaker opens once
-	// three of them span the minimum (450ms): ping until it refuses.
+	// three of them span the minimum (500ms): ping until it refuses.
 	var pings int
 	for pings = 1; ; pings++ {
 		err := db.PingContext(ctx)
