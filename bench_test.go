@@ -427,6 +427,9 @@ func benchBreakerOpen(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		// The server stays down for the prober too; Close stops it.
+		c.breaker.probeFn = func(context.Context) error { return refused }
+		b.Cleanup(func() { _ = c.Close() })
 		if _, err := c.Connect(context.Background()); !errors.Is(err, syscall.ECONNREFUSED) {
 			b.Fatalf("first connect: %v, want connection refused", err)
 		}
@@ -478,11 +481,10 @@ func BenchmarkBreakerClosed(b *testing.B) {
 		br := newBreaker(5, time.Minute, slog.New(slog.DiscardHandler), nil)
 		ctx := context.Background()
 		measure(b, 0, func() {
-			probe, err := br.before()
-			if err != nil {
+			if err := br.before(); err != nil {
 				b.Fatal(err)
 			}
-			br.done(ctx, probe, nil)
+			br.done(ctx, nil)
 		})
 		if s := br.State(); s != BreakerClosed {
 			b.Fatalf("breaker %v, want closed", s)

@@ -46,8 +46,10 @@ type Config struct {
 	// Zero value: the default, 5.
 	BreakerFailures int
 
-	// BreakerCooldown is how long the breaker stays open before it lets one
-	// probe through (DSN breaker_cooldown). Zero value: the default, 1s.
+	// BreakerCooldown is the longest wait between two background probes of
+	// the server while the breaker is open; they start every ~20ms and back
+	// off toward it in a long outage (DSN breaker_cooldown). Zero value: the
+	// default, 1s.
 	BreakerCooldown time.Duration
 
 	// ConnectRetries is the number of extra attempts made when opening a
@@ -167,7 +169,7 @@ var paramTable = []paramSpec{
 			c.BreakerFailures, err = parseInt(v, 1, maxBreakerFailures)
 			return err
 		}},
-	{"breaker_cooldown", "1s", "how long the breaker stays open before one probe is let through",
+	{"breaker_cooldown", "1s", "the longest wait between two background probes while open",
 		"a duration greater than 0, such as 5s", func(c *Config, v string) (err error) {
 			c.BreakerCooldown, err = parseDuration(v, false)
 			return err

@@ -34,7 +34,7 @@
 //     ErrTxAborted wrapping the first failure.
 //   - With the circuit breaker on, after breaker_failures consecutive
 //     connectivity failures every call fails at once with ErrCircuitOpen,
-//     without dialling or sending, until a probe succeeds.
+//     without dialling or sending, until a background probe connects.
 //   - Passwords, DSNs and statement arguments never appear in errors or logs.
 //
 // # DSN parameters
@@ -42,7 +42,7 @@
 //	parameter            default meaning
 //	breaker              on      the circuit breaker: on or off
 //	breaker_failures     5       consecutive connectivity failures that open the breaker
-//	breaker_cooldown     1s      how long the breaker stays open before one probe is let through
+//	breaker_cooldown     1s      the longest wait between two background probes while open
 //	connect_retries      3       extra attempts when opening a connection fails transiently
 //	connect_backoff      100ms   first retry delay; doubles per attempt, with full jitter
 //	connect_backoff_max  5s      ceiling of the retry delay

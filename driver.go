@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,7 @@ var (
 	_ driver.Driver        = (*Driver)(nil)
 	_ driver.DriverContext = (*Driver)(nil)
 	_ driver.Connector     = (*Connector)(nil)
+	_ io.Closer            = (*Connector)(nil)
 )
 
 // Driver is the database/sql driver registered as "pgresilient". It
@@ -74,6 +76,14 @@ type Connector struct {
 	liveMu  sync.Mutex
 	live    map[*baseConn]struct{} // open connections, for sweep
 	breaker *breaker               // nil with breaker=off
+
+	// connected is set by the first working connection: from then on the
+	// breaker counts connection attempts, not calls.
+	connected atomic.Bool
+	budget    atomic.Pointer[callBudget] // the last call whose reuse check timed out
+	// reuseFailedAt: unix nanoseconds of the last failed reuse check the
+	// breaker counted.
+	reuseFailedAt atomic.Int64
 }
 
 // defaultVerifyTimeout bounds the ping that verifies a pooled connection
@@ -184,6 +194,10 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 
 	if !c.cfg.DisableBreaker {
 		c.breaker = newBreaker(c.cfg.BreakerFailures, c.cfg.BreakerCooldown, c.logger, o.stateChange)
+		c.breaker.probeFn = c.probe
+		// Connections handed out unverified while open are verified on
+		// their next reuse.
+		c.breaker.onClose = func() { c.gen.Add(1) }
 	}
 	if len(o.interceptors) > 0 {
 		c.chain = buildChain(baseConnector{c}, o.interceptors)
@@ -276,25 +290,24 @@ func (c *Connector) invalidate(from uint64, op Op, cause error) (news bool) {
 const sameEvent = time.Second
 
 // openBase opens the wrapped driver's connection, retrying as configured,
-// behind the breaker: rejected at once while it is open, and counted by what
-// the last attempt's error says about the server's reachability.
+// behind the breaker: rejected at once while it is open. Before the first
+// working connection, the call is counted as a whole by what the last
+// attempt's error says about the server's reachability; after it, connect
+// counts every attempt.
 func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
-	probe, err := c.breaker.before()
-	if err != nil {
+	if err := c.breaker.before(); err != nil {
 		return nil, err
 	}
+	counted := c.connected.Load()
 	inner, err := c.connect(ctx)
-	if c.breaker != nil {
-		class := connectClass(ctx, err)
-		if class == classGone && (errors.Is(err, errWrongRole) || bouncerError(err) == bouncerFull) {
-			// A server answered: a change of primary under way, or a full
-			// PgBouncer; not an outage. The attempts were still retried.
-			class = classOther
-		}
-		c.breaker.after(probe, class)
+	if c.breaker != nil && !counted {
+		c.breaker.after(breakerConnectClass(connectClass(ctx, err), err), tripCall)
 	}
 	if err != nil {
 		return nil, err
+	}
+	if !counted {
+		c.connected.Store(true)
 	}
 	bc := newBaseConn(c, inner)
 	c.track(bc)
@@ -305,6 +318,30 @@ func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
 		}
 	}
 	return bc, nil
+}
+
+// probe is the breaker's check of the server while open: a real connection,
+// startup included, through the wrapped connector, closed at once. It is
+// bounded like a reuse check, and counted in Stats.Probes, not in
+// ConnectFailures.
+func (c *Connector) probe(ctx context.Context) error {
+	ctx, cancel := within(ctx, c.verifyTimeout)
+	defer cancel()
+	dc, err := c.inner.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	_ = dc.Close()
+	return nil
+}
+
+// Close stops the breaker's background prober and waits for it. database/sql
+// calls it from DB.Close; it implements io.Closer. Connections still open are
+// not touched (DB.Close closes them). A Connector used after Close keeps
+// working, but an open breaker then stays open: nothing probes any more.
+func (c *Connector) Close() error {
+	c.breaker.close()
+	return nil
 }
 
 func neverPing(context.Context, stdlib.ShouldPingParams) bool { return false }

@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -263,6 +265,31 @@ func TestResetSessionForwarded(t *testing.T) {
 	}
 }
 
+// noMinSpan lets a test of the breaker's counting open it on
+// breaker_failures failures however close together they come.
+func noMinSpan(c *Connector) {
+	c.breaker.mu.Lock()
+	c.breaker.minSpan = 0
+	c.breaker.mu.Unlock()
+}
+
+// waitBreaker waits up to 10s for c's breaker to be in state want.
+func waitBreaker(t *testing.T, c *Connector, want BreakerState) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Stats().Breaker != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("breaker %v after 10s, want %v", c.Stats().Breaker, want)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestBreakerOpensAndRecovers: a server error is a success, a lost
+// connection and a refused connection attempt are two failures, which open
+// a breaker_failures=2 breaker; while open nothing a user calls reaches the
+// driver (only the background probe does), and the first probe that
+// connects closes it: no user call is the probe.
 func TestBreakerOpensAndRecovers(t *testing.T) {
 	var (
 		transitions []string
@@ -281,80 +308,107 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	noMinSpan(c)
 	db := sql.OpenDB(c)
 	defer db.Close()
 
 	if _, err := db.Exec("a"); err == nil {
 		t.Fatal("want the unique violation")
 	}
-	fd.mu.Lock()
-	fd.connectErrs = []error{refused}
-	fd.mu.Unlock()
+	fd.setDown(refused)
 	if _, err := db.Exec("a"); !errors.Is(err, ErrConnLost) {
 		t.Fatalf("want ErrConnLost, got %v", err)
 	}
 	if got := c.Stats().Breaker; got != BreakerClosed {
 		t.Fatalf("state = %v after 1 failure, want closed", got)
 	}
-	if _, err := db.Exec("a"); err == nil {
-		t.Fatal("want the connect error")
+	_, err = db.Exec("a")
+	if !errors.Is(err, ErrCircuitOpen) || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("want ErrCircuitOpen wrapping the refused connect, got %v", err)
 	}
-	if got := c.Stats().Breaker; got != BreakerOpen {
-		t.Fatalf("state = %v, want open after 2 consecutive failures", got)
+	if s := c.Stats().Breaker; s != BreakerOpen && s != BreakerHalfOpen {
+		t.Fatalf("state = %v, want open after 2 consecutive failures", s)
 	}
-	connects, execs := fd.connects.Load(), fd.execs.Load()
-	// While open, nothing reaches the driver.
+	connects, execs, probes := fd.connects.Load(), fd.execs.Load(), c.Stats().Probes
+	// While open, nothing a user calls reaches the driver.
 	for range 100 {
 		_, err := db.Exec("a")
 		if !errors.Is(err, ErrCircuitOpen) || errors.Is(err, driver.ErrBadConn) {
 			t.Fatalf("want ErrCircuitOpen and not ErrBadConn, got %v", err)
 		}
-		if !strings.Contains(err.Error(), "next probe in") {
-			t.Fatalf("message %q does not say when the next probe is", err)
+		if !strings.Contains(err.Error(), "probe") {
+			t.Fatalf("message %q does not mention the probe", err)
 		}
 	}
-	if fd.connects.Load() != connects || fd.execs.Load() != execs {
-		t.Fatalf("calls reached the driver while open: connects %d->%d, execs %d->%d",
-			connects, fd.connects.Load(), execs, fd.execs.Load())
+	gotConnects := fd.connects.Load() - connects
+	gotProbes := c.Stats().Probes - probes
+	if gotConnects > gotProbes || fd.execs.Load() != execs {
+		t.Fatalf("calls reached the driver while open: %d connects for %d probes, execs %d->%d",
+			gotConnects, gotProbes, execs, fd.execs.Load())
 	}
-	// After the cooldown one probe goes through; its success closes.
-	time.Sleep(60 * time.Millisecond)
+	// The server comes back: the prober closes the breaker by itself.
+	fd.setDown(nil)
+	waitBreaker(t, c, BreakerClosed)
 	if _, err := db.Exec("a"); err != nil {
-		t.Fatalf("probe: %v", err)
-	}
-	if got := c.Stats().Breaker; got != BreakerClosed {
-		t.Fatalf("state = %v, want closed after a successful probe", got)
+		t.Fatalf("after the probe closed the breaker: %v", err)
 	}
 	mu.Lock()
 	got := strings.Join(transitions, " ")
 	mu.Unlock()
-	if want := "closed->open open->half-open half-open->closed"; got != want {
+	if want := "closed->open open->closed"; got != want {
 		t.Errorf("transitions %q, want %q", got, want)
 	}
 	st := c.Stats()
-	if st.BreakerRejected != 100 || st.BreakerTransitions != 3 {
-		t.Errorf("stats: rejected %d transitions %d, want 100 and 3", st.BreakerRejected, st.BreakerTransitions)
+	if st.BreakerRejected != 101 || st.BreakerTransitions != 2 || st.Probes < 1 || st.BreakerOpenDuration <= 0 {
+		t.Errorf("stats: rejected %d transitions %d probes %d open for %v, want 101 (100 + the retry loop stopped), 2, >= 1, > 0",
+			st.BreakerRejected, st.BreakerTransitions, st.Probes, st.BreakerOpenDuration)
 	}
 }
 
+// TestBreakerProbeFailureReopens: a probe that fails leaves the breaker
+// open (it was a user call in half-open before; now the background prober's),
+// and the next probes keep looking until one connects.
 func TestBreakerProbeFailureReopens(t *testing.T) {
-	db, mock, c := openMock(t, "breaker_failures=1&breaker_cooldown=30ms")
-	mock.ExpectExec("a").WillReturnError(io.EOF)
-	db.Exec("a")
-	if c.Stats().Breaker != BreakerOpen {
-		t.Fatal("want open")
-	}
-	time.Sleep(40 * time.Millisecond)
-	mock.ExpectExec("a").WillReturnError(io.EOF)
-	if _, err := db.Exec("a"); !errors.Is(err, ErrConnLost) {
-		t.Fatalf("probe: want ErrConnLost, got %v", err)
-	}
-	if got := c.Stats().Breaker; got != BreakerOpen {
-		t.Fatalf("state after a failed probe = %v, want open", got)
-	}
-	if err := mock.ExpectationsWereMet(); err != nil {
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	fd := &fakeDriver{execErrs: []error{nil, io.EOF}}
+	c, err := NewConnector("fake?breaker_failures=1&breaker_cooldown=30ms&connect_retries=0", WithDriver(fd))
+	if err != nil {
 		t.Fatal(err)
 	}
+	noMinSpan(c)
+	db := sql.OpenDB(c)
+	defer db.Close()
+	if _, err := db.Exec("a"); err != nil {
+		t.Fatal(err)
+	}
+	fd.setDown(refused)
+	if _, err := db.Exec("a"); !errors.Is(err, ErrConnLost) {
+		t.Fatalf("want ErrConnLost, got %v", err)
+	}
+	if s := c.Stats().Breaker; s != BreakerOpen && s != BreakerHalfOpen {
+		t.Fatalf("state %v, want open", s)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Stats().ProbeFailures < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d probe failures after 10s", c.Stats().ProbeFailures)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s := c.Stats().Breaker; s != BreakerOpen && s != BreakerHalfOpen {
+		t.Fatalf("state after failed probes = %v, want open", s)
+	}
+	if _, err := db.Exec("a"); !errors.Is(err, ErrCircuitOpen) {
+		t.Fatalf("while the probes fail: %v, want ErrCircuitOpen", err)
+	}
+	fd.setDown(nil)
+	waitBreaker(t, c, BreakerClosed)
+	st := c.Stats()
+	if st.BreakerTransitions != 2 || st.Probes < st.ProbeFailures+1 {
+		t.Errorf("transitions %d, probes %d, probe failures %d; want 2, and one more probe than failures",
+			st.BreakerTransitions, st.Probes, st.ProbeFailures)
+	}
+	t.Logf("probes %d (%d failed), open for %v", st.Probes, st.ProbeFailures, st.BreakerOpenDuration)
 }
 
 func TestBreakerIgnoresCallerCancellation(t *testing.T) {
@@ -526,5 +580,61 @@ func TestQueryTimeoutLabelsOnlyItsOwnDeadline(t *testing.T) {
 		if err == nil || strings.Contains(err.Error(), "query_timeout") || errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("cause %v: got %v, want no query_timeout label", cause, err)
 		}
+	}
+}
+
+// TestBreakerLateOutcomeIgnored: the outcome of a call that started before
+// the breaker opened, arriving while it is open, changes nothing: a late
+// success cannot close it (only a probe does), a late failure is not counted.
+func TestBreakerLateOutcomeIgnored(t *testing.T) {
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	b := newBreaker(1, time.Hour, slog.New(slog.DiscardHandler), nil)
+	b.minSpan = 0
+	var probes atomic.Int64
+	b.probeFn = func(context.Context) error { probes.Add(1); return refused }
+	defer b.close()
+	b.fail(tripSpan)
+	if s := b.State(); s == BreakerClosed {
+		t.Fatal("one failure with breaker_failures=1 left the breaker closed")
+	}
+	for range 10 {
+		b.after(classNone, tripSpan) // late successes
+		b.done(context.Background(), nil)
+		b.after(classGone, tripNow) // late failures
+	}
+	if s := b.State(); s == BreakerClosed {
+		t.Fatalf("late outcomes closed the breaker (%v)", s)
+	}
+	if n := b.transitions.Load(); n != 1 {
+		t.Errorf("%d transitions, want 1 (closed -> open)", n)
+	}
+	if err := b.before(); !errors.Is(err, ErrCircuitOpen) {
+		t.Errorf("before while open: %v", err)
+	}
+}
+
+// TestCircuitOpenErrorUnwrap: a rejection matches ErrCircuitOpen without
+// allocating to say so; a retry loop stopped by the breaker also wraps its
+// last connect error.
+func TestCircuitOpenErrorUnwrap(t *testing.T) {
+	plain := error(&CircuitOpenError{})
+	if allocs := testing.AllocsPerRun(100, func() {
+		if !errors.Is(plain, ErrCircuitOpen) {
+			t.Fatal("no ErrCircuitOpen")
+		}
+	}); allocs != 0 {
+		t.Errorf("errors.Is on a CircuitOpenError allocates %v times", allocs)
+	}
+	ce := &ConnectError{Attempts: 3, Err: syscall.ECONNREFUSED}
+	wrapped := error(&CircuitOpenError{cause: ce})
+	var got *ConnectError
+	if !errors.Is(wrapped, ErrCircuitOpen) || !errors.As(wrapped, &got) || got != ce || !errors.Is(wrapped, syscall.ECONNREFUSED) {
+		t.Errorf("%v: want ErrCircuitOpen and the *ConnectError", wrapped)
+	}
+	if errors.Is(wrapped, driver.ErrBadConn) || IsDisconnect(wrapped) {
+		t.Error("a CircuitOpenError matches driver.ErrBadConn, or IsDisconnect")
+	}
+	if !strings.Contains(wrapped.Error(), "connect failed after 3 attempt(s)") {
+		t.Errorf("message %q does not carry the cause", wrapped)
 	}
 }

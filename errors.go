@@ -136,10 +136,15 @@ func (e *TxAbortedError) Unwrap() []error { return []error{ErrTxAborted, e.Err} 
 // broke or could not be used, whatever the outcome: errors returned by
 // pgresilient, and raw errors from pgx or the network alike.
 //
-// A connection that could not be opened counts only for a connectivity
-// failure: a refused password or a missing database is the server answering,
+// An open breaker's *CircuitOpenError is not a disconnect (ask
+// errors.Is(err, ErrCircuitOpen)). A connection that could not be opened
+// counts only for a connectivity failure: a refused password or a missing database is the server answering,
 // not a disconnect.
 func IsDisconnect(err error) bool {
+	var coe *CircuitOpenError
+	if errors.As(err, &coe) {
+		return false // nothing was dialled or sent, even when it wraps a retry loop's connect error
+	}
 	var de *DisconnectError
 	if errors.As(err, &de) {
 		return true

@@ -157,7 +157,7 @@ func ExampleCircuitOpenError() {
 	fmt.Println(err)
 	// Output:
 	// true true
-	// pgresilient: circuit open: a probe is under way
+	// pgresilient: circuit open: the database failed repeatedly; a probe is under way
 }
 
 // A ConnectError says how many attempts failed and whether retrying can help.

@@ -17,6 +17,8 @@ type fakeDriver struct {
 	connectErrs []error
 	// execErrs are returned by successive ExecContext calls (on any conn), then nil.
 	execErrs []error
+	// down, while set, is returned by every Connect, after connectErrs.
+	down error
 	// resetErr is returned by ResetSession.
 	resetErr error
 
@@ -42,6 +44,8 @@ func (d *fakeDriver) Connect(ctx context.Context) (driver.Conn, error) {
 	var err error
 	if len(d.connectErrs) > 0 {
 		err, d.connectErrs = d.connectErrs[0], d.connectErrs[1:]
+	} else if d.down != nil {
+		err = d.down
 	}
 	d.mu.Unlock()
 	if err != nil {
@@ -132,4 +136,11 @@ func (r *fakeRows) Next(dest []driver.Value) error {
 	r.n--
 	dest[0] = int64(1)
 	return nil
+}
+
+// setDown makes every Connect fail with err from now on; nil ends it.
+func (d *fakeDriver) setDown(err error) {
+	d.mu.Lock()
+	d.down = err
+	d.mu.Unlock()
 }

@@ -168,8 +168,9 @@ func TestLogEvents(t *testing.T) {
 	}
 	wantEvent(t, logs, "pgresilient: discarding pooled connection", slog.LevelDebug, "why")
 
-	// The breaker: open on a refused connection, half-open after its
-	// cooldown, closed on a successful probe.
+	// The breaker: open on a refused connection (Warn), probed in the
+	// background (Debug only: no Info or Warn per probe), closed by the
+	// first probe that connects (Info).
 	bcn, err := NewConnector(dsn+"&breaker_failures=1&breaker_cooldown=200ms&connect_retries=0", WithLogger(logger))
 	if err != nil {
 		t.Fatal(err)
@@ -194,8 +195,11 @@ func TestLogEvents(t *testing.T) {
 			t.Fatalf("the breaker is %v 5s after the proxy accepts again", bcn.Stats().Breaker)
 		}
 	}
-	wantEvent(t, logs, "pgresilient: circuit breaker half-open", slog.LevelInfo, "from", "to")
-	wantEvent(t, logs, "pgresilient: circuit breaker closed", slog.LevelInfo, "from", "to")
+	wantEvent(t, logs, "pgresilient: circuit breaker probe", slog.LevelDebug, "ok", "took")
+	wantEvent(t, logs, "pgresilient: circuit breaker closed", slog.LevelInfo, "from", "to", "open_for")
+	if recs := logs.find("pgresilient: circuit breaker half-open"); len(recs) != 0 {
+		t.Errorf("%d half-open events: a probe is logged at Debug only", len(recs))
+	}
 
 	if text := logs.String(); strings.Contains(text, pgtest.Password) || strings.Contains(text, dsn) {
 		t.Errorf("the log shows the password or the DSN:\n%s", text)
@@ -249,6 +253,7 @@ func TestLogSilentByDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	noMinSpan(cn) // one failure opens it
 	db := sql.OpenDB(cn)
 	t.Cleanup(func() { closeAndCheck(t, db) })
 	ctx := context.Background()

@@ -219,7 +219,6 @@ func TestOutageServerStopped(t *testing.T) {
 
 	t.Run(DriverName, func(t *testing.T) {
 		before := p.Accepted()
-		tripBegan := time.Now()
 		tripped := outageTrip(t, db, cn, 10)
 		trippedAt := time.Now()
 		if tripped != failures {
@@ -227,10 +226,12 @@ func TestOutageServerStopped(t *testing.T) {
 		}
 		// Each failed call made 1 + connect_retries attempts, each one
 		// dialled; pgx may dial once more per attempt to send a
-		// CancelRequest (see outageSettle).
+		// CancelRequest (see outageSettle). The background probes dial
+		// too, once each (+ a CancelRequest).
 		accepted := outageSettle(p, 500*time.Millisecond)
-		if got, attempts := accepted-before, int64(2*tripped); got < attempts || got > 2*attempts {
-			t.Errorf("the failing calls reached the proxy %d times, want %d attempts (+ up to %d CancelRequests)", got, attempts, attempts)
+		probes := cn.Stats().Probes
+		if got, attempts := accepted-before, int64(2*tripped); got < attempts || got > 2*attempts+2*probes {
+			t.Errorf("the failing calls reached the proxy %d times, want %d attempts (+ up to %d CancelRequests, + %d probes)", got, attempts, attempts, probes)
 		}
 		st := cn.Stats()
 		if st.ConnectFailures != int64(2*tripped) || st.ConnectRetries != int64(tripped) {
@@ -239,7 +240,7 @@ func TestOutageServerStopped(t *testing.T) {
 
 		rejected := st.BreakerRejected
 		lat, errs := outageCalls(db, calls)
-		open := time.Since(trippedAt)
+		_ = trippedAt
 		for i, err := range errs {
 			var coe *CircuitOpenError
 			switch {
@@ -247,17 +248,16 @@ func TestOutageServerStopped(t *testing.T) {
 				t.Errorf("call %d: want ErrCircuitOpen (*CircuitOpenError), got %v", i+1, err)
 			case errors.Is(err, driver.ErrBadConn):
 				t.Errorf("call %d: ErrCircuitOpen matches driver.ErrBadConn: %v", i+1, err)
-			case coe.NextProbe.Before(tripBegan.Add(cooldown)) || coe.NextProbe.After(trippedAt.Add(cooldown)):
-				t.Errorf("call %d: NextProbe %v, want the cooldown %v after the trip, between %v and %v",
-					i+1, coe.NextProbe, cooldown, tripBegan, trippedAt)
+			case !coe.NextProbe.IsZero() && (coe.NextProbe.Before(trippedAt) || coe.NextProbe.After(time.Now().Add(cooldown))):
+				t.Errorf("call %d: NextProbe %v, want between the trip %v and the cooldown %v from now",
+					i+1, coe.NextProbe, trippedAt, cooldown)
 			}
 		}
-		if open >= cooldown {
-			t.Errorf("the %d calls took %v, longer than the %v cooldown: the assertions above are void", calls, open, cooldown)
-		}
+		// Nothing but the background probes reaches the proxy: each
+		// dials once (and maybe once more for a CancelRequest).
 		reached := outageSettle(p, 500*time.Millisecond) - accepted
-		if reached != 0 {
-			t.Errorf("the %d calls while open reached the proxy %d times, want 0", calls, reached)
+		if probesOpen := cn.Stats().Probes - probes; reached > 2*probesOpen {
+			t.Errorf("the %d calls while open reached the proxy %d times, for %d probes: want only the probes", calls, reached, probesOpen)
 		}
 		if got := cn.Stats().BreakerRejected - rejected; got != calls {
 			t.Errorf("BreakerRejected grew by %d, want %d", got, calls)
@@ -265,6 +265,9 @@ func TestOutageServerStopped(t *testing.T) {
 		t.Logf("MEASURE outage/stopped %s median_reject=%s max_reject=%s reached_proxy=%d/%d failed_before_open=%d",
 			DriverName, outageMS(median(lat)), outageMS(outageMax(lat)), reached, calls, tripped)
 		t.Logf("%s: first rejection: %v", DriverName, errs[0])
+		// Stop the prober (DB.Close would): raw pgx's count of
+		// connections to the proxy comes next.
+		_ = cn.Close()
 	})
 
 	t.Run("pgx", func(t *testing.T) {
@@ -609,8 +612,8 @@ type outageTransition struct{ from, to BreakerState }
 
 func (tr outageTransition) String() string { return tr.from.String() + "->" + tr.to.String() }
 
-// TestOutageStateChange: WithStateChange sees closed -> open -> half-open ->
-// closed as a real server stops and comes back.
+// TestOutageStateChange: WithStateChange sees closed -> open -> closed as a
+// real server stops and comes back, the background probe closing it.
 func TestOutageStateChange(t *testing.T) {
 	const cooldown = 300 * time.Millisecond
 	// The hook runs under the breaker's lock: send without blocking.
@@ -626,6 +629,7 @@ func TestOutageStateChange(t *testing.T) {
 	c := needCluster(t)
 	db, cn := outageDB(t, c.DSN()+"&breaker_failures=2&breaker_cooldown="+cooldown.String()+
 		"&connect_retries=1&connect_backoff=5ms&connect_backoff_max=10ms", WithStateChange(hook))
+	noMinSpan(cn) // the hook's sequence is the point, not the span
 	if err := outageSelect(db); err != nil {
 		t.Fatalf("before the outage: %v", err)
 	}
@@ -636,13 +640,11 @@ func TestOutageStateChange(t *testing.T) {
 	trippedAt := time.Now()
 	outageResume(t, c)
 	up := time.Now()
-	if wait := time.Until(trippedAt.Add(cooldown)); wait > 0 {
-		time.Sleep(wait + 10*time.Millisecond)
-	}
-	if err := outageSelect(db); err != nil {
-		t.Fatalf("the probe after the cooldown: %v", err)
-	}
+	waitBreaker(t, cn, BreakerClosed) // the background probe closes it
 	recovered := time.Now()
+	if err := outageSelect(db); err != nil {
+		t.Fatalf("after the probe closed the breaker: %v", err)
+	}
 
 	var got []outageTransition
 drain:
@@ -654,7 +656,9 @@ drain:
 			break drain
 		}
 	}
-	want := []outageTransition{{BreakerClosed, BreakerOpen}, {BreakerOpen, BreakerHalfOpen}, {BreakerHalfOpen, BreakerClosed}}
+	// The probes' open <-> half-open moves are not transitions for the
+	// hook (they are logged at Debug): closed -> open -> closed.
+	want := []outageTransition{{BreakerClosed, BreakerOpen}, {BreakerOpen, BreakerClosed}}
 	if n := dropped.Load(); n != 0 {
 		t.Errorf("%d transitions dropped", n)
 	}
@@ -699,6 +703,7 @@ func TestOutageCountedOnce(t *testing.T) {
 	c := needCluster(t)
 	proxy := newProxy(t, c)
 	db, cn := outageDB(t, c.DSNFor(proxy.Host(), proxy.Port())+"&breaker_failures=2&breaker_cooldown=1h&connect_retries=0")
+	noMinSpan(cn) // what counts is the point: two failures open it
 	ctx := context.Background()
 
 	held := holdConns(t, db, conns)
@@ -763,10 +768,13 @@ func TestQueryTimeoutUnderCallerDeadline(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "query_timeout") {
 		t.Errorf("got %v, want query_timeout's deadline", err)
 	}
-	if s := cn.Stats().Breaker; s != BreakerOpen {
-		t.Errorf("breaker %v after a statement timed out on a frozen network with breaker_failures=1, want open", s)
-	}
+	// A statement's timeout counts (one failure: a slow query must not
+	// open the breaker at once); the next call's connection attempt times
+	// out too, which opens it at once.
 	if _, err := db.ExecContext(ctx, "select 1"); !errors.Is(err, ErrCircuitOpen) {
 		t.Errorf("next call: %v, want ErrCircuitOpen", err)
+	}
+	if s := cn.Stats().Breaker; s == BreakerClosed {
+		t.Errorf("breaker %v after a statement and a connection attempt timed out on a frozen network, want open", s)
 	}
 }

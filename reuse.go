@@ -3,6 +3,7 @@ package pgresilient
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
 	"log/slog"
 	"time"
 )
@@ -37,6 +38,9 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 		switch c.peek.state() {
 		case peekDead:
 			c.discard(ctx, discardIdle, "closed while idle")
+			if c.owner.reuseFailed() {
+				c.owner.breaker.after(classGone, tripSpan)
+			}
 			return driver.ErrBadConn
 		case peekPending:
 			// The server said something while we were idle: a notice, a
@@ -50,6 +54,14 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	gen := c.owner.gen.Load()
 	if gen != c.gen {
 		verify = true
+	}
+	if verify && c.owner.breaker.isOpen() {
+		// The server is down: no ping, which could only wait. database/sql
+		// hands the connection out and the breaker's gate rejects the
+		// statement at once; closing the breaker bumps the generation, so
+		// the connection is verified on a reuse after that.
+		verify = false
+		gen = c.gen
 	}
 	if verify {
 		if err := c.verify(ctx); err != nil {
@@ -94,14 +106,39 @@ func (c *baseConn) verify(ctx context.Context) error {
 	if pc == nil {
 		return nil
 	}
-	ctx, cancel := within(ctx, c.owner.verifyTimeout)
-	defer cancel()
-	c.owner.stats.verifications.Add(1)
-	if err := pc.Ping(ctx); err != nil {
-		c.discard(ctx, discardVerify, "failed verification: "+logCause(err))
+	d, ok := c.owner.budgetLeft(ctx, c.owner.verifyTimeout)
+	if !ok {
+		// Another reuse check of this call timed out: this one would
+		// only wait as long again.
+		c.discard(ctx, discardVerify, "not verified: this call's query_timeout is spent")
 		return driver.ErrBadConn
 	}
-	return nil
+	began := time.Now()
+	vctx, cancel := within(ctx, d)
+	defer cancel()
+	c.owner.stats.verifications.Add(1)
+	err := pc.Ping(vctx)
+	if err == nil {
+		c.owner.breaker.after(classNone, tripSpan)
+		return nil
+	}
+	c.discard(ctx, discardVerify, "failed verification: "+logCause(err))
+	class := classify(ctx, err)
+	if class == classCanceled {
+		return driver.ErrBadConn
+	}
+	timeout := isTimeout(err) || errors.Is(vctx.Err(), context.DeadlineExceeded)
+	if timeout {
+		c.owner.spend(ctx, began.Add(d))
+	}
+	news := c.owner.reuseFailed()
+	switch {
+	case timeout:
+		c.owner.breaker.after(classGone, tripNow)
+	case news:
+		c.owner.breaker.after(classGone, tripSpan)
+	}
+	return driver.ErrBadConn
 }
 
 // discard takes a pooled connection out of use on its way out of the pool,
@@ -162,4 +199,17 @@ func (c *baseConn) IsValid() bool {
 	}
 	c.pooled.Store(poolIdle) // back in the pool: a sweep may close it
 	return true
+}
+
+// reuseFailed reports whether a failed reuse check (a dead socket, a failed
+// ping) is news for the breaker: one outage counts once, so a failure less
+// than sameEvent after the last invalidation or the last counted reuse
+// failure is the same event, and does not count again.
+func (c *Connector) reuseFailed() bool {
+	now := time.Now().UnixNano()
+	if now-c.invalidatedAt.Load() < int64(sameEvent) {
+		return false
+	}
+	last := c.reuseFailedAt.Load()
+	return now-last >= int64(sameEvent) && c.reuseFailedAt.CompareAndSwap(last, now)
 }

@@ -186,6 +186,20 @@ func TestDemotionInTx(t *testing.T) {
 	}
 	p.setReadOnly(t, other, false)
 	p.setReadOnly(t, on, true)
+	// pg_reload_conf returns before every backend has reloaded: wait
+	// until this session sees the change (it raced the insert below).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var ro string
+		if err := sc.QueryRowContext(ctx, "show default_transaction_read_only").Scan(&ro); err != nil {
+			t.Fatal(err)
+		}
+		if ro == "on" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the session does not see default_transaction_read_only=on after 10s")
+		}
+	}
 	_, err = sc.ExecContext(ctx, "insert into tdemote_tx values (3); insert into tdemote_tx values (4)")
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "25006" || errors.Is(err, driver.ErrBadConn) || errors.Is(err, ErrRoleChanged) {

@@ -1,6 +1,9 @@
 package pgresilient
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // discardReason says why pgresilient took a connection out of use.
 type discardReason int
@@ -61,6 +64,10 @@ type Stats struct {
 	Breaker            BreakerState
 	BreakerTransitions int64 // breaker state changes
 	BreakerRejected    int64 // calls failed at once with ErrCircuitOpen
+
+	Probes              int64         // background probes of the server while the breaker was open (a connection, closed again)
+	ProbeFailures       int64         // probes that found the server still unreachable
+	BreakerOpenDuration time.Duration // time the breaker has spent open (half-open included), the current period too
 }
 
 // Stats returns a snapshot of the counters. It takes no lock: each counter
@@ -92,6 +99,9 @@ func (c *Connector) Stats() Stats {
 		s.Breaker = c.breaker.State()
 		s.BreakerTransitions = c.breaker.transitions.Load()
 		s.BreakerRejected = c.breaker.rejected.Load()
+		s.Probes = c.breaker.probes.Load()
+		s.ProbeFailures = c.breaker.probeFails.Load()
+		s.BreakerOpenDuration = c.breaker.openTime()
 	}
 	return s
 }

@@ -222,7 +222,7 @@ func (t *baseTx) end(op Op) (context.Context, error) {
 // open the breaker. Rollback is neither rejected nor counted.
 func (t *baseTx) Commit() error {
 	err := t.commit()
-	t.conn.owner.breaker.done(t.ctx, nil, err)
+	t.conn.owner.breaker.done(t.ctx, err)
 	return err
 }
 

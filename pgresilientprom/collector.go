@@ -29,9 +29,12 @@
 //	pgresilient_breaker_state{state}                    gauge    1 for Stats.Breaker's state ("closed", "half-open", "open"), 0 for the others
 //	pgresilient_breaker_transitions_total               counter  Stats.BreakerTransitions
 //	pgresilient_breaker_rejected_total                  counter  Stats.BreakerRejected
+//	pgresilient_breaker_probes_total                    counter  Stats.Probes
+//	pgresilient_breaker_probe_failures_total            counter  Stats.ProbeFailures
+//	pgresilient_breaker_open_seconds_total              counter  Stats.BreakerOpenDuration, in seconds
 //
 // With breaker=off there is no breaker: pgresilient_breaker_state is not
-// exported, and the two breaker counters stay 0.
+// exported, and the breaker counters stay 0.
 //
 // docs/observability.md in the pgresilient repository says when each one
 // moves and what to alert on.
@@ -120,6 +123,10 @@ var counterSpecs = []counterSpec{
 		func(s pgresilient.Stats) int64 { return s.BreakerTransitions }},
 	{"breaker_rejected_total", "Calls failed at once with ErrCircuitOpen by the open circuit breaker, without dialling or sending anything.",
 		func(s pgresilient.Stats) int64 { return s.BreakerRejected }},
+	{"breaker_probes_total", "Background probes of the server while the circuit breaker was open: a connection, startup included, closed again. The first that succeeds closes the breaker.",
+		func(s pgresilient.Stats) int64 { return s.Probes }},
+	{"breaker_probe_failures_total", "Background probes that found the server still unreachable.",
+		func(s pgresilient.Stats) int64 { return s.ProbeFailures }},
 }
 
 // discardReasons are the values of the reason label, with the Stats field
@@ -149,6 +156,7 @@ type Collector struct {
 	counters  []*prometheus.Desc // one per counterSpecs entry
 	discarded *prometheus.Desc
 	breaker   *prometheus.Desc
+	openSecs  *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -179,6 +187,9 @@ func NewCollector(src Source, opts ...Option) *Collector {
 	c.breaker = prometheus.NewDesc(name("breaker_state"),
 		"Circuit breaker state: 1 for the current state, 0 for the others. Not exported with breaker=off.",
 		[]string{"state"}, o.constLabels)
+	c.openSecs = prometheus.NewDesc(name("breaker_open_seconds_total"),
+		"Seconds the circuit breaker has spent open (calls refused), the current open period included.",
+		nil, o.constLabels)
 	return c
 }
 
@@ -189,6 +200,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	ch <- c.discarded
 	ch <- c.breaker
+	ch <- c.openSecs
 }
 
 // Collect reads one Stats snapshot and sends it as constant metrics.
@@ -200,6 +212,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range discardReasons {
 		send(ch, c.discarded, prometheus.CounterValue, float64(r.get(s)), r.reason)
 	}
+	send(ch, c.openSecs, prometheus.CounterValue, s.BreakerOpenDuration.Seconds())
 	if s.Breaker == pgresilient.BreakerDisabled {
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -59,6 +60,10 @@ var sample = pgresilient.Stats{
 	Breaker:            pgresilient.BreakerOpen,
 	BreakerTransitions: 25,
 	BreakerRejected:    26,
+
+	Probes:              28,
+	ProbeFailures:       29,
+	BreakerOpenDuration: 2500 * time.Millisecond,
 }
 
 // sampleText is sample's exposition.
@@ -66,6 +71,15 @@ const sampleText = `
 # HELP pgresilient_badconn_retries_total Failures returned to database/sql as driver.ErrBadConn because nothing had been sent: database/sql retried the operation on another connection.
 # TYPE pgresilient_badconn_retries_total counter
 pgresilient_badconn_retries_total 18
+# HELP pgresilient_breaker_open_seconds_total Seconds the circuit breaker has spent open (calls refused), the current open period included.
+# TYPE pgresilient_breaker_open_seconds_total counter
+pgresilient_breaker_open_seconds_total 2.5
+# HELP pgresilient_breaker_probe_failures_total Background probes that found the server still unreachable.
+# TYPE pgresilient_breaker_probe_failures_total counter
+pgresilient_breaker_probe_failures_total 29
+# HELP pgresilient_breaker_probes_total Background probes of the server while the circuit breaker was open: a connection, startup included, closed again. The first that succeeds closes the breaker.
+# TYPE pgresilient_breaker_probes_total counter
+pgresilient_breaker_probes_total 28
 # HELP pgresilient_breaker_rejected_total Calls failed at once with ErrCircuitOpen by the open circuit breaker, without dialling or sending anything.
 # TYPE pgresilient_breaker_rejected_total counter
 pgresilient_breaker_rejected_total 26
@@ -299,12 +313,20 @@ func scrape(t *testing.T, c prometheus.Collector) map[string]float64 {
 
 // checkScrape compares a scrape with want: every series want names must
 // have its value, every other series must be 0.
+// anyPositive, as a value checkScrape wants, accepts any value above 0 (a
+// duration that grows while it is scraped).
+var anyPositive = math.Inf(1)
+
 func checkScrape(t *testing.T, c prometheus.Collector, want map[string]float64) {
 	t.Helper()
 	got := scrape(t, c)
 	for k, v := range want {
 		if _, ok := got[k]; !ok {
 			t.Errorf("no series %s; scraped: %v", k, got)
+		} else if v == anyPositive {
+			if got[k] <= 0 {
+				t.Errorf("%s = %v, want > 0", k, got[k])
+			}
 		} else if got[k] != v {
 			t.Errorf("%s = %v, want %v", k, got[k], v)
 		}
@@ -374,14 +396,31 @@ func TestRealFaults(t *testing.T) {
 	if err := c.Stop(pgtest.ModeFast); err != nil {
 		t.Fatal(err)
 	}
-	for i := range 2 {
-		if err := db.PingContext(ctx); !pgresilient.IsDisconnect(err) {
-			t.Fatalf("ping %d with the server stopped: want a connect failure, got %v", i+1, err)
+	// Every failed connection attempt counts now; the breaker opens once
+	// three of them span the minimum (500ms): ping until it refuses.
+	var pings int
+	for pings = 1; ; pings++ {
+		err := db.PingContext(ctx)
+		if errors.Is(err, pgresilient.ErrCircuitOpen) {
+			break
 		}
+		if !pgresilient.IsDisconnect(err) {
+			t.Fatalf("ping %d with the server stopped: want a connect failure, got %v", pings, err)
+		}
+		if pings > 200 {
+			t.Fatal("the breaker did not open after 200 failed pings")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	if err := db.PingContext(ctx); !errors.Is(err, pgresilient.ErrCircuitOpen) {
-		t.Fatalf("third ping: want ErrCircuitOpen, got %v", err)
+	// Stop the prober (DB.Close would), so that the counts hold still.
+	if err := cn.Close(); err != nil {
+		t.Fatal(err)
 	}
+	st := cn.Stats()
+	if st.Breaker != pgresilient.BreakerOpen || st.BreakerOpenDuration <= 0 {
+		t.Fatalf("after Close: breaker %v, open for %v", st.Breaker, st.BreakerOpenDuration)
+	}
+	t.Logf("opened after %d pings; %d probes, %d failed", pings, st.Probes, st.ProbeFailures)
 	checkScrape(t, coll, map[string]float64{
 		`pgresilient_connections_opened_total{db_name="it"}`:                  1,
 		`pgresilient_connection_verifications_total{db_name="it"}`:            1,
@@ -389,9 +428,12 @@ func TestRealFaults(t *testing.T) {
 		`pgresilient_connections_discarded_total{db_name="it",reason="lost"}`: 1,
 		`pgresilient_pool_invalidations_total{db_name="it"}`:                  1,
 		`pgresilient_connections_closed_total{db_name="it"}`:                  1,
-		`pgresilient_connect_failures_total{db_name="it"}`:                    2,
+		`pgresilient_connect_failures_total{db_name="it"}`:                    float64(st.ConnectFailures),
 		`pgresilient_breaker_state{db_name="it",state="open"}`:                1,
 		`pgresilient_breaker_transitions_total{db_name="it"}`:                 1,
-		`pgresilient_breaker_rejected_total{db_name="it"}`:                    1,
+		`pgresilient_breaker_rejected_total{db_name="it"}`:                    float64(st.BreakerRejected),
+		`pgresilient_breaker_probes_total{db_name="it"}`:                      float64(st.Probes),
+		`pgresilient_breaker_probe_failures_total{db_name="it"}`:              float64(st.ProbeFailures),
+		`pgresilient_breaker_open_seconds_total{db_name="it"}`:                anyPositive, // still open: it grows
 	})
 }
