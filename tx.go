@@ -173,7 +173,7 @@ func (c *baseConn) beginPgx(ctx context.Context, opts driver.TxOptions) (driver.
 	if err != nil {
 		return nil, c.failTimed(ctx, sctx, OpBegin, err, m)
 	}
-	c.tx = &baseTx{pgx: ptx, conn: c, ctx: ctx}
+	c.tx = &baseTx{pgx: ptx, conn: c, ctx: ctx, opts: popts, mark: c.mark()}
 	c.startTx()
 	return c.tx, nil
 }
@@ -198,6 +198,8 @@ type baseTx struct {
 	inner driver.Tx
 	conn  *baseConn
 	ctx   context.Context // BeginTx's: database/sql's context for the whole transaction
+	opts  pgx.TxOptions   // BeginTx's, to begin again (retryStale)
+	mark  int64           // c.mark() after BEGIN: equal at a statement's start, nothing but BEGIN was sent
 }
 
 // end sends COMMIT or ROLLBACK; it returns the context the statement ran
