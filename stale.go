@@ -165,3 +165,12 @@ func (c *baseConn) restartTx(ctx, stmtCtx context.Context) error {
 	c.tx.mark = c.mark()
 	return nil
 }
+
+// isStaleAbort reports whether err is a transaction's TxAbortedError over a
+// stale cached statement, which RunTx runs again: the server ran nothing of
+// the refused statement, rolled the transaction back, and the connection
+// prepares the statement afresh at its next use.
+func isStaleAbort(err error) bool {
+	var se *StaleStatementError
+	return errors.Is(err, ErrTxAborted) && errors.As(err, &se)
+}

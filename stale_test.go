@@ -409,3 +409,31 @@ func TestStaleFake(t *testing.T) {
 		}
 	})
 }
+
+// TestStaleRunTx: RunTx runs again a transaction aborted by a stale cached
+// statement that was not its first: the second attempt succeeds.
+func TestStaleRunTx(t *testing.T) {
+	c := needCluster(t)
+	table := freshTable(t, c, "stale_runtx", DriverName, "(id int primary key, v text)", "(1, 'a')")
+	db := openStaleDB(t, DriverName, c.DSN())
+	db.SetMaxOpenConns(1)
+	query := "select * from " + table + " where id = $1"
+	if err := readAll(context.Background(), db.QueryContext, query, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Exec(context.Background(), "alter table "+table+" add column extra int"); err != nil {
+		t.Fatal(err)
+	}
+	attempts := 0
+	err := RunTx(context.Background(), db.DB, nil, func(ctx context.Context, tx *sql.Tx) error {
+		attempts++
+		if _, err := tx.ExecContext(ctx, "select 1"); err != nil {
+			return err
+		}
+		return readAll(ctx, tx.QueryContext, query, 1)
+	})
+	t.Logf("RunTx: %v after %d attempts", err, attempts)
+	if err != nil || attempts != 2 {
+		t.Errorf("RunTx: %v after %d attempts, want success after 2", err, attempts)
+	}
+}
