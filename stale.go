@@ -152,8 +152,13 @@ func (c *baseConn) restartTx(ctx, stmtCtx context.Context) error {
 	if err := c.rollbackNow(ctx); err != nil {
 		return c.failTimed(ctx, stmtCtx, OpRollback, err, ran)
 	}
+	popts, err := pgxTxOptions(c.tx.opts) // accepted by the first BEGIN
+	if err != nil {
+		c.aborted.Store(&TxAbortedError{Err: err})
+		return err
+	}
 	m := c.mark()
-	ptx, err := c.pgx.Conn().BeginTx(stmtCtx, c.tx.opts)
+	ptx, err := c.pgx.Conn().BeginTx(stmtCtx, popts)
 	if err != nil {
 		ferr := c.failTimed(ctx, stmtCtx, OpBegin, err, m)
 		if !c.broken.Load() {
