@@ -322,6 +322,15 @@ func (c *baseConn) exec(ctx context.Context, query string, args []driver.NamedVa
 	sctx, cancel := c.deadline(ctx)
 	m := c.mark()
 	res, err := c.execer.ExecContext(sctx, query, args)
+	if err != nil {
+		var final bool
+		if res, m, final, err = retryStale(c, ctx, sctx, query, err, m, func() (driver.Result, error) {
+			return c.execer.ExecContext(sctx, query, args)
+		}); final {
+			cancel()
+			return nil, err
+		}
+	}
 	cancel()
 	if err != nil {
 		return nil, c.failStmt(ctx, sctx, OpExec, query, err, m)
@@ -346,6 +355,15 @@ func (c *baseConn) query(ctx context.Context, query string, args []driver.NamedV
 	sctx, cancel := c.deadline(ctx)
 	m := c.mark()
 	rows, err := c.queryer.QueryContext(sctx, query, args)
+	if err != nil {
+		var final bool
+		if rows, m, final, err = retryStale(c, ctx, sctx, query, err, m, func() (driver.Rows, error) {
+			return c.queryer.QueryContext(sctx, query, args)
+		}); final {
+			cancel()
+			return nil, err
+		}
+	}
 	if err != nil {
 		cancel()
 		return nil, c.failStmt(ctx, sctx, OpQuery, query, err, m)

@@ -330,8 +330,9 @@ func txRetryable(stage txStage, err error, pinned bool) bool {
 // transaction that writes fails every time. ErrRoleChanged is: pgresilient
 // returns it only once it learned that the server's role changed, and the
 // connection is discarded, so the next attempt reaches the new primary.
+// A transaction aborted by a stale cached statement is too (stale.go).
 func txRetryableServerError(err error) bool {
-	if errors.Is(err, ErrRoleChanged) {
+	if errors.Is(err, ErrRoleChanged) || isStaleAbort(err) {
 		return true
 	}
 	var pgErr *pgconn.PgError

@@ -33,6 +33,7 @@ type counters struct {
 	autoRollbacks   atomic.Int64
 	poolRollbacks   atomic.Int64
 	verifications   atomic.Int64
+	staleRetries    atomic.Int64
 }
 
 // Stats is a snapshot of a Connector's counters since it was created. All
@@ -60,6 +61,8 @@ type Stats struct {
 	ConnectRetries  int64 // connection attempts that were retries
 	AutoRollbacks   int64 // transactions rolled back at once after a failed statement (tx_autorollback)
 	PoolRollbacks   int64 // connections rolled back on their way into the pool, left inside a transaction block
+
+	StaleStatementRetries int64 // statements refused as stale (0A000 cached plan, 26000) and run again on a fresh plan, their transaction begun again if nothing but BEGIN had run
 
 	Breaker            BreakerState
 	BreakerTransitions int64 // breaker state changes
@@ -92,6 +95,8 @@ func (c *Connector) Stats() Stats {
 		ConnectRetries:  c.stats.connectRetries.Load(),
 		AutoRollbacks:   c.stats.autoRollbacks.Load(),
 		PoolRollbacks:   c.stats.poolRollbacks.Load(),
+
+		StaleStatementRetries: c.stats.staleRetries.Load(),
 	}
 	s.Discarded = s.DiscardedLost + s.DiscardedIdle + s.DiscardedVerify + s.DiscardedRollback + s.DiscardedRole
 	s.Breaker = BreakerDisabled

@@ -149,6 +149,24 @@ func (c *baseConn) begin(ctx context.Context, opts driver.TxOptions) (driver.Tx,
 // commits with BeginTx's context: pgresilient gives COMMIT and ROLLBACK a
 // query_timeout deadline of their own.
 func (c *baseConn) beginPgx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	popts, err := pgxTxOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := c.deadline(ctx)
+	m := c.mark()
+	ptx, err := c.pgx.Conn().BeginTx(sctx, popts)
+	cancel()
+	if err != nil {
+		return nil, c.failTimed(ctx, sctx, OpBegin, err, m)
+	}
+	c.tx = &baseTx{pgx: ptx, conn: c, ctx: ctx, opts: opts, mark: c.mark()}
+	c.startTx()
+	return c.tx, nil
+}
+
+// pgxTxOptions is database/sql's transaction options in pgx's terms.
+func pgxTxOptions(opts driver.TxOptions) (pgx.TxOptions, error) {
 	var popts pgx.TxOptions
 	switch sql.IsolationLevel(opts.Isolation) {
 	case sql.LevelDefault:
@@ -161,21 +179,12 @@ func (c *baseConn) beginPgx(ctx context.Context, opts driver.TxOptions) (driver.
 	case sql.LevelSerializable:
 		popts.IsoLevel = pgx.Serializable
 	default:
-		return nil, errors.New("pgresilient: unsupported isolation level " + sql.IsolationLevel(opts.Isolation).String())
+		return popts, errors.New("pgresilient: unsupported isolation level " + sql.IsolationLevel(opts.Isolation).String())
 	}
 	if opts.ReadOnly {
 		popts.AccessMode = pgx.ReadOnly
 	}
-	sctx, cancel := c.deadline(ctx)
-	m := c.mark()
-	ptx, err := c.pgx.Conn().BeginTx(sctx, popts)
-	cancel()
-	if err != nil {
-		return nil, c.failTimed(ctx, sctx, OpBegin, err, m)
-	}
-	c.tx = &baseTx{pgx: ptx, conn: c, ctx: ctx}
-	c.startTx()
-	return c.tx, nil
+	return popts, nil
 }
 
 func (c *baseConn) startTx() {
@@ -197,7 +206,9 @@ type baseTx struct {
 	pgx   pgx.Tx
 	inner driver.Tx
 	conn  *baseConn
-	ctx   context.Context // BeginTx's: database/sql's context for the whole transaction
+	ctx   context.Context  // BeginTx's: database/sql's context for the whole transaction
+	opts  driver.TxOptions // BeginTx's, to begin again (retryStale); set over pgx only
+	mark  int64            // c.mark() after BEGIN: equal at a statement's start, nothing but BEGIN was sent
 }
 
 // end sends COMMIT or ROLLBACK; it returns the context the statement ran
