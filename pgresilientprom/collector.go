@@ -26,6 +26,7 @@
 //	pgresilient_connect_retries_total                   counter  Stats.ConnectRetries
 //	pgresilient_tx_autorollbacks_total                  counter  Stats.AutoRollbacks
 //	pgresilient_pool_rollbacks_total                    counter  Stats.PoolRollbacks
+//	pgresilient_stale_statement_retries_total           counter  Stats.StaleStatementRetries
 //	pgresilient_breaker_state{state}                    gauge    1 for Stats.Breaker's state ("closed", "half-open", "open"), 0 for the others
 //	pgresilient_breaker_transitions_total               counter  Stats.BreakerTransitions
 //	pgresilient_breaker_rejected_total                  counter  Stats.BreakerRejected
@@ -119,6 +120,8 @@ var counterSpecs = []counterSpec{
 		func(s pgresilient.Stats) int64 { return s.AutoRollbacks }},
 	{"pool_rollbacks_total", "Connections returned to the pool inside a transaction block and rolled back on the way in.",
 		func(s pgresilient.Stats) int64 { return s.PoolRollbacks }},
+	{"stale_statement_retries_total", "Statements refused as stale cached plans (0A000, 26000: a schema change) and run again on a fresh plan.",
+		func(s pgresilient.Stats) int64 { return s.StaleStatementRetries }},
 	{"breaker_transitions_total", "Circuit breaker state changes.",
 		func(s pgresilient.Stats) int64 { return s.BreakerTransitions }},
 	{"breaker_rejected_total", "Calls failed at once with ErrCircuitOpen by the open circuit breaker, without dialling or sending anything.",

@@ -64,6 +64,8 @@ var sample = pgresilient.Stats{
 	Probes:              28,
 	ProbeFailures:       29,
 	BreakerOpenDuration: 2500 * time.Millisecond,
+
+	StaleStatementRetries: 30,
 }
 
 // sampleText is sample's exposition.
@@ -122,6 +124,9 @@ pgresilient_pool_invalidations_total 20
 # HELP pgresilient_pool_rollbacks_total Connections returned to the pool inside a transaction block and rolled back on the way in.
 # TYPE pgresilient_pool_rollbacks_total counter
 pgresilient_pool_rollbacks_total 24
+# HELP pgresilient_stale_statement_retries_total Statements refused as stale cached plans (0A000, 26000: a schema change) and run again on a fresh plan.
+# TYPE pgresilient_stale_statement_retries_total counter
+pgresilient_stale_statement_retries_total 30
 # HELP pgresilient_tx_autorollbacks_total Transactions rolled back on the server as soon as one of their statements failed (tx_autorollback).
 # TYPE pgresilient_tx_autorollbacks_total counter
 pgresilient_tx_autorollbacks_total 23
