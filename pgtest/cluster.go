@@ -124,15 +124,7 @@ func Start(ctx context.Context) (*Cluster, error) {
 // newCluster finds the binaries, reaps stale clusters and makes a fresh
 // directory, owned by the server's account and naming us as its owner.
 func newCluster(ctx context.Context) (*Cluster, error) {
-	binDir, err := BinDir()
-	if err != nil {
-		return nil, err
-	}
-	r, err := newRunner(binDir)
-	if err != nil {
-		return nil, err
-	}
-	base, err := tempBase(r)
+	r, base, err := runnerAndBase()
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +146,24 @@ func newCluster(ctx context.Context) (*Cluster, error) {
 		return nil, errors.Join(fmt.Errorf("pgtest: %w", err), c.Close())
 	}
 	return c, nil
+}
+
+// runnerAndBase finds the server binaries and returns the runner for them
+// and the directory the temporary directories go in.
+func runnerAndBase() (*runner, string, error) {
+	binDir, err := BinDir()
+	if err != nil {
+		return nil, "", err
+	}
+	r, err := newRunner(binDir)
+	if err != nil {
+		return nil, "", err
+	}
+	base, err := tempBase(r)
+	if err != nil {
+		return nil, "", err
+	}
+	return r, base, nil
 }
 
 // tempBase is the directory the temporary directories go in: os.TempDir(),

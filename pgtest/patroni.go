@@ -137,15 +137,7 @@ func StartPatroni(ctx context.Context, nodes int) (*Patroni, error) {
 	if err != nil {
 		return nil, err
 	}
-	binDir, err := BinDir()
-	if err != nil {
-		return nil, err
-	}
-	r, err := newRunner(binDir)
-	if err != nil {
-		return nil, err
-	}
-	base, err := tempBase(r)
+	r, base, err := runnerAndBase()
 	if err != nil {
 		return nil, err
 	}
