@@ -21,6 +21,7 @@ var cluster *pgtest.Cluster
 
 func TestMain(m *testing.M) {
 	code := pgtest.RunMain(m, &cluster)
+	printBouncerSummary()
 	if leaks := leakedGoroutines(5 * time.Second); len(leaks) > 0 {
 		fmt.Fprintln(os.Stderr, reportLeaks(leaks))
 		if code == 0 {

@@ -68,8 +68,18 @@ func describe(err error) string {
 	return strings.Join(parts, "; ")
 }
 
-// bouncerRows collects the table rows of the fault tests for the summary.
+// bouncerRows collects the table rows of the fault tests for the summary
+// that TestMain prints (printBouncerSummary).
 var bouncerRows []string
+
+// printBouncerSummary prints the rows the fault tests collected as one
+// Markdown table, with -v only: it is a report, not a test.
+func printBouncerSummary() {
+	if len(bouncerRows) == 0 || !testing.Verbose() {
+		return
+	}
+	fmt.Println("\nPgBouncer faults, side by side:\n| fault | raw pgx | pgresilient |\n|---|---|---|\n" + strings.Join(bouncerRows, "\n"))
+}
 
 func bouncerRow(t *testing.T, fault string, res map[string]string) {
 	t.Helper()

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -22,7 +21,7 @@ import (
 // and to pgresilient. docs/pgbouncer.md reports the results.
 //
 // Each fault test logs one row of a table, "| fault | raw pgx | pgresilient |";
-// TestPgBouncerSummary, last in the file, logs the rows collected so far:
+// with -v, TestMain prints the rows of the tests that ran, as one table:
 //
 //	go test -count=1 -v -run TestPgBouncer .
 
@@ -416,14 +415,6 @@ func TestPgBouncerServerConnCrashed(t *testing.T) {
 		wantPgError(t, name, o.err, "08P01", "FATAL", "server conn crashed?")
 	}
 	wantConnLost(t, out[DriverName].err)
-}
-
-// TestPgBouncerSummary logs the table of the fault tests run before it.
-func TestPgBouncerSummary(t *testing.T) {
-	if len(bouncerRows) == 0 {
-		t.Skip("no PgBouncer fault test ran")
-	}
-	t.Log("\n| fault | raw pgx | pgresilient |\n|---|---|---|\n" + strings.Join(bouncerRows, "\n"))
 }
 
 // BenchmarkPgBouncerExecMode measures one parameterized query through
