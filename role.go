@@ -114,19 +114,15 @@ func roleOf(pc *pgconn.PgConn) openedRole {
 // target_session_attrs=read-write, which asked for writes.
 func (c *baseConn) roleChanged() bool {
 	pc := c.pgConn()
-	if pc == nil {
-		return false
+	if pc == nil || c.owner.role == roleStandby || c.owner.role == roleAny && c.opened.standby {
+		return false // reads on purpose, or a standby from the start: nothing to lose
 	}
-	standby := pc.ParameterStatus("in_hot_standby") == "on"
-	switch c.owner.role {
-	case roleReadWrite:
-		return standby || pc.ParameterStatus("default_transaction_read_only") == "on"
-	case rolePrimary:
-		return standby
-	case roleAny:
-		return standby && !c.opened.standby
+	// One or two map lookups of what pgconn already received, on every
+	// checkout: no round trip.
+	if pc.ParameterStatus("in_hot_standby") == "on" {
+		return true
 	}
-	return false
+	return c.owner.role == roleReadWrite && pc.ParameterStatus("default_transaction_read_only") == "on"
 }
 
 // refusedForRole reports whether err is a write refused because the server
