@@ -3,7 +3,6 @@
 package pgresilient
 
 import (
-	"errors"
 	"net"
 	"syscall"
 )
@@ -33,11 +32,11 @@ const (
 // parked, bytes the server sends go to it, not to the peek: the pool
 // invalidation and pgx's own checks cover that case.
 type peeker struct {
-	raw syscall.RawConn
-	fn  func(fd uintptr) // p.read, bound once to avoid an allocation per peek
-	buf [1]byte
-	n   int
-	err error
+	raw   syscall.RawConn
+	fn    func(fd uintptr) // p.read, bound once to avoid an allocation per peek
+	buf   [1]byte
+	n     int
+	errno syscall.Errno
 }
 
 func newPeeker(nc net.Conn) *peeker {
@@ -64,7 +63,7 @@ func newPeeker(nc net.Conn) *peeker {
 }
 
 func (p *peeker) read(fd uintptr) {
-	p.n, _, p.err = syscall.Recvfrom(int(fd), p.buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	p.n, p.errno = recvPeek(fd, &p.buf[0])
 }
 
 // state is called only while database/sql holds the connection exclusively.
@@ -73,13 +72,13 @@ func (p *peeker) state() peekState {
 		return peekDead // the descriptor is closed
 	}
 	switch {
-	case p.err == nil && p.n > 0:
+	case p.errno == 0 && p.n > 0:
 		return peekPending
-	case p.err == nil && p.n == 0:
+	case p.errno == 0:
 		return peekDead // orderly shutdown by the peer
-	case errors.Is(p.err, syscall.EAGAIN) || errors.Is(p.err, syscall.EWOULDBLOCK):
+	case p.errno == syscall.EAGAIN || p.errno == syscall.EWOULDBLOCK:
 		return peekIdle
-	case errors.Is(p.err, syscall.EINTR):
+	case p.errno == syscall.EINTR:
 		return peekUnknown
 	default:
 		return peekDead // ECONNRESET and the like
