@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"sync/atomic"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -182,11 +181,18 @@ type baseConn struct {
 	validator driver.Validator
 
 	peek *peeker // nil if the socket cannot be peeked at
-	// lastReset is when ResetSession last ran (zero: never, like pgx's own
-	// record).
-	lastReset time.Time
-	wire      *countingConn // counts bytes written; nil when wrapping another driver
-	tx        *baseTx       // the open sql.Tx; touched only by database/sql's holder of the conn
+	// lastUse is monoNow at the start of the connection's current or last
+	// use: when it was opened, then at each ResetSession; reused is set by
+	// the first ResetSession (idle.go).
+	lastUse int64
+	reused  bool
+	path    *pathState    // its server address's; nil when wrapping another driver
+	wire    *countingConn // counts bytes written; nil when wrapping another driver
+	tx      *baseTx       // the open sql.Tx; touched only by database/sql's holder of the conn
+	// rows is the result set wrapper wrapRows hands out, rowsOut while it
+	// is; touched only by database/sql's holder of the conn.
+	rows    baseRows
+	rowsOut bool
 
 	opened openedRole   // what the server reported when the connection opened
 	pooled atomic.Int32 // poolBusy, poolIdle or poolSwept: see sweep

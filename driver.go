@@ -73,9 +73,12 @@ type Connector struct {
 	role          wantRole               // what target_session_attrs asked for
 	lastHost      atomic.Pointer[string] // host:port that last served a connection, tried first
 
-	liveMu  sync.Mutex
-	live    map[*baseConn]struct{} // open connections, for sweep
-	breaker *breaker               // nil with breaker=off
+	liveMu sync.Mutex
+	live   map[*baseConn]struct{} // open connections, for sweep
+	paths  map[string]*pathState  // per server address: idle.go
+	// idlePing and idleProofMax: idle.go's constants (tests shorten them).
+	idlePing, idleProofMax time.Duration
+	breaker                *breaker // nil with breaker=off
 
 	// connected is set by the first working connection: from then on the
 	// breaker counts connection attempts, not calls.
@@ -153,6 +156,7 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 		c.logger = slog.New(slog.DiscardHandler)
 	}
 	c.verifyTimeout = defaultVerifyTimeout
+	c.idlePing, c.idleProofMax = idlePingAfter, idleProofMax
 	if c.cfg.QueryTimeout > 0 && c.cfg.QueryTimeout < c.verifyTimeout {
 		c.verifyTimeout = c.cfg.QueryTimeout
 	}
@@ -311,6 +315,10 @@ func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
 	}
 	bc := newBaseConn(c, inner)
 	c.track(bc)
+	if bc.wire != nil {
+		bc.path = c.pathFor(bc.wire.addr)
+	}
+	bc.openedNow()
 	if bc.wire != nil && bc.wire.addr != "" {
 		if last := c.lastHost.Load(); last == nil || *last != bc.wire.addr {
 			addr := bc.wire.addr

@@ -27,13 +27,12 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	}
 	c.endTx() // database/sql reuses a connection only after its Tx ended
 
-	// A connection idle for over a second, or reused for the first time
-	// since it was dialled, is pinged: pgx's own rule, which pgresilient
-	// applies itself (pgx's is turned off with OptionShouldPing) so that
-	// every round trip of a reuse goes through verify and its deadline.
-	now := time.Now()
-	verify := c.pgx != nil && (c.lastReset.IsZero() || now.Sub(c.lastReset) > idlePingAfter)
-	c.lastReset = now
+	// A connection idle for over a second, or reused for the first time,
+	// is pinged unless its server's address was proven alive within the
+	// last second (idle.go). pgx's own ping is turned off with
+	// OptionShouldPing, so that every round trip of a reuse goes through
+	// verify and its deadline.
+	verify := c.idlePing(monoNow()) && c.pgx != nil
 	if c.peek != nil {
 		switch c.peek.state() {
 		case peekDead:
@@ -93,14 +92,9 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	return nil
 }
 
-// idlePingAfter is how long a pooled connection may sit idle before its
-// reuse pings it (pgx's default, which pgresilient takes over).
-const idlePingAfter = time.Second
-
 // verify pings the connection within the verification timeout, or ctx's
 // deadline if sooner; on failure it marks it broken and returns
-// driver.ErrBadConn.
-// It is the only round trip of a reuse: only it needs a timer.
+// driver.ErrBadConn. It is the only round trip of a reuse.
 func (c *baseConn) verify(ctx context.Context) error {
 	pc := c.pgConn()
 	if pc == nil {
@@ -114,10 +108,24 @@ func (c *baseConn) verify(ctx context.Context) error {
 		return driver.ErrBadConn
 	}
 	began := time.Now()
-	vctx, cancel := within(ctx, d)
-	defer cancel()
 	c.owner.stats.verifications.Add(1)
-	err := pc.Ping(vctx)
+	var err error
+	expired := false
+	if ctx.Done() == nil {
+		// A context that cannot end (context.Background, what database/sql
+		// passes for a call without one): the socket's deadline bounds the
+		// ping. A timer context would cost a timer and, as pgx watches any
+		// context that can end, its watcher: 11 allocations a verification.
+		nc := pc.Conn()
+		_ = nc.SetDeadline(began.Add(d))
+		err = pc.Ping(ctx)
+		_ = nc.SetDeadline(time.Time{}) // pgx sets none of its own under such a context
+	} else {
+		vctx, cancel := within(ctx, d)
+		err = pc.Ping(vctx)
+		expired = errors.Is(vctx.Err(), context.DeadlineExceeded)
+		cancel()
+	}
 	if err == nil {
 		c.owner.breaker.after(classNone, tripSpan)
 		return nil
@@ -127,7 +135,7 @@ func (c *baseConn) verify(ctx context.Context) error {
 	if class == classCanceled {
 		return driver.ErrBadConn
 	}
-	timeout := isTimeout(err) || errors.Is(vctx.Err(), context.DeadlineExceeded)
+	timeout := expired || isTimeout(err)
 	if timeout {
 		c.owner.spend(ctx, began.Add(d))
 	}
@@ -197,6 +205,7 @@ func (c *baseConn) IsValid() bool {
 	if c.validator != nil && !c.validator.IsValid() {
 		return false
 	}
+	c.proveAlive()
 	c.pooled.Store(poolIdle) // back in the pool: a sweep may close it
 	return true
 }

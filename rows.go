@@ -16,9 +16,23 @@ type baseRows struct {
 	cancel context.CancelFunc
 	conn   *baseConn
 	failed error // the error Next returned, if any
+	// own: this is the connection's own baseRows (baseConn.rows), handed
+	// back to it by Close.
+	own bool
 }
 
+// wrapRows wraps the result set of a statement on c. Without interceptors,
+// the one open at a time on a pgx connection is c's own baseRows, so that a
+// query allocates no wrapper: only database/sql holds it, and it never calls
+// a driver.Rows after Close. An interceptor could keep one past Close, and
+// a second result set open on the same connection needs its own: those
+// allocate.
 func wrapRows(ctx, sctx context.Context, cancel context.CancelFunc, c *baseConn, rows driver.Rows) driver.Rows {
+	if c.owner.chain == nil && !c.rowsOut {
+		c.rowsOut = true
+		c.rows = baseRows{Rows: rows, ctx: ctx, sctx: sctx, cancel: cancel, conn: c, own: true}
+		return &c.rows
+	}
 	return &baseRows{Rows: rows, ctx: ctx, sctx: sctx, cancel: cancel, conn: c}
 }
 
@@ -41,17 +55,24 @@ func (r *baseRows) Next(dest []driver.Value) error {
 }
 
 func (r *baseRows) Close() error {
+	if r.Rows == nil {
+		return nil // a connection's own, closed and not handed out again
+	}
 	err := r.Rows.Close()
 	r.cancel()
 	if err != nil {
-		return r.conn.failTimed(r.ctx, r.sctx, OpRows, err, ran)
-	}
-	if r.failed != nil {
+		err = r.conn.failTimed(r.ctx, r.sctx, OpRows, err, ran)
+	} else if r.failed != nil {
 		// An error surfaced in Next while pgx was still reading: now that
 		// the result is drained, the transaction can be rolled back.
 		r.conn.autoRollback(r.ctx, r.failed)
 	}
-	return nil
+	if r.own {
+		c := r.conn
+		*r = baseRows{} // nothing of this result set outlives it
+		c.rowsOut = false
+	}
+	return err
 }
 
 func (r *baseRows) HasNextResultSet() bool {

@@ -1,0 +1,115 @@
+package pgresilient
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// When a pooled connection is pinged before reuse.
+//
+// The peek (sockpeek_unix.go) sees everything the server, or the kernel of
+// the host it runs on, said while the connection idled: a FATAL, a FIN, a
+// reset. What it cannot see is silence: a host that crashed, a network cut
+// or blackholed, an address that moved to another host. Only a round trip
+// sees that, and pgx makes one on every reuse of a connection idle for over
+// a second, which costs a service that is quiet for a second at a time a
+// round trip on nearly every request.
+//
+// Silence is a property of the path to the server, not of one connection:
+// the faults that cause it take every connection to the address at once. So
+// pgresilient pings a connection idle for over a second only when nothing
+// proves that path alive within the last second: the same bound as pgx's,
+// per address instead of per connection. The proof is a use of another
+// connection to the same address that began less than a second ago and was
+// returned to the pool healthy, so the server answered it after it began.
+// A connection is pinged regardless
+//   - on its first reuse (pgx's rule, kept);
+//   - when a connection to the same address was opened since its last use:
+//     a fresh connection proves the address, not the old connections' path
+//     (an address that moved to another host answers new connections and
+//     resets old ones);
+//   - when it idled for over idleProofMax: the state that middleboxes keep
+//     per connection (NAT gateways, load balancers) expires by itself, after
+//     minutes on the common ones, and the others' traffic does not refresh it.
+//
+// Pending bytes, a pool invalidation and a server that reported a role
+// change are checked on every reuse, as before (ResetSession).
+const (
+	idlePingAfter = time.Second
+	idleProofMax  = 30 * time.Second
+	// proofStep: a proof is published only when it is this much newer than
+	// the last one, so that under load the shared word is written at most
+	// about a thousand times a second, not on every statement.
+	proofStep = int64(time.Millisecond)
+)
+
+// pathState is what the pool has seen of one server address.
+type pathState struct {
+	// proof: monoNow at the start of the newest use, on any connection to
+	// the address, that was returned to the pool healthy.
+	proof atomic.Int64
+	// opened: monoNow when the newest connection to the address was opened.
+	opened atomic.Int64
+}
+
+// monoEpoch anchors monoNow; time.Since of a time with a monotonic reading
+// reads only the monotonic clock.
+var monoEpoch = time.Now()
+
+// monoNow is a monotonic clock in nanoseconds, always above 0.
+func monoNow() int64 { return int64(time.Since(monoEpoch)) + 1 }
+
+// pathFor returns the state of the server address addr ("host:port" as
+// dialled), made on first use; nil for "".
+func (c *Connector) pathFor(addr string) *pathState {
+	if addr == "" {
+		return nil
+	}
+	c.liveMu.Lock()
+	defer c.liveMu.Unlock()
+	p := c.paths[addr]
+	if p == nil {
+		if c.paths == nil {
+			c.paths = map[string]*pathState{}
+		}
+		p = new(pathState)
+		c.paths[addr] = p
+	}
+	return p
+}
+
+// opened records a connection just opened to its address: the start of its
+// first use, and a new connection that the older ones' path is not proven by.
+func (c *baseConn) openedNow() {
+	c.lastUse = monoNow()
+	if c.path != nil {
+		c.path.opened.Store(c.lastUse)
+	}
+}
+
+// idlePing reports whether a reuse at now must be verified by a ping, by the
+// rules above; it records now as the start of this use.
+func (c *baseConn) idlePing(now int64) bool {
+	last, reused := c.lastUse, c.reused
+	c.lastUse, c.reused = now, true
+	if !reused {
+		return true
+	}
+	idle := now - last
+	if idle <= int64(c.owner.idlePing) {
+		return false
+	}
+	p := c.path
+	if p == nil || idle > int64(c.owner.idleProofMax) {
+		return true
+	}
+	return now-p.proof.Load() > int64(c.owner.idlePing) || p.opened.Load() > last
+}
+
+// proveAlive publishes, when the connection goes back to the pool healthy,
+// that its server answered after the start of its last use.
+func (c *baseConn) proveAlive() {
+	if p := c.path; p != nil && c.lastUse-p.proof.Load() >= proofStep {
+		p.proof.Store(c.lastUse)
+	}
+}

@@ -1,0 +1,198 @@
+package pgresilient
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// writeCounter counts the writes of every connection dialled through it:
+// with pgx, a query on a connection that has its statement cached is one
+// write, and so is a ping. So writes beyond the queries are pings.
+type writeCounter struct{ n atomic.Int64 }
+
+type countedWrites struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c countedWrites) Write(b []byte) (int, error) {
+	c.n.Add(1)
+	return c.Conn.Write(b)
+}
+
+// countedDB opens driverName's pool on the cluster with every write counted;
+// for pgresilient it returns its Connector too.
+func countedDB(t *testing.T, dsn, driverName string) (*sql.DB, *writeCounter, *Connector) {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wc := new(writeCounter)
+	d := &net.Dialer{KeepAlive: 5 * time.Minute}
+	cfg.DialFunc = pgconn.DialFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return countedWrites{Conn: nc, n: &wc.n}, nil
+	})
+	if driverName == "pgx" {
+		db := stdlib.OpenDB(*cfg)
+		t.Cleanup(func() { closeAndCheck(t, db) })
+		return db, wc, nil
+	}
+	cn, err := NewConnectorConfig(Config{ConnConfig: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return openDBConnector(t, cn), wc, cn
+}
+
+// burstOf runs select 1 on n pooled connections at once: each goroutine
+// holds its result set until all have one, so each has a connection of its
+// own.
+func burstOf(ctx context.Context, db *sql.DB, n int) error {
+	var got, wg sync.WaitGroup
+	got.Add(n)
+	errs := make([]error, n)
+	for g := range n {
+		wg.Go(func() {
+			rows, err := db.QueryContext(ctx, "select 1")
+			got.Done()
+			if err != nil {
+				errs[g] = err
+				return
+			}
+			got.Wait()
+			v := 0
+			for rows.Next() {
+				err = rows.Scan(&v)
+			}
+			errs[g] = errors.Join(err, rows.Err(), rows.Close())
+			if errs[g] == nil && v != 1 {
+				errs[g] = fmt.Errorf("select 1 returned %d", v)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// TestIdleReusePing: 8 pooled connections idle for 1.2 s, then a burst uses
+// all of them at once. Raw pgx pings each one idle over a second before
+// handing it out, a round trip each. pgresilient pings only where nothing
+// proves the server's address alive in the last second (idle.go): after a
+// query on another connection just before the burst, none of the 7 idle
+// ones is pinged; with no such query, or a connection opened to the
+// address since, or an idle time over idleProofMax, they are, as with pgx.
+func TestIdleReusePing(t *testing.T) {
+	cl := needCluster(t)
+	const conns = 8
+	cases := []struct {
+		name string
+		// before runs between the idle time and the burst, after a query
+		// on the most recently used connection unless cold.
+		cold       bool
+		before     func(t *testing.T, cn *Connector)
+		proofMax   time.Duration
+		pgxPings   int64
+		ourPings   int64
+		reasonOurs string
+	}{
+		{name: "proven", pgxPings: conns - 1, ourPings: 0,
+			reasonOurs: "a query on another connection proved the address alive just before"},
+		{name: "cold", cold: true, pgxPings: conns, ourPings: conns,
+			reasonOurs: "nothing proved the address alive in the last second"},
+		{name: "opened-since", pgxPings: conns - 1, ourPings: conns - 1,
+			reasonOurs: "a connection to the address was opened since the idle ones were last used",
+			before: func(t *testing.T, cn *Connector) {
+				if cn == nil {
+					return
+				}
+				dc, err := cn.Connect(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := dc.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		{name: "over-proof-max", proofMax: time.Second, pgxPings: conns - 1, ourPings: conns - 1,
+			reasonOurs: "the idle ones idled longer than idleProofMax"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			sideBySide(t, func(t *testing.T, name string) {
+				ctx := context.Background()
+				db, wc, cn := countedDB(t, cl.DSN(), name)
+				db.SetMaxOpenConns(conns)
+				db.SetMaxIdleConns(conns)
+				if cn != nil && tc.proofMax > 0 {
+					cn.idleProofMax = tc.proofMax
+				}
+				// Each connection dialled, reused (the first reuse is
+				// always pinged) and with select 1 cached.
+				for range 3 {
+					if err := burstOf(ctx, db, conns); err != nil {
+						t.Fatal(err)
+					}
+				}
+				time.Sleep(1200 * time.Millisecond)
+				queries := int64(conns)
+				w0 := wc.n.Load()
+				var v0 int64
+				if cn != nil {
+					v0 = cn.Stats().Verifications
+				}
+				if !tc.cold {
+					var n int
+					if err := db.QueryRowContext(ctx, "select 1").Scan(&n); err != nil {
+						t.Fatal(err)
+					}
+					queries++
+				}
+				prePings := wc.n.Load() - w0 - (queries - conns) // the single query's
+				if tc.before != nil {
+					tc.before(t, cn) // its writes are not pings
+				}
+				wb := wc.n.Load()
+				if err := burstOf(ctx, db, conns); err != nil {
+					t.Fatal(err)
+				}
+				if n := db.Stats().OpenConnections; n != conns {
+					t.Fatalf("%d connections open, want %d", n, conns)
+				}
+				burstPings := wc.n.Load() - wb - conns
+				pings := prePings + burstPings
+				if name == "pgx" {
+					t.Logf("raw pgx pinged %d of the burst's %d connections (%d pings in all)", burstPings, conns, pings)
+					if burstPings != tc.pgxPings {
+						t.Errorf("raw pgx pinged %d of the burst's connections, want %d: has its rule changed?", burstPings, tc.pgxPings)
+					}
+					return
+				}
+				verified := cn.Stats().Verifications - v0
+				t.Logf("pgresilient pinged %d of the burst's %d connections (%d verifications in all)", burstPings, conns, verified)
+				if burstPings != tc.ourPings {
+					t.Errorf("pgresilient pinged %d of the burst's connections, want %d: %s", burstPings, tc.ourPings, tc.reasonOurs)
+				}
+				if verified != pings {
+					t.Errorf("Stats().Verifications rose by %d, want %d: one per ping", verified, pings)
+				}
+			})
+		})
+	}
+}
