@@ -168,46 +168,47 @@ var errNotPgx = errors.New("pgresilient: not a pgx connection")
 // errors into pgresilient's: driver.ErrBadConn only when nothing reached the
 // server, ErrConnLost when something may have.
 type baseConn struct {
-	inner driver.Conn
-	pgx   *stdlib.Conn // nil when wrapping another driver
-	owner *Connector
-
-	execer    driver.ExecerContext  // nil if inner lacks it
+	// The fields every statement and every checkout reads come first, so
+	// that they share as few cache lines as possible: between two uses of a
+	// connection the application (and, on one CPU, the server) evicts them,
+	// and each line is then a miss (docs/performance.md).
+	owner     *Connector
+	pgx       *stdlib.Conn          // nil when wrapping another driver
 	queryer   driver.QueryerContext // nil if inner lacks it
-	preparer  driver.ConnPrepareContext
-	beginner  driver.ConnBeginTx
-	checker   driver.NamedValueChecker
+	peek      *peeker               // nil if the socket cannot be peeked at
+	wire      *countingConn         // counts bytes written; nil when wrapping another driver
+	path      *pathState            // its server address's; nil when wrapping another driver
 	resetter  driver.SessionResetter
 	validator driver.Validator
-
-	peek *peeker // nil if the socket cannot be peeked at
 	// lastUse is monoNow at the start of the connection's current or last
 	// use: when it was opened, then at each ResetSession; reused is set by
 	// the first ResetSession (idle.go).
 	lastUse int64
-	reused  bool
-	path    *pathState    // its server address's; nil when wrapping another driver
-	wire    *countingConn // counts bytes written; nil when wrapping another driver
-	tx      *baseTx       // the open sql.Tx; touched only by database/sql's holder of the conn
-	// rows is the result set wrapper wrapRows hands out, rowsOut while it
-	// is; touched only by database/sql's holder of the conn.
-	rows    baseRows
-	rowsOut bool
-
-	opened openedRole   // what the server reported when the connection opened
-	pooled atomic.Int32 // poolBusy, poolIdle or poolSwept: see sweep
-
 	// gen is the owner's invalidation generation this connection was last
 	// known good at; a newer owner generation means "verify before reuse".
-	gen    uint64
-	broken atomic.Bool
-	inTx   atomic.Bool // a sql.Tx is open on this connection
+	gen     uint64
+	pooled  atomic.Int32 // poolBusy, poolIdle or poolSwept: see sweep
+	broken  atomic.Bool
+	inTx    atomic.Bool // a sql.Tx is open on this connection
+	reused  bool
+	rowsOut bool
 	// savepoint: the application issued SAVEPOINT in the current sql.Tx, so
 	// it recovers from failures itself: no automatic rollback.
 	savepoint atomic.Bool
 	// aborted is the first failure of the current sql.Tx after pgresilient
 	// rolled it back; nil otherwise.
 	aborted atomic.Pointer[TxAbortedError]
+	tx      *baseTx // the open sql.Tx; touched only by database/sql's holder of the conn
+	// rows is the result set wrapper wrapRows hands out, rowsOut while it
+	// is; touched only by database/sql's holder of the conn.
+	rows baseRows
+
+	inner    driver.Conn
+	execer   driver.ExecerContext // nil if inner lacks it
+	preparer driver.ConnPrepareContext
+	beginner driver.ConnBeginTx
+	checker  driver.NamedValueChecker
+	opened   openedRole // what the server reported when the connection opened
 }
 
 func newBaseConn(owner *Connector, inner driver.Conn) *baseConn {

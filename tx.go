@@ -195,6 +195,9 @@ func (c *baseConn) startTx() {
 
 // endTx forgets the sql.Tx.
 func (c *baseConn) endTx() {
+	if c.tx == nil && !c.inTx.Load() && !c.savepoint.Load() && c.aborted.Load() == nil {
+		return // nothing to clear: no atomic store (each a full barrier) per checkout
+	}
 	c.tx = nil
 	c.aborted.Store(nil)
 	c.savepoint.Store(false)
