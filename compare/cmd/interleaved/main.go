@@ -18,6 +18,16 @@
 // confidence interval of that median, their interquartile range and their
 // extremes. Allocations per operation are counted in a separate pass, one
 // goroutine at a time (runtime.MemStats.Mallocs).
+//
+// The bursty workloads let every pool idle past a second between bursts of
+// one query on each of its 8 connections: bursty-8conn-idle with one
+// untimed query just before each burst (a service's light steady traffic,
+// which keeps one connection in use while the others idle), bursty-cold
+// without it.
+//
+// Pinned to one CPU, client and server together (taskset -c 0 go run ...),
+// the run-to-run noise is several times lower: every round trip then takes
+// the same path through the scheduler, whichever driver makes it.
 package main
 
 import (
@@ -123,6 +133,10 @@ type workload struct {
 	goroutines int
 	scale      int // ops per batch = max(1, batch/scale)
 	bursty     bool
+	// steady (bursty only): a query on one connection, untimed, just before
+	// each burst: the service's light steady traffic, which keeps one
+	// connection busy while the others idle between bursts.
+	steady bool
 	// prepare readies the driver's pool (a table, a statement) and returns
 	// the operation, and what to undo afterwards.
 	prepare func(ctx context.Context, db *sql.DB, tag string) (op func(context.Context) error, cleanup func() error, err error)
@@ -136,7 +150,8 @@ var workloads = []workload{
 	{name: "prepared-insert-8g", unit: "exec", conns: 8, goroutines: 8, scale: 1, prepare: prepareInsert},
 	{name: "scan1000-1conn", unit: "query", conns: 1, goroutines: 1, scale: 10, prepare: prepareScan1000},
 	{name: "tx3-1conn", unit: "tx", conns: 1, goroutines: 1, scale: 4, prepare: prepareTx},
-	{name: "bursty-8conn-idle", unit: "query", conns: 8, goroutines: 8, scale: 1, bursty: true, prepare: prepareSelect1},
+	{name: "bursty-8conn-idle", unit: "query", conns: 8, goroutines: 8, scale: 1, bursty: true, steady: true, prepare: prepareSelect1},
+	{name: "bursty-cold", unit: "query", conns: 8, goroutines: 8, scale: 1, bursty: true, prepare: prepareSelect1},
 }
 
 func prepareSelect1(_ context.Context, db *sql.DB, _ string) (func(context.Context) error, func() error, error) {
@@ -356,6 +371,11 @@ func runWorkload(stop context.Context, cfg config, w workload, dsn string, stder
 			for b := range cfg.bursts {
 				for _, i := range order(round, len(pools)) {
 					runtime.GC()
+					if w.steady {
+						if err := selectOne(ctx, pools[i].db); err != nil {
+							return res, fmt.Errorf("%s: %w", pools[i].d.name, err)
+						}
+					}
 					s, err := measure(func() error { return burst(ctx, pools[i].db, w.goroutines) }, w.goroutines)
 					if err != nil {
 						return res, fmt.Errorf("%s: %w", pools[i].d.name, err)
@@ -419,6 +439,11 @@ func runWorkload(stop context.Context, cfg config, w workload, dsn string, stder
 	if w.bursty {
 		time.Sleep(cfg.idle) // every pool idles at once
 		for i, p := range pools {
+			if w.steady {
+				if err := selectOne(ctx, p.db); err != nil {
+					return res, fmt.Errorf("%s: %w", p.d.name, err)
+				}
+			}
 			n, err := countMallocs(func() error { return burst(ctx, p.db, w.goroutines) })
 			if err != nil {
 				return res, fmt.Errorf("%s: %w", p.d.name, err)
