@@ -32,8 +32,11 @@ import (
 //     per connection (NAT gateways, load balancers) expires by itself, after
 //     minutes on the common ones, and the others' traffic does not refresh it.
 //
-// Pending bytes, a pool invalidation and a server that reported a role
-// change are checked on every reuse, as before (ResetSession).
+// The proof stands in for the ping only where the peek runs: without it
+// (Windows), a connection the server closed is seen by the ping alone, and
+// pgx's per-connection rule applies. Pending bytes, a pool invalidation and
+// a server that reported a role change are checked on every reuse, as
+// before (ResetSession).
 const (
 	idlePingAfter = time.Second
 	idleProofMax  = 30 * time.Second
@@ -100,8 +103,8 @@ func (c *baseConn) idlePing(now int64) bool {
 		return false
 	}
 	p := c.path
-	if p == nil || idle > int64(c.owner.idleProofMax) {
-		return true
+	if p == nil || c.peek == nil || idle > int64(c.owner.idleProofMax) {
+		return true // without the peek, a closed connection too is only seen by a ping
 	}
 	return now-p.proof.Load() > int64(c.owner.idlePing) || p.opened.Load() > last
 }

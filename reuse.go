@@ -13,8 +13,9 @@ import (
 // on another connection) for a connection that is broken, that the server
 // already closed, or that fails verification after a pool invalidation.
 //
-// Its one possible round trip, verify's ping (after a second idle, on the
-// first reuse, when bytes are pending, after a pool invalidation), is bounded
+// Its one possible round trip, verify's ping (after a second idle with no
+// proof that the server's address is alive, on the first reuse, when bytes
+// are pending, after a pool invalidation: idle.go), is bounded
 // by the verification timeout, 2s or query_timeout if shorter, or by ctx's
 // deadline if that comes first. A blackholed connection then costs that
 // much, not forever.

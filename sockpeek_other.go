@@ -14,7 +14,7 @@ const (
 )
 
 // peeker is unavailable on this platform: connections are verified only after
-// a pool invalidation and by pgx's own ping after a second idle.
+// a pool invalidation, on their first reuse and after a second idle (idle.go).
 type peeker struct{}
 
 func newPeeker(net.Conn) *peeker { return nil }

@@ -52,7 +52,7 @@ type Stats struct {
 	DiscardedRollback int64 // left inside a transaction block whose rollback failed
 	DiscardedRole     int64 // its server changed role: a primary demoted or turned standby (ErrRoleChanged, or seen before reuse)
 
-	Verifications  int64 // pooled connections pinged before reuse: first reuse, idle over 1s, pending data, or a pool invalidation
+	Verifications  int64 // pooled connections pinged before reuse: first reuse, idle over 1s with its address not proven alive (idle.go), pending data, or a pool invalidation
 	BadConnRetries int64 // errors handed to database/sql as driver.ErrBadConn (nothing was sent; it retries on another connection)
 	ConnLost       int64 // connections lost with an operation's outcome unknown (ErrConnLost): once per connection, though a lost transaction's later calls return ErrConnLost too
 	Invalidations  int64 // pool invalidations: a connection learned that the server went away
