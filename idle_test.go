@@ -31,6 +31,10 @@ func (c countedWrites) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
+// NetConn returns the socket beneath, as tls.Conn's does, so that
+// pgresilient's peek finds it.
+func (c countedWrites) NetConn() net.Conn { return c.Conn }
+
 // countedDB opens driverName's pool on the cluster with every write counted;
 // for pgresilient it returns its Connector too.
 func countedDB(t *testing.T, dsn, driverName string) (*sql.DB, *writeCounter, *Connector) {
