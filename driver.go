@@ -76,9 +76,10 @@ type Connector struct {
 	liveMu sync.Mutex
 	live   map[*baseConn]struct{} // open connections, for sweep
 	paths  map[string]*pathState  // per server address: idle.go
-	// idlePing and idleProofMax: idle.go's constants (tests shorten them).
-	idlePing, idleProofMax time.Duration
-	breaker                *breaker // nil with breaker=off
+	// idlePing, idleProofMax and peekAfter: idle.go's constants (tests
+	// change them).
+	idlePing, idleProofMax, peekAfter time.Duration
+	breaker                           *breaker // nil with breaker=off
 
 	// connected is set by the first working connection: from then on the
 	// breaker counts connection attempts, not calls.
@@ -156,7 +157,7 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 		c.logger = slog.New(slog.DiscardHandler)
 	}
 	c.verifyTimeout = defaultVerifyTimeout
-	c.idlePing, c.idleProofMax = idlePingAfter, idleProofMax
+	c.idlePing, c.idleProofMax, c.peekAfter = idlePingAfter, idleProofMax, peekAfter
 	if c.cfg.QueryTimeout > 0 && c.cfg.QueryTimeout < c.verifyTimeout {
 		c.verifyTimeout = c.cfg.QueryTimeout
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/pgresilient/pgresilient/pgtest"
 )
 
 // writeCounter counts the writes of every connection dialled through it:
@@ -195,6 +197,84 @@ func TestIdleReusePing(t *testing.T) {
 				}
 				if verified != pings {
 					t.Errorf("Stats().Verifications rose by %d, want %d: one per ping", verified, pings)
+				}
+			})
+		})
+	}
+}
+
+// TestPeekHotReuse: a backend terminated while its connection sat in the
+// pool. Reused after some milliseconds, the peek sees the FATAL waiting and
+// database/sql retries on a new connection, where raw pgx returns the 57P01.
+// Reused within peekAfter of the start of its previous use, as a connection
+// in continuous use is, pgresilient does not peek (idle.go): the statement
+// goes out and fails with ErrConnLost, as it would have had the close come
+// a few microseconds later, while the statement ran. The test makes the
+// connection look hot by setting the start of its previous use.
+func TestPeekHotReuse(t *testing.T) {
+	cl := needCluster(t)
+	for _, hot := range []bool{false, true} {
+		name := "idle-ms"
+		if hot {
+			name = "hot"
+		}
+		t.Run(name, func(t *testing.T) {
+			sideBySide(t, func(t *testing.T, driverName string) {
+				ctx := context.Background()
+				db := openDB(t, driverName, cl.DSN())
+				db.SetMaxOpenConns(1)
+				var pid int
+				for range 2 { // dialled, then reused: no first-reuse ping below
+					if err := db.QueryRowContext(ctx, "select pg_backend_pid()").Scan(&pid); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var bc *baseConn
+				if driverName == DriverName {
+					bc = statsBase(t, db)
+				}
+				ok, err := pgtest.QueryValue[bool](ctx, cl, "select pg_terminate_backend($1, 5000)", pid)
+				if err != nil || !ok {
+					t.Fatalf("terminate backend %d: %v %v", pid, ok, err)
+				}
+				var before Stats
+				if bc != nil {
+					// The FATAL is waiting on the socket, then the FIN.
+					for deadline := time.Now().Add(5 * time.Second); bc.peek.state() == peekIdle; time.Sleep(time.Millisecond) {
+						if time.Now().After(deadline) {
+							t.Fatal("the terminated backend's FATAL did not reach the socket within 5s")
+						}
+					}
+					before = bc.owner.Stats()
+					if hot {
+						bc.lastUse = monoNow()
+					}
+				} else {
+					time.Sleep(50 * time.Millisecond) // the FATAL and the FIN reach the client
+				}
+				var n int
+				err = db.QueryRowContext(ctx, "select 1").Scan(&n)
+				t.Logf("%s, reused %s: %v", driverName, name, err)
+				if bc == nil {
+					if err == nil {
+						t.Error("raw pgx reused the terminated connection without an error: has it started checking?")
+					}
+					return
+				}
+				after := bc.owner.Stats()
+				caught := after.DiscardedIdle + after.DiscardedVerify - before.DiscardedIdle - before.DiscardedVerify
+				if !hot {
+					if err != nil {
+						t.Errorf("reused after milliseconds in the pool: %v, want the peek to catch the close and a retry", err)
+					}
+					if caught != 1 {
+						t.Errorf("%d connections discarded before reuse, want 1", caught)
+					}
+					return
+				}
+				wantConnLost(t, err)
+				if caught != 0 {
+					t.Errorf("%d connections discarded before reuse, want 0: a hot connection is not peeked", caught)
 				}
 			})
 		})

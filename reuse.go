@@ -33,8 +33,10 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	// last second (idle.go). pgx's own ping is turned off with
 	// OptionShouldPing, so that every round trip of a reuse goes through
 	// verify and its deadline.
-	verify := c.idlePing(monoNow()) && c.pgx != nil
-	if c.peek != nil {
+	now := monoNow()
+	since := now - c.lastUse // since the start of its previous use
+	verify := c.idlePing(now) && c.pgx != nil
+	if c.peek != nil && since >= int64(c.owner.peekAfter) {
 		switch c.peek.state() {
 		case peekDead:
 			c.discard(ctx, discardIdle, "closed while idle")
