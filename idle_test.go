@@ -3,10 +3,7 @@ package pgresilient
 import (
 	"context"
 	"database/sql"
-	"errors"
-	"fmt"
 	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/pgresilient/pgresilient/internal/poolburst"
 	"github.com/pgresilient/pgresilient/pgtest"
 )
 
@@ -64,36 +62,6 @@ func countedDB(t *testing.T, dsn, driverName string) (*sql.DB, *writeCounter, *C
 		t.Fatal(err)
 	}
 	return openDBConnector(t, cn), wc, cn
-}
-
-// burstOf runs select 1 on n pooled connections at once: each goroutine
-// holds its result set until all have one, so each has a connection of its
-// own.
-func burstOf(ctx context.Context, db *sql.DB, n int) error {
-	var got, wg sync.WaitGroup
-	got.Add(n)
-	errs := make([]error, n)
-	for g := range n {
-		wg.Go(func() {
-			rows, err := db.QueryContext(ctx, "select 1")
-			got.Done()
-			if err != nil {
-				errs[g] = err
-				return
-			}
-			got.Wait()
-			v := 0
-			for rows.Next() {
-				err = rows.Scan(&v)
-			}
-			errs[g] = errors.Join(err, rows.Err(), rows.Close())
-			if errs[g] == nil && v != 1 {
-				errs[g] = fmt.Errorf("select 1 returned %d", v)
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }
 
 // TestIdleReusePing: 8 pooled connections idle for 1.2 s, then a burst uses
@@ -152,7 +120,7 @@ func TestIdleReusePing(t *testing.T) {
 				// Each connection dialled, reused (the first reuse is
 				// always pinged) and with select 1 cached.
 				for range 3 {
-					if err := burstOf(ctx, db, conns); err != nil {
+					if err := poolburst.Run(ctx, db, conns); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -175,7 +143,7 @@ func TestIdleReusePing(t *testing.T) {
 					tc.before(t, cn) // its writes are not pings
 				}
 				wb := wc.n.Load()
-				if err := burstOf(ctx, db, conns); err != nil {
+				if err := poolburst.Run(ctx, db, conns); err != nil {
 					t.Fatal(err)
 				}
 				if n := db.Stats().OpenConnections; n != conns {

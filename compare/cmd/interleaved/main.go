@@ -53,6 +53,7 @@ import (
 
 	"github.com/pgresilient/pgresilient"
 	"github.com/pgresilient/pgresilient/internal/benchcpu"
+	"github.com/pgresilient/pgresilient/internal/poolburst"
 	"github.com/pgresilient/pgresilient/pgtest"
 )
 
@@ -376,7 +377,7 @@ func runWorkload(stop context.Context, cfg config, w workload, dsn string, stder
 							return res, fmt.Errorf("%s: %w", pools[i].d.name, err)
 						}
 					}
-					s, err := measure(func() error { return burst(ctx, pools[i].db, w.goroutines) }, w.goroutines)
+					s, err := measure(func() error { return poolburst.Run(ctx, pools[i].db, w.goroutines) }, w.goroutines)
 					if err != nil {
 						return res, fmt.Errorf("%s: %w", pools[i].d.name, err)
 					}
@@ -444,7 +445,7 @@ func runWorkload(stop context.Context, cfg config, w workload, dsn string, stder
 					return res, fmt.Errorf("%s: %w", p.d.name, err)
 				}
 			}
-			n, err := countMallocs(func() error { return burst(ctx, p.db, w.goroutines) })
+			n, err := countMallocs(func() error { return poolburst.Run(ctx, p.db, w.goroutines) })
 			if err != nil {
 				return res, fmt.Errorf("%s: %w", p.d.name, err)
 			}
@@ -552,36 +553,6 @@ func runBatch(ctx context.Context, op func(context.Context) error, goroutines, o
 		})
 	}
 	close(start)
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-// burst runs one select 1 on each of n pooled connections at once: every
-// goroutine keeps its result set open until all have one, so that each
-// holds a connection of its own, idle since the previous burst.
-func burst(ctx context.Context, db *sql.DB, n int) error {
-	var got, wg sync.WaitGroup
-	got.Add(n)
-	errs := make([]error, n)
-	for g := range n {
-		wg.Go(func() {
-			rows, err := db.QueryContext(ctx, "select 1")
-			got.Done()
-			if err != nil {
-				errs[g] = err
-				return
-			}
-			got.Wait()
-			v := 0
-			for rows.Next() {
-				err = rows.Scan(&v)
-			}
-			errs[g] = errors.Join(err, rows.Err(), rows.Close())
-			if errs[g] == nil && v != 1 {
-				errs[g] = fmt.Errorf("select 1 returned %d", v)
-			}
-		})
-	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
