@@ -71,7 +71,11 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 		}
 		c.gen = gen
 	}
-	if c.roleChanged() {
+	// Without target_session_attrs a new connection goes to the same
+	// server whatever its role: nothing to gain from discarding this one
+	// before use, for a map lookup on every checkout (docs/performance.md).
+	// A write it refuses still returns ErrRoleChanged (failStmt).
+	if c.owner.role != roleAny && c.roleChanged() {
 		// What the server reported (on the ping, or earlier) says it is
 		// no longer what the connection was opened for: a new connection
 		// goes where target_session_attrs says.
