@@ -33,8 +33,9 @@ import (
 //     minutes on the common ones, and the others' traffic does not refresh it.
 //
 // The proof stands in for the ping only where the peek runs: without it
-// (Windows), a connection the server closed is seen by the ping alone, and
-// pgx's per-connection rule applies. Pending bytes, a pool invalidation and
+// (Windows, or a custom DialFunc whose net.Conn does not expose its socket
+// through NetConn), a connection the server closed is seen by the ping
+// alone, and pgx's per-connection rule applies. Pending bytes, a pool invalidation and
 // a server that reported a role change are checked on every reuse, as
 // before (ResetSession).
 //
