@@ -226,6 +226,10 @@ func TestStatsDiscardedIdle(t *testing.T) {
 	before := cn.Stats()
 	p.Cut()
 	statsWaitDead(t, bcs...)
+	// In the pool long enough to be peeked: a connection whose previous use
+	// began less than peekAfter ago is in continuous use, and not peeked
+	// (idle.go); its first-reuse ping would catch it instead.
+	time.Sleep(2 * cn.peekAfter)
 	// Both pooled connections are tried, discarded, and a third is dialled.
 	if failed, first := runQueries(db, 1); failed != 0 {
 		t.Fatal(first)
