@@ -320,7 +320,7 @@ func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
 		bc.path = c.pathFor(bc.wire.addr)
 	}
 	bc.openedNow()
-	if bc.wire != nil && bc.wire.addr != "" {
+	if bc.path != nil {
 		if last := c.lastHost.Load(); last == nil || *last != bc.wire.addr {
 			addr := bc.wire.addr
 			c.lastHost.Store(&addr)

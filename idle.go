@@ -35,9 +35,9 @@ import (
 // The proof stands in for the ping only where the peek runs: without it
 // (Windows, or a custom DialFunc whose net.Conn does not expose its socket
 // through NetConn), a connection the server closed is seen by the ping
-// alone, and pgx's per-connection rule applies. Pending bytes, a pool invalidation and
-// a server that reported a role change are checked on every reuse, as
-// before (ResetSession).
+// alone, and pgx's per-connection rule applies. Pending bytes, a pool
+// invalidation and a server that reported a role change are checked on
+// every reuse (ResetSession).
 //
 // The peek itself is skipped for a connection whose previous use began less
 // than peekAfter ago: one in continuous use, which sits in the pool for
@@ -97,7 +97,7 @@ func (c *Connector) pathFor(addr string) *pathState {
 	return p
 }
 
-// opened records a connection just opened to its address: the start of its
+// openedNow records a connection just opened to its address: the start of its
 // first use, and a new connection that the older ones' path is not proven by.
 func (c *baseConn) openedNow() {
 	c.lastUse = monoNow()
@@ -106,14 +106,20 @@ func (c *baseConn) openedNow() {
 	}
 }
 
-// idlePing reports whether a reuse at now must be verified by a ping, by the
-// rules above; it records now as the start of this use.
-func (c *baseConn) idlePing(now int64) bool {
+// reuseChecks says, for a reuse at now, whether to peek at the socket and
+// whether to ping, by the rules above; it records now as the start of this
+// use.
+func (c *baseConn) reuseChecks(now int64) (peek, ping bool) {
 	last, reused := c.lastUse, c.reused
 	c.lastUse, c.reused = now, true
-	if !reused {
-		return true
-	}
+	peek = c.peek != nil && now-last >= int64(c.owner.peekAfter)
+	return peek, c.pgx != nil && (!reused || c.unproven(now, last))
+}
+
+// unproven reports whether a connection whose previous use began at last
+// needs a ping at now: idle for over idlePing, with nothing that proves its
+// server's address alive since.
+func (c *baseConn) unproven(now, last int64) bool {
 	idle := now - last
 	if idle <= int64(c.owner.idlePing) {
 		return false

@@ -28,15 +28,12 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	}
 	c.endTx() // database/sql reuses a connection only after its Tx ended
 
-	// A connection idle for over a second, or reused for the first time,
-	// is pinged unless its server's address was proven alive within the
-	// last second (idle.go). pgx's own ping is turned off with
-	// OptionShouldPing, so that every round trip of a reuse goes through
-	// verify and its deadline.
-	now := monoNow()
-	since := now - c.lastUse // since the start of its previous use
-	verify := c.idlePing(now) && c.pgx != nil
-	if c.peek != nil && since >= int64(c.owner.peekAfter) {
+	// Whether to peek and whether to ping depend on how long the connection
+	// sat in the pool and on what the pool saw of its server (idle.go).
+	// pgx's own ping is turned off with OptionShouldPing, so that every
+	// round trip of a reuse goes through verify and its deadline.
+	peek, verify := c.reuseChecks(monoNow())
+	if peek {
 		switch c.peek.state() {
 		case peekDead:
 			c.discard(ctx, discardIdle, "closed while idle")
