@@ -20,6 +20,7 @@ import (
 	"github.com/ngrok/sqlmw"
 
 	"github.com/pgresilient/pgresilient/internal/benchcpu"
+	"github.com/pgresilient/pgresilient/internal/selectone"
 	"github.com/pgresilient/pgresilient/pgtest"
 )
 
@@ -229,22 +230,11 @@ func BenchmarkQueryRow(b *testing.B) {
 	forEachDriver(b, 1, func(b *testing.B, db *sql.DB) {
 		ctx := context.Background()
 		measure(b, benchWarmOps, func() {
-			if err := queryOne(ctx, db); err != nil {
+			if err := selectone.Query(ctx, db); err != nil {
 				b.Fatal(err)
 			}
 		})
 	})
-}
-
-func queryOne(ctx context.Context, db *sql.DB) error {
-	var n int
-	if err := db.QueryRowContext(ctx, "select 1").Scan(&n); err != nil {
-		return err
-	}
-	if n != 1 {
-		return fmt.Errorf("select 1 returned %d", n)
-	}
-	return nil
 }
 
 // BenchmarkQueryRowParallel is BenchmarkQueryRow from 8 goroutines over 8
@@ -252,14 +242,14 @@ func queryOne(ctx context.Context, db *sql.DB) error {
 func BenchmarkQueryRowParallel(b *testing.B) {
 	forEachDriver(b, benchParallelConns, func(b *testing.B, db *sql.DB) {
 		ctx := context.Background()
-		warmParallel(b, func() error { return queryOne(ctx, db) })
+		warmParallel(b, func() error { return selectone.Query(ctx, db) })
 		setParallelism(b, benchParallelConns)
 		b.ReportAllocs()
 		b.ResetTimer()
 		cpu := cpuStart()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				if err := queryOne(ctx, db); err != nil {
+				if err := selectone.Query(ctx, db); err != nil {
 					b.Error(err) // not Fatal: this is not the benchmark's goroutine
 					return
 				}

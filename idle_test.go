@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
-	"github.com/pgresilient/pgresilient/internal/poolburst"
+	"github.com/pgresilient/pgresilient/internal/selectone"
 	"github.com/pgresilient/pgresilient/pgtest"
 )
 
@@ -120,7 +120,7 @@ func TestIdleReusePing(t *testing.T) {
 				// Each connection dialled, reused (the first reuse is
 				// always pinged) and with select 1 cached.
 				for range 3 {
-					if err := poolburst.Run(ctx, db, conns); err != nil {
+					if err := selectone.Burst(ctx, db, conns); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -143,7 +143,7 @@ func TestIdleReusePing(t *testing.T) {
 					tc.before(t, cn) // its writes are not pings
 				}
 				wb := wc.n.Load()
-				if err := poolburst.Run(ctx, db, conns); err != nil {
+				if err := selectone.Burst(ctx, db, conns); err != nil {
 					t.Fatal(err)
 				}
 				if n := db.Stats().OpenConnections; n != conns {

@@ -53,7 +53,7 @@ import (
 
 	"github.com/pgresilient/pgresilient"
 	"github.com/pgresilient/pgresilient/internal/benchcpu"
-	"github.com/pgresilient/pgresilient/internal/poolburst"
+	"github.com/pgresilient/pgresilient/internal/selectone"
 	"github.com/pgresilient/pgresilient/pgtest"
 )
 
@@ -155,19 +155,16 @@ var workloads = []workload{
 	{name: "bursty-cold", unit: "query", conns: 8, goroutines: 8, scale: 1, bursty: true, prepare: prepareSelect1},
 }
 
-func prepareSelect1(_ context.Context, db *sql.DB, _ string) (func(context.Context) error, func() error, error) {
-	return func(ctx context.Context) error { return selectOne(ctx, db) }, nil, nil
+// beforeBurst runs the steady query of a bursty workload that has one.
+func (w workload) beforeBurst(ctx context.Context, db *sql.DB) error {
+	if !w.steady {
+		return nil
+	}
+	return selectone.Query(ctx, db)
 }
 
-func selectOne(ctx context.Context, db *sql.DB) error {
-	var n int
-	if err := db.QueryRowContext(ctx, "select 1").Scan(&n); err != nil {
-		return err
-	}
-	if n != 1 {
-		return fmt.Errorf("select 1 returned %d", n)
-	}
-	return nil
+func prepareSelect1(_ context.Context, db *sql.DB, _ string) (func(context.Context) error, func() error, error) {
+	return func(ctx context.Context) error { return selectone.Query(ctx, db) }, nil, nil
 }
 
 // makeTable creates an empty unlogged table (i bigint) for one driver.
@@ -372,12 +369,10 @@ func runWorkload(stop context.Context, cfg config, w workload, dsn string, stder
 			for b := range cfg.bursts {
 				for _, i := range order(round, len(pools)) {
 					runtime.GC()
-					if w.steady {
-						if err := selectOne(ctx, pools[i].db); err != nil {
-							return res, fmt.Errorf("%s: %w", pools[i].d.name, err)
-						}
+					if err := w.beforeBurst(ctx, pools[i].db); err != nil {
+						return res, fmt.Errorf("%s: %w", pools[i].d.name, err)
 					}
-					s, err := measure(func() error { return poolburst.Run(ctx, pools[i].db, w.goroutines) }, w.goroutines)
+					s, err := measure(func() error { return selectone.Burst(ctx, pools[i].db, w.goroutines) }, w.goroutines)
 					if err != nil {
 						return res, fmt.Errorf("%s: %w", pools[i].d.name, err)
 					}
@@ -440,12 +435,10 @@ func runWorkload(stop context.Context, cfg config, w workload, dsn string, stder
 	if w.bursty {
 		time.Sleep(cfg.idle) // every pool idles at once
 		for i, p := range pools {
-			if w.steady {
-				if err := selectOne(ctx, p.db); err != nil {
-					return res, fmt.Errorf("%s: %w", p.d.name, err)
-				}
+			if err := w.beforeBurst(ctx, p.db); err != nil {
+				return res, fmt.Errorf("%s: %w", p.d.name, err)
 			}
-			n, err := countMallocs(func() error { return poolburst.Run(ctx, p.db, w.goroutines) })
+			n, err := countMallocs(func() error { return selectone.Burst(ctx, p.db, w.goroutines) })
 			if err != nil {
 				return res, fmt.Errorf("%s: %w", p.d.name, err)
 			}

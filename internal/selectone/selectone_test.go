@@ -1,4 +1,4 @@
-package poolburst
+package selectone
 
 import (
 	"context"
@@ -47,15 +47,18 @@ func (r *oneRow) Next(dest []driver.Value) error {
 	return nil
 }
 
-func TestRunHoldsNConnections(t *testing.T) {
+func TestBurstHoldsNConnections(t *testing.T) {
 	d := &fakeDriver{}
 	db := sql.OpenDB(fakeConnector{d})
 	defer db.Close()
 	db.SetMaxIdleConns(8)
-	if err := Run(context.Background(), db, 8); err != nil {
+	if err := Burst(context.Background(), db, 8); err != nil {
 		t.Fatal(err)
 	}
 	if p := d.peak.Load(); p != 8 {
 		t.Errorf("at most %d connections were open at once, want 8", p)
+	}
+	if err := Query(context.Background(), db); err != nil {
+		t.Error(err)
 	}
 }
