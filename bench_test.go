@@ -517,3 +517,24 @@ func benchPeek(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkSyscallFloor is the cheapest system call, getpid: the part of
+// BenchmarkPeek that any system call costs on this machine.
+func BenchmarkSyscallFloor(b *testing.B) {
+	b.Run("driver=pgresilient", func(b *testing.B) {
+		measure(b, 0, func() { _ = syscall.Getpid() })
+	})
+}
+
+// BenchmarkClock compares monoNow, the clock read once per checkout, with
+// time.Now, which it replaced.
+func BenchmarkClock(b *testing.B) {
+	var sink int64
+	b.Run("clock=monoNow", func(b *testing.B) {
+		measure(b, 0, func() { sink += monoNow() })
+	})
+	b.Run("clock=time.Now", func(b *testing.B) {
+		measure(b, 0, func() { sink += time.Now().UnixNano() })
+	})
+	_ = sink
+}

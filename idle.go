@@ -48,7 +48,7 @@ import (
 // connection verified before reuse. What the peek would still add is the
 // close that lands in those microseconds, before any other connection saw
 // it: a few in a hundred closes of a hot connection, for one system call
-// (0.48 µs, 3 to 4 % of a loopback select 1's client CPU) on every
+// (about 0.5 µs, 3 to 4 % of a loopback select 1's client CPU) on every
 // statement. A connection that sat in the pool for longer, where a close
 // (idle_session_timeout, PgBouncer's, a terminated backend) is the usual
 // case, is peeked on every reuse.
