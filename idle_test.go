@@ -216,6 +216,8 @@ func TestPeekHotReuse(t *testing.T) {
 					before = bc.owner.Stats()
 					if hot {
 						bc.lastUse = monoNow()
+					} else {
+						time.Sleep(2 * bc.owner.peekAfter) // past peekAfter whatever the terminate took
 					}
 				} else {
 					time.Sleep(50 * time.Millisecond) // the FATAL and the FIN reach the client
