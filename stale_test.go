@@ -252,86 +252,80 @@ func TestStaleLaterInTx(t *testing.T) {
 	})
 }
 
-// TestStaleWriteOnce: a write refused as stale and run again runs exactly
-// once: the rows are counted.
+// TestStaleWriteOnce: a write whose cached statement the server refuses
+// before running it is run again by pgresilient, exactly once (the rows are
+// counted): after ALTER TABLE changed the result type of insert ... returning
+// * (0A000), and after the session lost its prepared statements (26000:
+// DISCARD ALL, DEALLOCATE ALL behind pgx's back, a pooler).
 func TestStaleWriteOnce(t *testing.T) {
 	c := needCluster(t)
-	sideBySide(t, func(t *testing.T, driverName string) {
-		table := freshTable(t, c, "stale_write", driverName, "(id serial primary key, v int)", "")
-		db := openStaleDB(t, driverName, c.DSN())
-		db.SetMaxOpenConns(1)
-		insert := "insert into " + table + " (v) values ($1) returning *"
-		if err := readAll(context.Background(), db.QueryContext, insert, 1); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Exec(context.Background(), "alter table "+table+" add column extra int"); err != nil {
-			t.Fatal(err)
-		}
-		before := staleRetries(db)
-		err := readAll(context.Background(), db.QueryContext, insert, 2)
-		var rows int
-		if err := db.QueryRow("select count(*) from " + table + " where v = 2").Scan(&rows); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("%s: insert ... returning * after ALTER TABLE: %v; rows inserted: %d; stale retries %d",
-			driverName, err, rows, staleRetries(db)-before)
-		if driverName != DriverName {
-			return
-		}
-		if err != nil || rows != 1 {
-			t.Errorf("insert: %v, %d rows; want no error and exactly 1 row", err, rows)
-		}
-		if got := staleRetries(db) - before; got != 1 {
-			t.Errorf("StaleStatementRetries grew by %d, want 1", got)
-		}
-	})
-}
-
-// TestStaleDeallocated: a cached statement the session no longer knows
-// (DISCARD ALL, DEALLOCATE ALL behind pgx's back, a pooler) is refused with
-// 26000 before running; pgresilient runs it again, once.
-func TestStaleDeallocated(t *testing.T) {
-	c := needCluster(t)
-	sideBySide(t, func(t *testing.T, driverName string) {
-		table := freshTable(t, c, "stale_dealloc", driverName, "(id serial primary key, v int)", "")
-		db := openStaleDB(t, driverName, c.DSN())
-		db.SetMaxOpenConns(1)
-		insert := "insert into " + table + " (v) values ($1) returning *"
-		sc, err := db.Conn(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sc.Close()
-		if err := readAll(context.Background(), sc.QueryContext, insert, 1); err != nil {
-			t.Fatal(err)
-		}
-		if err := sc.Raw(func(dc any) error {
-			pc, err := PgxConn(dc)
-			if err != nil {
+	cases := []struct {
+		name string
+		// invalidate makes the cached insert stale; sc is the one
+		// connection it runs on.
+		invalidate func(t *testing.T, sc *sql.Conn, table string)
+		// rawCode is raw pgx's error for the stale insert.
+		rawCode string
+	}{
+		{name: "alter-table", rawCode: codeFeatureNotSupported, invalidate: func(t *testing.T, _ *sql.Conn, table string) {
+			if err := c.Exec(context.Background(), "alter table "+table+" add column extra int"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "deallocated", rawCode: codeNoPreparedStatement, invalidate: func(t *testing.T, sc *sql.Conn, _ string) {
+			if err := sc.Raw(func(dc any) error {
+				pc, err := PgxConn(dc)
+				if err != nil {
+					return err
+				}
+				_, err = pc.PgConn().Exec(context.Background(), "deallocate all").ReadAll()
 				return err
+			}); err != nil {
+				t.Fatal(err)
 			}
-			_, err = pc.PgConn().Exec(context.Background(), "deallocate all").ReadAll()
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		err = readAll(context.Background(), sc.QueryContext, insert, 2)
-		var rows int
-		if err := sc.QueryRowContext(context.Background(), "select count(*) from "+table+" where v = 2").Scan(&rows); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("%s: insert after DEALLOCATE ALL: %v; rows inserted: %d", driverName, err, rows)
-		if driverName != DriverName {
-			var pgErr *pgconn.PgError
-			if !errors.As(err, &pgErr) || pgErr.Code != codeNoPreparedStatement {
-				t.Errorf("raw pgx: %v, want 26000", err)
-			}
-			return
-		}
-		if err != nil || rows != 1 {
-			t.Errorf("insert: %v, %d rows; want no error and exactly 1 row", err, rows)
-		}
-	})
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			sideBySide(t, func(t *testing.T, driverName string) {
+				ctx := context.Background()
+				table := freshTable(t, c, "stale_write_"+strings.ReplaceAll(tc.name, "-", "_"), driverName, "(id serial primary key, v int)", "")
+				db := openStaleDB(t, driverName, c.DSN())
+				db.SetMaxOpenConns(1)
+				insert := "insert into " + table + " (v) values ($1) returning *"
+				sc, err := db.Conn(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer sc.Close()
+				if err := readAll(ctx, sc.QueryContext, insert, 1); err != nil {
+					t.Fatal(err)
+				}
+				tc.invalidate(t, sc, table)
+				before := staleRetries(db)
+				err = readAll(ctx, sc.QueryContext, insert, 2)
+				var rows int
+				if err := sc.QueryRowContext(ctx, "select count(*) from "+table+" where v = 2").Scan(&rows); err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("%s: the insert after %s: %v; rows inserted: %d; stale retries %d",
+					driverName, tc.name, err, rows, staleRetries(db)-before)
+				if driverName != DriverName {
+					var pgErr *pgconn.PgError
+					if !errors.As(err, &pgErr) || pgErr.Code != tc.rawCode {
+						t.Errorf("raw pgx: %v, want %s", err, tc.rawCode)
+					}
+					return
+				}
+				if err != nil || rows != 1 {
+					t.Errorf("insert: %v, %d rows; want no error and exactly 1 row", err, rows)
+				}
+				if got := staleRetries(db) - before; got != 1 {
+					t.Errorf("StaleStatementRetries grew by %d, want 1", got)
+				}
+			})
+		})
+	}
 }
 
 // cachedPlanErr is the server's refusal of a stale cached plan.
