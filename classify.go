@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -199,9 +200,18 @@ func connectClass(ctx context.Context, err error) errClass {
 	return classOther
 }
 
+// tlsRefused is pgconn's error when sslmode requires TLS and the server
+// answers that it has none (an SSLRequest answered 'N'): a configuration
+// mismatch, not a passing fault. pgconn makes it with errors.New, so only its
+// message tells it apart.
+const tlsRefused = "server refused TLS connection"
+
 // permanentTLS reports TLS and certificate failures: configuration problems
 // that no retry fixes.
 func permanentTLS(err error) bool {
+	if strings.Contains(err.Error(), tlsRefused) {
+		return true
+	}
 	var (
 		unknownAuth x509.UnknownAuthorityError
 		hostErr     x509.HostnameError

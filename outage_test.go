@@ -368,6 +368,59 @@ func TestOutageWrongPassword(t *testing.T) {
 	})
 }
 
+// TestOutageTLSRefused: sslmode=require against a server without TLS is a
+// configuration mismatch that no retry fixes: one attempt, reported at once
+// as permanent, and the breaker stays closed (the server answered). Raw pgx
+// fails the same way; before pgresilient knew pgconn's "server refused TLS
+// connection", it retried 4 times and opened the breaker.
+func TestOutageTLSRefused(t *testing.T) {
+	const calls = 6
+	c := needCluster(t)
+	dsn := strings.Replace(c.DSN(), "sslmode=disable", "sslmode=require", 1)
+	if dsn == c.DSN() {
+		t.Fatalf("the cluster's DSN has no sslmode=disable to change: %s", dsn)
+	}
+	db, cn := outageDB(t, dsn+"&connect_retries=5&connect_backoff=200ms&breaker_failures=2")
+	raw := openDB(t, "pgx", dsn)
+
+	t.Run(DriverName, func(t *testing.T) {
+		for i := range calls {
+			ctx, cancel := context.WithTimeout(context.Background(), outageCallTimeout)
+			began := time.Now()
+			err := db.PingContext(ctx)
+			took := time.Since(began)
+			cancel()
+			var ce *ConnectError
+			if !errors.As(err, &ce) {
+				t.Fatalf("call %d: want a *ConnectError, got %T: %v", i+1, err, err)
+			}
+			if ce.Attempts != 1 || !ce.Permanent {
+				t.Errorf("call %d: Attempts %d, Permanent %v; want 1, true", i+1, ce.Attempts, ce.Permanent)
+			}
+			if !strings.Contains(err.Error(), "server refused TLS connection") {
+				t.Errorf("call %d: the error does not say the server refused TLS: %v", i+1, err)
+			}
+			if errors.Is(err, ErrCircuitOpen) || errors.Is(err, driver.ErrBadConn) || IsDisconnect(err) {
+				t.Errorf("call %d: a TLS mismatch reported as a connectivity problem: %v", i+1, err)
+			}
+			if took > time.Second {
+				t.Errorf("call %d took %v: a permanent failure must not wait for backoff", i+1, took)
+			}
+		}
+		st := cn.Stats()
+		if st.ConnectRetries != 0 || st.Breaker != BreakerClosed || st.BreakerTransitions != 0 {
+			t.Errorf("ConnectRetries %d, breaker %v after %d transitions; want 0, closed, 0",
+				st.ConnectRetries, st.Breaker, st.BreakerTransitions)
+		}
+	})
+	t.Run("pgx", func(t *testing.T) {
+		err := raw.Ping()
+		if err == nil || !strings.Contains(err.Error(), "server refused TLS connection") {
+			t.Fatalf("raw pgx: want \"server refused TLS connection\", got %v", err)
+		}
+	})
+}
+
 // TestOutageRefused: the server's address refuses connections for a moment
 // (the proxy stops listening). pgresilient retries and connects once it
 // listens again; raw pgx fails at once.
