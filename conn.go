@@ -83,11 +83,15 @@ func newConn(top driver.Conn, base *baseConn) *conn {
 }
 
 func (c *conn) Prepare(query string) (driver.Stmt, error) {
-	return c.preparer.PrepareContext(context.Background(), query)
+	return c.PrepareContext(context.Background(), query)
 }
 
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	return c.preparer.PrepareContext(ctx, query)
+	st, err := c.preparer.PrepareContext(ctx, query)
+	if err != nil || c.top == driver.Conn(c.base) {
+		return st, err
+	}
+	return aboveChainStmt(st, c.base), nil
 }
 
 func (c *conn) Close() error { return c.top.Close() }
@@ -105,7 +109,15 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 }
 
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	return c.queryer.QueryContext(ctx, query, args)
+	if c.top == driver.Conn(c.base) {
+		return c.queryer.QueryContext(ctx, query, args)
+	}
+	c.base.scanOut = nil
+	rows, err := c.queryer.QueryContext(ctx, query, args)
+	if err != nil {
+		return nil, err
+	}
+	return c.base.aboveChain(rows), nil
 }
 
 func (c *conn) Ping(ctx context.Context) error { return c.pinger.Ping(ctx) }
@@ -201,7 +213,12 @@ type baseConn struct {
 	tx      *baseTx // the open sql.Tx; touched only by database/sql's holder of the conn
 	// rows is the result set wrapper wrapRows hands out, rowsOut while it
 	// is; touched only by database/sql's holder of the conn.
-	rows baseRows
+	rows scanRows
+	// scanOut is the result set wrapRows handed up into the interceptor
+	// chain, while its wrapped rows scan columns themselves: conn puts it
+	// back above the chain (rows_go1.27.go). Touched only by database/sql's
+	// holder of the conn.
+	scanOut *scanRows
 
 	inner    driver.Conn
 	execer   driver.ExecerContext // nil if inner lacks it

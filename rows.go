@@ -21,19 +21,36 @@ type baseRows struct {
 	own bool
 }
 
+// scanRows is baseRows for a result set whose wrapped rows scan columns
+// themselves (Go 1.27's driver.RowsColumnScanner, which pgx implements): on
+// Go 1.27 it has NextRow and ScanColumn (rows_go1.27.go), so database/sql
+// hands pgx the caller's destinations, as without pgresilient. Before Go
+// 1.27 it has baseRows' methods only.
+type scanRows struct{ baseRows }
+
 // wrapRows wraps the result set of a statement on c. Without interceptors,
-// the one open at a time on a pgx connection is c's own baseRows, so that a
-// query allocates no wrapper: only database/sql holds it, and it never calls
-// a driver.Rows after Close. An interceptor could keep one past Close, and
-// a second result set open on the same connection needs its own: those
-// allocate.
+// the one open at a time on a pgx connection is c's own, so that a query
+// allocates no wrapper: only database/sql holds it, and it never calls a
+// driver.Rows after Close. An interceptor could keep one past Close, and a
+// second result set open on the same connection needs its own: those
+// allocate. The wrapper has the wrapped rows' optional interfaces: a
+// *scanRows when they scan columns themselves, a *baseRows otherwise.
 func wrapRows(ctx, sctx context.Context, cancel context.CancelFunc, c *baseConn, rows driver.Rows) driver.Rows {
+	var r *scanRows
 	if c.owner.chain == nil && !c.rowsOut {
 		c.rowsOut = true
-		c.rows = baseRows{Rows: rows, ctx: ctx, sctx: sctx, cancel: cancel, conn: c, own: true}
-		return &c.rows
+		r = &c.rows
+		r.baseRows = baseRows{Rows: rows, ctx: ctx, sctx: sctx, cancel: cancel, conn: c, own: true}
+	} else {
+		r = &scanRows{baseRows{Rows: rows, ctx: ctx, sctx: sctx, cancel: cancel, conn: c}}
 	}
-	return &baseRows{Rows: rows, ctx: ctx, sctx: sctx, cancel: cancel, conn: c}
+	if !scansColumns(rows) {
+		return &r.baseRows
+	}
+	if c.owner.chain != nil {
+		c.scanOut = r // sqlmw hides NextRow and ScanColumn: see aboveChain
+	}
+	return r
 }
 
 var (
@@ -46,7 +63,12 @@ var (
 )
 
 func (r *baseRows) Next(dest []driver.Value) error {
-	err := r.Rows.Next(dest)
+	return r.advanced(r.Rows.Next(dest))
+}
+
+// advanced turns the error of a move to the next row (Next, or NextRow on Go
+// 1.27) into pgresilient's.
+func (r *baseRows) advanced(err error) error {
 	if err != nil && err != io.EOF { //nolint:errorlint // io.EOF is returned unwrapped by contract
 		r.failed = err
 		return r.conn.failTimed(r.ctx, r.sctx, OpRows, err, ran)
