@@ -468,7 +468,7 @@ func benchBreakerOpen(b *testing.B) {
 // closed: the gate before it and the record after a success.
 func BenchmarkBreakerClosed(b *testing.B) {
 	b.Run("driver=pgresilient", func(b *testing.B) {
-		br := newBreaker(5, time.Minute, slog.New(slog.DiscardHandler), nil)
+		br := newBreaker("", 5, time.Minute, slog.New(slog.DiscardHandler), nil)
 		ctx := context.Background()
 		measure(b, 0, func() {
 			if err := br.before(); err != nil {

@@ -5,11 +5,15 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -57,27 +61,49 @@ func fromGobreaker(s gobreaker.State) BreakerState {
 // connection retry loop stopped by the breaker opening also wraps its last
 // connect error (a *ConnectError).
 type CircuitOpenError struct {
+	Addr      string    // the server address(es) the breaker guards, host:port, comma-separated; "" with WithDriver
+	OpenedAt  time.Time // when the breaker opened
 	NextProbe time.Time // when the background probe next checks the server; zero while one is running
+	// Last is the failure that last counted against the server: the one
+	// that opened the breaker, or a failed probe's since. It says why, for
+	// the message and for logs; it is not wrapped (errors.Is and errors.As
+	// do not see it): the caller's call did not meet it.
+	Last error
 
 	cause error // the last connect error of a retry loop the breaker stopped; nil for a rejection
 }
 
-// Error says the circuit is open and when the next probe is due.
+// Error says the circuit is open, for which server, since when, why, and when
+// the next probe is due:
+//
+//	pgresilient: circuit open for 127.0.0.1:5432 since 1.2s (last failure: dial tcp 127.0.0.1:5432: connect: connection refused); next probe in 40ms
 func (e *CircuitOpenError) Error() string {
-	var s string
+	var b strings.Builder
+	b.WriteString("pgresilient: circuit open")
+	if e.Addr != "" {
+		b.WriteString(" for ")
+		b.WriteString(e.Addr)
+	}
+	if !e.OpenedAt.IsZero() {
+		b.WriteString(" since ")
+		b.WriteString(max(time.Since(e.OpenedAt), 0).Round(time.Millisecond).String())
+	}
+	if e.Last != nil && e.cause == nil {
+		b.WriteString(" (last failure: ")
+		b.WriteString(logCause(e.Last))
+		b.WriteString(")")
+	}
 	if e.NextProbe.IsZero() {
-		s = "pgresilient: circuit open: the database failed repeatedly; a probe is under way"
+		b.WriteString("; a probe is under way")
 	} else {
-		d := time.Until(e.NextProbe).Round(time.Millisecond)
-		if d < 0 {
-			d = 0
-		}
-		s = "pgresilient: circuit open: the database failed repeatedly; next probe in " + d.String()
+		b.WriteString("; next probe in ")
+		b.WriteString(max(time.Until(e.NextProbe), 0).Round(time.Millisecond).String())
 	}
 	if e.cause != nil {
-		s += ": " + e.cause.Error()
+		b.WriteString(": ")
+		b.WriteString(e.cause.Error())
 	}
-	return s
+	return b.String()
 }
 
 // onlyCircuitOpen is Unwrap's answer without a cause: shared, so that a
@@ -136,6 +162,8 @@ type breaker struct {
 	openedAt atomic.Int64 // unix nanoseconds of the last transition to open
 	next     atomic.Int64 // unix nanoseconds of the next probe; 0 while one runs
 	openCh   atomic.Pointer[chan struct{}]
+	last     atomic.Pointer[lastFailure] // the failure that last counted
+	addr     string                      // what CircuitOpenError.Addr says
 	cooldown time.Duration
 	failures uint32
 	minSpan  time.Duration // breakerMinSpan; tests of the counting set 0
@@ -160,8 +188,15 @@ type breaker struct {
 	openNanos   atomic.Int64 // time spent open, in finished open periods
 }
 
-func newBreaker(failures int, cooldown time.Duration, logger *slog.Logger, onChange func(from, to BreakerState)) *breaker {
-	b := &breaker{cooldown: cooldown, logger: logger, onChange: onChange, failures: uint32(failures), minSpan: breakerMinSpan}
+// lastFailure boxes an error for an atomic.Pointer.
+type lastFailure struct{ err error }
+
+// errIdleClosed stands for a failure seen only as a pooled connection found
+// closed by its server: no error came with it.
+var errIdleClosed = errors.New("the server closed an idle connection")
+
+func newBreaker(addr string, failures int, cooldown time.Duration, logger *slog.Logger, onChange func(from, to BreakerState)) *breaker {
+	b := &breaker{addr: addr, cooldown: cooldown, logger: logger, onChange: onChange, failures: uint32(failures), minSpan: breakerMinSpan}
 	ch := make(chan struct{})
 	b.openCh.Store(&ch)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
@@ -268,7 +303,10 @@ func (b *breaker) before() error {
 
 func (b *breaker) openError(cause error) error {
 	b.rejected.Add(1)
-	e := &CircuitOpenError{cause: cause}
+	e := &CircuitOpenError{Addr: b.addr, OpenedAt: time.Unix(0, b.openedAt.Load()), cause: cause}
+	if l := b.last.Load(); l != nil {
+		e.Last = l.err
+	}
 	if n := b.next.Load(); n != 0 {
 		e.NextProbe = time.Unix(0, n)
 	}
@@ -292,11 +330,12 @@ func (b *breaker) done(ctx context.Context, err error) {
 		// breaker counts outages, not the connections one outage ends.
 		return
 	}
-	b.after(classify(ctx, err), tripSpan)
+	b.after(classify(ctx, err), tripSpan, err)
 }
 
-// after records an outcome by its class. A nil breaker records nothing.
-func (b *breaker) after(class errClass, rule tripRule) {
+// after records an outcome by its class; err is the failure, if any. A nil
+// breaker records nothing.
+func (b *breaker) after(class errClass, rule tripRule, err error) {
 	if b == nil {
 		return
 	}
@@ -306,13 +345,13 @@ func (b *breaker) after(class errClass, rule tripRule) {
 			b.succeed()
 		}
 	case classGone:
-		b.fail(rule)
+		b.fail(rule, err)
 	}
 }
 
-// fail records one counted failure, which opens the breaker by rule. It is
-// ignored while not closed.
-func (b *breaker) fail(rule tripRule) {
+// fail records one counted failure, cause, which opens the breaker by rule.
+// It is ignored while not closed.
+func (b *breaker) fail(rule tripRule, cause error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if BreakerState(b.state.Load()) != BreakerClosed {
@@ -322,6 +361,7 @@ func (b *breaker) fail(rule tripRule) {
 	if err != nil {
 		return
 	}
+	b.last.Store(&lastFailure{cause})
 	if b.cb.Counts().ConsecutiveFailures == 0 {
 		b.firstFail = time.Now()
 	}
@@ -410,6 +450,7 @@ func (b *breaker) run(openedAt time.Time) {
 		if perr != nil && connectClass(b.ctx, perr) == classGone {
 			outcome = errFailure
 			b.probeFails.Add(1)
+			b.last.Store(&lastFailure{perr})
 		}
 		b.logger.LogAttrs(context.Background(), slog.LevelDebug, "pgresilient: circuit breaker probe",
 			slog.Bool("ok", outcome == nil), slog.Duration("took", time.Since(began)), slog.String("cause", logCause(perr)))
@@ -450,4 +491,19 @@ func gate[T any](ctx context.Context, b *breaker, call func() (T, error)) (T, er
 	v, err := call()
 	b.done(ctx, err)
 	return v, err
+}
+
+// breakerAddr names the servers a Connector's breaker guards, as
+// CircuitOpenError.Addr says them: host:port, then each fallback.
+func breakerAddr(cc *pgx.ConnConfig) string {
+	if cc == nil {
+		return ""
+	}
+	addrs := []string{net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port)))}
+	for _, fb := range cc.Fallbacks {
+		if a := net.JoinHostPort(fb.Host, strconv.Itoa(int(fb.Port))); !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	return strings.Join(addrs, ",")
 }

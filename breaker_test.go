@@ -168,19 +168,19 @@ func TestBreakerIgnoresCallerCancellation(t *testing.T) {
 // success cannot close it (only a probe does), a late failure is not counted.
 func TestBreakerLateOutcomeIgnored(t *testing.T) {
 	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
-	b := newBreaker(1, time.Hour, slog.New(slog.DiscardHandler), nil)
+	b := newBreaker("", 1, time.Hour, slog.New(slog.DiscardHandler), nil)
 	b.minSpan = 0
 	var probes atomic.Int64
 	b.probeFn = func(context.Context) error { probes.Add(1); return refused }
 	defer b.close()
-	b.fail(tripSpan)
+	b.fail(tripSpan, refused)
 	if s := b.State(); s == BreakerClosed {
 		t.Fatal("one failure with breaker_failures=1 left the breaker closed")
 	}
 	for range 10 {
-		b.after(classNone, tripSpan) // late successes
+		b.after(classNone, tripSpan, nil) // late successes
 		b.done(context.Background(), nil)
-		b.after(classGone, tripNow) // late failures
+		b.after(classGone, tripNow, errFailure) // late failures
 	}
 	if s := b.State(); s == BreakerClosed {
 		t.Fatalf("late outcomes closed the breaker (%v)", s)

@@ -198,7 +198,7 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 	}
 
 	if !c.cfg.DisableBreaker {
-		c.breaker = newBreaker(c.cfg.BreakerFailures, c.cfg.BreakerCooldown, c.logger, o.stateChange)
+		c.breaker = newBreaker(breakerAddr(cfg.ConnConfig), c.cfg.BreakerFailures, c.cfg.BreakerCooldown, c.logger, o.stateChange)
 		c.breaker.probeFn = c.probe
 		// Connections handed out unverified while open are verified on
 		// their next reuse.
@@ -306,7 +306,7 @@ func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
 	counted := c.connected.Load()
 	inner, err := c.connect(ctx)
 	if c.breaker != nil && !counted {
-		c.breaker.after(breakerConnectClass(connectClass(ctx, err), err), tripCall)
+		c.breaker.after(breakerConnectClass(connectClass(ctx, err), err), tripCall, err)
 	}
 	if err != nil {
 		return nil, err

@@ -149,15 +149,19 @@ func ExampleTxAbortedError() {
 	// Output: true true
 }
 
-// CircuitOpenError says when the breaker lets the next probe through.
+// CircuitOpenError says which server failed, why, and when the breaker lets
+// the next probe through.
 func ExampleCircuitOpenError() {
-	err := error(&pgresilient.CircuitOpenError{})
+	err := error(&pgresilient.CircuitOpenError{
+		Addr: "127.0.0.1:5432",
+		Last: errors.New("dial tcp 127.0.0.1:5432: connect: connection refused"),
+	})
 	var coe *pgresilient.CircuitOpenError
-	fmt.Println(errors.As(err, &coe), errors.Is(err, pgresilient.ErrCircuitOpen))
+	fmt.Println(errors.As(err, &coe), errors.Is(err, pgresilient.ErrCircuitOpen), coe.Addr)
 	fmt.Println(err)
 	// Output:
-	// true true
-	// pgresilient: circuit open: the database failed repeatedly; a probe is under way
+	// true true 127.0.0.1:5432
+	// pgresilient: circuit open for 127.0.0.1:5432 (last failure: dial tcp 127.0.0.1:5432: connect: connection refused); a probe is under way
 }
 
 // A ConnectError says how many attempts failed and whether retrying can help.

@@ -91,6 +91,11 @@ func TestOutageServerStopped(t *testing.T) {
 			case !coe.NextProbe.IsZero() && (coe.NextProbe.Before(trippedAt) || coe.NextProbe.After(time.Now().Add(cooldown))):
 				t.Errorf("call %d: NextProbe %v, want between the trip %v and the cooldown %v from now",
 					i+1, coe.NextProbe, trippedAt, cooldown)
+			case coe.Addr != p.Addr() || coe.OpenedAt.After(trippedAt) || coe.Last == nil ||
+				!strings.Contains(coe.Error(), p.Addr()) || !strings.Contains(coe.Error(), "last failure: failed to connect"):
+				// The error says which server, since when and why.
+				t.Errorf("call %d: Addr %q (want %q), OpenedAt %v (tripped by %v), Last %v: %v",
+					i+1, coe.Addr, p.Addr(), coe.OpenedAt, trippedAt, coe.Last, err)
 			}
 		}
 		// Nothing but the background probes reaches the proxy: each

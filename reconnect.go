@@ -76,7 +76,7 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 		if err == nil {
 			c.stats.opened.Add(1)
 			if counting {
-				c.breaker.after(classNone, tripSpan)
+				c.breaker.after(classNone, tripSpan, nil)
 			}
 			return dc, nil
 		}
@@ -88,7 +88,7 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 			if timeout {
 				rule = tripNow
 			}
-			c.breaker.after(breakerConnectClass(class, err), rule)
+			c.breaker.after(breakerConnectClass(class, err), rule, err)
 		}
 		switch {
 		case class == classCanceled:

@@ -38,7 +38,7 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 		case peekDead:
 			c.discard(ctx, discardIdle, "closed while idle")
 			if c.owner.reuseFailed() {
-				c.owner.breaker.after(classGone, tripSpan)
+				c.owner.breaker.after(classGone, tripSpan, errIdleClosed)
 			}
 			return driver.ErrBadConn
 		case peekPending:
@@ -131,7 +131,7 @@ func (c *baseConn) verify(ctx context.Context) error {
 		cancel()
 	}
 	if err == nil {
-		c.owner.breaker.after(classNone, tripSpan)
+		c.owner.breaker.after(classNone, tripSpan, nil)
 		return nil
 	}
 	c.discard(ctx, discardVerify, "failed verification: "+logCause(err))
@@ -146,9 +146,9 @@ func (c *baseConn) verify(ctx context.Context) error {
 	news := c.owner.reuseFailed()
 	switch {
 	case timeout:
-		c.owner.breaker.after(classGone, tripNow)
+		c.owner.breaker.after(classGone, tripNow, err)
 	case news:
-		c.owner.breaker.after(classGone, tripSpan)
+		c.owner.breaker.after(classGone, tripSpan, err)
 	}
 	return driver.ErrBadConn
 }
