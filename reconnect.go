@@ -10,9 +10,13 @@ import (
 	"time"
 )
 
-// ConnectError is returned when a connection could not be opened. It wraps
-// the last attempt's error (a *pgconn.ConnectError from pgx, which never holds
-// the password).
+// ErrConnectFailed is matched by the error of a call that could not open a
+// connection (a *ConnectError): nothing of the call reached the server.
+var ErrConnectFailed = errors.New("pgresilient: connect failed")
+
+// ConnectError is returned when a connection could not be opened. It matches
+// ErrConnectFailed and wraps the last attempt's error (a *pgconn.ConnectError
+// from pgx, which never holds the password).
 type ConnectError struct {
 	Attempts  int  // attempts made, 1 + retries
 	Permanent bool // a failure no retry fixes: authentication, no such database, TLS
@@ -27,8 +31,8 @@ func (e *ConnectError) Error() string {
 	return "pgresilient: connect failed after " + strconv.Itoa(e.Attempts) + " attempt(s): " + errString(e.Err)
 }
 
-// Unwrap returns the last attempt's error.
-func (e *ConnectError) Unwrap() error { return e.Err }
+// Unwrap returns ErrConnectFailed and the last attempt's error.
+func (e *ConnectError) Unwrap() []error { return []error{ErrConnectFailed, e.Err} }
 
 // backoff returns the wait before retry n (0-based): full jitter, a uniform
 // random duration in [0, min(max, base·2ⁿ)].

@@ -20,6 +20,8 @@ func main() {
 	switch {
 	case errors.Is(err, pgresilient.ErrConnLost): // broke after sending: outcome unknown, check before retrying
 	case errors.Is(err, pgresilient.ErrCircuitOpen): // database down: failed fast, nothing sent
+	case errors.Is(err, pgresilient.ErrConnectFailed): // could not connect: nothing sent
+	case errors.Is(err, pgresilient.ErrRoleChanged): // the server became a standby: refused before running; safe to run again
 	case errors.Is(err, pgresilient.ErrTxAborted): // an earlier statement of this transaction failed
 	case err != nil:
 		log.Print(err)
