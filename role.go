@@ -144,7 +144,7 @@ func (c *baseConn) refusedForRole(err error, query string) bool {
 // failTimed. query is the statement's text, "" for a prepared statement.
 func (c *baseConn) failStmt(ctx, stmtCtx context.Context, op Op, query string, err error, mark int64) error {
 	if c.pgx == nil || !c.refusedForRole(err, query) {
-		return c.failTimed(ctx, stmtCtx, op, err, mark)
+		return placeholderHint(c.failTimed(ctx, stmtCtx, op, err, mark), query)
 	}
 	inTx := c.inTx.Load()
 	c.markBroken(discardRole)

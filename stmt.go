@@ -36,7 +36,7 @@ func (c *baseConn) prepare(ctx context.Context, query string) (driver.Stmt, erro
 	}
 	cancel()
 	if err != nil {
-		return nil, c.failTimed(ctx, sctx, OpPrepare, err, m)
+		return nil, placeholderHint(c.failTimed(ctx, sctx, OpPrepare, err, m), query)
 	}
 	return &baseStmt{inner: st, conn: c}, nil
 }

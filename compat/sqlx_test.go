@@ -2,6 +2,7 @@ package compat
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -80,6 +81,11 @@ func TestSqlxBindDriver(t *testing.T) {
 		t.Logf("pgresilient without BindDriver: %s: %v", []string{"NamedExec", "In+Rebind"}[i], err)
 		if !errors.As(err, &pgErr) || pgErr.Code != "42601" {
 			t.Errorf("without BindDriver: want a 42601 syntax error, got %v", err)
+		}
+		// The error says what to do; raw pgx's bare 42601 does not.
+		var ph *pgresilient.PlaceholderError
+		if !errors.As(err, &ph) || !strings.Contains(err.Error(), `sqlx.BindDriver("pgresilient", sqlx.DOLLAR)`) {
+			t.Errorf("without BindDriver: the error does not say to call sqlx.BindDriver: %v", err)
 		}
 	}
 
