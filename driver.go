@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -365,7 +366,18 @@ func (t dsnConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return t.d.Open(t.dsn)
+	dc, err := t.d.Open(t.dsn)
+	if err != nil && strings.Contains(err.Error(), sqlmockNoConn) {
+		return nil, errors.Join(errSqlmockDSN, err)
+	}
+	return dc, err
 }
+
+// sqlmockNoConn is go-sqlmock's answer to an Open whose DSN names no mock:
+// its driver finds connections by the DSN they were made with.
+const sqlmockNoConn = "expected a connection to be available"
+
+var errSqlmockDSN = errors.New("pgresilient: go-sqlmock knows its connections by DSN: " +
+	"make the mock with sqlmock.NewWithDSN(dsn) (not sqlmock.New) and give NewConnector the same dsn")
 
 func (t dsnConnector) Driver() driver.Driver { return t.d }

@@ -141,6 +141,27 @@ func openMock(t *testing.T, params string, opts ...Option) (*sql.DB, sqlmock.Sql
 	return db, mock, c
 }
 
+// TestSqlmockNew: a mock made with sqlmock.New (not NewWithDSN) cannot be
+// found by the DSN given to NewConnector: the error says what to do instead of
+// go-sqlmock's bare "expected a connection to be available".
+func TestSqlmockNew(t *testing.T) {
+	db0, _, err := sqlmock.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db0.Close()
+	c, err := NewConnector("orders_test?breaker=off", WithDriver(db0.Driver()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	defer db.Close()
+	err = db.Ping()
+	if err == nil || !strings.Contains(err.Error(), "sqlmock.NewWithDSN(dsn)") || !strings.Contains(err.Error(), sqlmockNoConn) {
+		t.Errorf("Ping over sqlmock.New: %v, want the advice to use sqlmock.NewWithDSN and go-sqlmock's own words", err)
+	}
+}
+
 // TestErrBadConnRule checks that database/sql retries only what never reached
 // the server: each case scripts exactly the expectations that may be used, so
 // a retry of an unsafe statement fails ExpectationsWereMet or the call.
