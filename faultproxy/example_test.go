@@ -3,6 +3,7 @@ package faultproxy_test
 import (
 	"errors"
 	"fmt"
+	"testing"
 
 	"github.com/pgresilient/pgresilient/faultproxy"
 )
@@ -27,4 +28,18 @@ func ExampleProxy() {
 	p.Thaw()
 	p.Cut() // every connection reset
 	// Output: 127.0.0.1
+}
+
+// A statement cut after it reached the server. The match ignores the case of
+// ASCII letters, so COMMIT fires on the "commit" pgx sends; NewT fails the
+// test if the trigger is still armed at its end, since then no fault was
+// injected.
+func ExampleProxy_CutOn() {
+	var t *testing.T // the test's
+	proxy := faultproxy.NewT(t, "127.0.0.1:5432")
+	proxy.CutOn([]byte("COMMIT"), true)
+	// ... commit a transaction through proxy.Addr() ...
+	if proxy.Fired() != 1 {
+		t.Fatal("the commit was never cut")
+	}
 }

@@ -14,6 +14,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -42,6 +44,7 @@ type Proxy struct {
 	cancel context.CancelFunc
 
 	accepted atomic.Int64
+	fired    atomic.Int64 // CutOn triggers fired
 
 	mu      sync.Mutex
 	ln      net.Listener // nil while refusing or closed
@@ -58,6 +61,7 @@ type Proxy struct {
 type trigger struct {
 	match   []byte
 	forward bool
+	armedAt string // file:line of the CutOn call, for NewT's report
 }
 
 // New returns a Proxy listening on 127.0.0.1 at a free port, forwarding every
@@ -246,32 +250,47 @@ func (p *Proxy) Refuse(on bool) error {
 }
 
 // CutOn arms a one-shot trigger on the bytes clients send, replacing any armed
-// one. The first chunk the Proxy reads from a client that contains match fires
-// it, on that connection only:
+// one. The first read from a client that completes a match fires it, on that
+// connection only:
 //
-//   - forward true: the chunk is sent to the server, then the client side is
-//     reset before it can get any reply, and the server side is half-closed:
-//     the server handles the chunk, then sees EOF; its replies are discarded.
-//     "The statement reached the server; the client does not know the
-//     outcome." What the server does with the chunk depends on the protocol:
-//     PostgreSQL runs a simple-protocol Query message (pgx sends one for an
-//     Exec without arguments), but a lone Parse, as pgx's statement cache
-//     sends before the Bind and Execute, runs nothing.
+//   - forward true: the chunk read is sent to the server, then the client side
+//     is reset before it can get any reply, and the server side is
+//     half-closed: the server handles the chunk, then sees EOF; its replies are
+//     discarded. "The statement reached the server; the client does not know
+//     the outcome." What the server does with the chunk depends on the
+//     protocol: PostgreSQL runs a simple-protocol Query message (pgx sends one
+//     for an Exec without arguments, and for a transaction's begin, commit and
+//     rollback), but a lone Parse, as pgx's statement cache sends before the
+//     Bind and Execute, runs nothing.
 //   - forward false: both sides are reset without the chunk being sent.
-//     "Nothing reached the server."
+//     "Nothing reached the server" (unless the match began in an earlier
+//     read, which was sent).
 //
-// Matching looks at each chunk as read, with no memory between reads, so a
-// match split across two reads may be missed; short messages such as a SQL
-// statement arrive whole in practice. A nil or empty match disarms the
+// Matching is ASCII case-insensitive, because SQL is and drivers differ:
+// CutOn([]byte("COMMIT"), ...) fires on pgx's "commit". Only the letters A-Z
+// and a-z fold; every other byte, non-ASCII UTF-8 and binary data included,
+// must be equal, so there is no Unicode folding (É does not match é), and a
+// match on binary protocol data fires where the bytes are equal or differ
+// only in the case of ASCII letters. A match may span reads: only bytes read
+// after CutOn count. To cut one statement among similar ones, match text only
+// it contains, such as a marker comment (/* cut here */).
+//
+// A trigger that never fires is a test that injected no fault: check Fired
+// or Armed after the statement, or use NewT, which fails the test when a
+// trigger is still armed at its end. A nil or empty match disarms the
 // trigger.
 func (p *Proxy) CutOn(match []byte, forward bool) {
+	armedAt := "?"
+	if _, file, line, ok := runtime.Caller(1); ok {
+		armedAt = filepath.Base(file) + ":" + strconv.Itoa(line)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(match) == 0 {
 		p.trigger = nil
 		return
 	}
-	p.trigger = &trigger{match: bytes.Clone(match), forward: forward}
+	p.trigger = &trigger{match: bytes.Clone(match), forward: forward, armedAt: armedAt}
 }
 
 // Armed reports whether a CutOn trigger is armed and has not fired yet.
@@ -280,6 +299,9 @@ func (p *Proxy) Armed() bool {
 	defer p.mu.Unlock()
 	return p.trigger != nil
 }
+
+// Fired returns how many CutOn triggers have fired since New.
+func (p *Proxy) Fired() int64 { return p.fired.Load() }
 
 // Close stops listening, resets every connection and returns once all the
 // Proxy's goroutines have exited. Calls after the first return nil.
@@ -404,29 +426,101 @@ func (p *Proxy) waitThawed(pr *pair) bool {
 	}
 }
 
-// fire returns the armed trigger if chunk matches it, disarming it.
-func (p *Proxy) fire(chunk []byte) *trigger {
+// fire returns the armed trigger if it matches chunk, disarming it. tail
+// holds what fire needs of the bytes read before chunk on the same
+// connection, and fire keeps it up to date.
+func (p *Proxy) fire(tail *readTail, chunk []byte) *trigger {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	t := p.trigger
-	if t == nil || !bytes.Contains(chunk, t.match) {
+	if t != tail.trigger {
+		// Bytes read before this trigger was armed do not count.
+		tail.trigger, tail.b = t, tail.b[:0]
+	}
+	if t == nil {
+		return nil
+	}
+	// tail.b holds at most len(match)-1 bytes, so that a match found in
+	// tail.b+chunk always ends in chunk.
+	keep := len(t.match) - 1
+	hit := containsFold(chunk, t.match)
+	if !hit && len(tail.b) > 0 {
+		// Only a match straddling the boundary is new: look at tail.b
+		// and chunk's first keep bytes.
+		edge := append(tail.b, chunk[:min(len(chunk), keep)]...)
+		hit = containsFold(edge, t.match)
+	}
+	if !hit {
+		tail.b = append(tail.b, chunk[max(0, len(chunk)-keep):]...)
+		if len(tail.b) > keep {
+			tail.b = append(tail.b[:0], tail.b[len(tail.b)-keep:]...)
+		}
 		return nil
 	}
 	p.trigger = nil
+	p.fired.Add(1)
 	return t
+}
+
+// readTail is the end of what a connection's client sent, kept for a match
+// that spans reads.
+type readTail struct {
+	trigger *trigger // the trigger b was kept for
+	b       []byte   // the last len(trigger.match)-1 bytes, or fewer
+}
+
+// containsFold reports whether match occurs in b, ASCII letters compared
+// without regard to case and every other byte exactly.
+func containsFold(b, match []byte) bool {
+	if len(match) == 0 {
+		return true
+	}
+	first, firstOther := match[0], otherCase(match[0])
+	for i := 0; i+len(match) <= len(b); i++ {
+		if c := b[i]; c != first && c != firstOther {
+			continue
+		}
+		if equalFold(b[i:i+len(match)], match) {
+			return true
+		}
+	}
+	return false
+}
+
+// equalFold compares two slices of the same length as containsFold does.
+func equalFold(a, b []byte) bool {
+	for i := range a {
+		if a[i] != b[i] && a[i] != otherCase(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// otherCase returns an ASCII letter in the other case, and any other byte
+// unchanged.
+func otherCase(c byte) byte {
+	switch {
+	case 'a' <= c && c <= 'z':
+		return c - ('a' - 'A')
+	case 'A' <= c && c <= 'Z':
+		return c + ('a' - 'A')
+	}
+	return c
 }
 
 // copyToServer copies client bytes to the server, applying Freeze and CutOn.
 // A client EOF half-closes the server side; any error kills the pair.
 func (p *Proxy) copyToServer(pr *pair) {
 	buf := make([]byte, bufSize)
+	var tail readTail // for fire
 	for {
 		n, err := pr.client.Read(buf)
 		if n > 0 {
 			if !p.waitThawed(pr) {
 				return
 			}
-			if t := p.fire(buf[:n]); t != nil {
+			if t := p.fire(&tail, buf[:n]); t != nil {
 				p.cut(pr, t, buf[:n])
 				return
 			}
@@ -499,7 +593,11 @@ func isEOF(err error) bool {
 }
 
 // NewT is New for one test: it fails the test if the proxy cannot start,
-// and closes the proxy when the test ends (t.Cleanup).
+// and closes the proxy when the test ends (t.Cleanup). Then it also fails the
+// test if a CutOn trigger is still armed: no client sent the bytes it
+// waited for, so the fault it was meant to inject never happened and the
+// test proved nothing. Disarm a trigger that may rightly stay unfired with
+// CutOn(nil, false).
 func NewT(t testing.TB, target string) *Proxy {
 	t.Helper()
 	p, err := New(target)
@@ -509,6 +607,14 @@ func NewT(t testing.TB, target string) *Proxy {
 	t.Cleanup(func() {
 		if err := p.Close(); err != nil {
 			t.Errorf("faultproxy: close: %v", err)
+		}
+		p.mu.Lock()
+		tr := p.trigger
+		p.mu.Unlock()
+		if tr != nil {
+			t.Errorf("faultproxy: CutOn(%q, %v) armed at %s never fired: no client sent those bytes through %s "+
+				"(the match ignores the case of ASCII letters only); the fault was not injected",
+				tr.match, tr.forward, tr.armedAt, p.addr)
 		}
 	})
 	return p

@@ -3,6 +3,7 @@ package faultproxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -120,20 +121,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func newProxy(t *testing.T, target string) *Proxy {
-	t.Helper()
-	p, err := New(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := p.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return p
-}
-
 func dial(t *testing.T, addr string) *net.TCPConn {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -190,7 +177,7 @@ func expectSilence(t *testing.T, c net.Conn) {
 func TestForward(t *testing.T) {
 	checkGoroutines(t)
 	echo := newEcho(t)
-	p := newProxy(t, echo.addr())
+	p := NewT(t, echo.addr())
 	if p.Host() != "127.0.0.1" || p.Addr() != net.JoinHostPort("127.0.0.1", strconv.Itoa(p.Port())) {
 		t.Errorf("Host, Port, Addr = %q, %d, %q", p.Host(), p.Port(), p.Addr())
 	}
@@ -234,7 +221,7 @@ func TestForward(t *testing.T) {
 func TestCut(t *testing.T) {
 	checkGoroutines(t)
 	echo := newEcho(t)
-	p := newProxy(t, echo.addr())
+	p := NewT(t, echo.addr())
 	a, b := dial(t, p.Addr()), dial(t, p.Addr())
 	roundTrip(t, a, "one")
 	roundTrip(t, b, "two")
@@ -261,7 +248,7 @@ func TestCut(t *testing.T) {
 func TestFreezeThaw(t *testing.T) {
 	checkGoroutines(t)
 	echo := newEcho(t)
-	p := newProxy(t, echo.addr())
+	p := NewT(t, echo.addr())
 	a := dial(t, p.Addr())
 	roundTrip(t, a, "before")
 
@@ -330,7 +317,7 @@ func TestFreezeThenCutOrClose(t *testing.T) {
 func TestRefuse(t *testing.T) {
 	checkGoroutines(t)
 	echo := newEcho(t)
-	p := newProxy(t, echo.addr())
+	p := NewT(t, echo.addr())
 	addr := p.Addr()
 	a := dial(t, addr)
 	roundTrip(t, a, "x")
@@ -374,7 +361,7 @@ func TestCutOn(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			checkGoroutines(t)
 			echo := newEcho(t)
-			p := newProxy(t, echo.addr())
+			p := NewT(t, echo.addr())
 			if p.Armed() {
 				t.Fatal("Armed() = true before CutOn")
 			}
@@ -414,7 +401,7 @@ func TestCutOn(t *testing.T) {
 func TestCutOnDisarm(t *testing.T) {
 	checkGoroutines(t)
 	echo := newEcho(t)
-	p := newProxy(t, echo.addr())
+	p := NewT(t, echo.addr())
 	p.CutOn([]byte("x"), false)
 	p.CutOn(nil, false)
 	if p.Armed() {
@@ -431,7 +418,7 @@ func TestTargetDown(t *testing.T) {
 	}
 	target := ln.Addr().String()
 	ln.Close()
-	p := newProxy(t, target)
+	p := NewT(t, target)
 	// The proxy accepts, fails to dial and resets the client, often before
 	// the client's connect has returned: then the dial itself reports it.
 	a, err := net.DialTimeout("tcp", p.Addr(), time.Second)
@@ -519,5 +506,182 @@ func TestClose(t *testing.T) {
 	p.Cut() // harmless
 	if p.Live() != 0 {
 		t.Errorf("Live() = %d after Close", p.Live())
+	}
+}
+
+// TestCutOnMatch checks what CutOn's match matches: ASCII letters in either
+// case, every other byte exactly.
+func TestCutOnMatch(t *testing.T) {
+	tests := []struct {
+		name       string
+		match, msg string
+		fire       bool
+	}{
+		{"same case", "commit", "commit", true},
+		{"upper case match, lower case statement (pgx's commit)", "COMMIT", "Q\x00\x00\x00\x0bcommit\x00", true},
+		{"lower case match, upper case statement", "insert into t", "INSERT INTO T VALUES (1)", true},
+		{"mixed case", "CoMmIt", "cOmMiT", true},
+		{"inside binary data", "ab", "\x00\x01AB\xff", true},
+		{"a different word", "commit", "rollback", false},
+		{"bytes other than letters exactly: [ is not {", "[", "{", false},
+		{"@ is not `", "@", "`", false},
+		{"no Unicode folding: É is not é", "\u00c9", "\u00e9", false},
+		{"no Unicode folding: K is not the Kelvin sign", "k", "\u212a", false},
+		{"a NUL between the letters", "ab", "a\x00b", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkGoroutines(t)
+			echo := newEcho(t)
+			p := NewT(t, echo.addr())
+			a := dial(t, p.Addr())
+			roundTrip(t, a, "hello")
+			p.CutOn([]byte(tt.match), false)
+			if tt.fire {
+				if _, err := a.Write([]byte(tt.msg)); err != nil {
+					t.Fatal(err)
+				}
+				expectReset(t, a)
+				if p.Armed() || p.Fired() != 1 {
+					t.Fatalf("Armed() = %v, Fired() = %d after %q; want false, 1", p.Armed(), p.Fired(), tt.msg)
+				}
+				return
+			}
+			roundTrip(t, a, tt.msg)
+			if !p.Armed() || p.Fired() != 0 {
+				t.Fatalf("Armed() = %v, Fired() = %d after %q; want true, 0", p.Armed(), p.Fired(), tt.msg)
+			}
+			p.CutOn(nil, false)
+		})
+	}
+}
+
+// TestCutOnSplitRead sends the match in two writes that the proxy reads
+// separately: the chunk that completes it fires the trigger.
+func TestCutOnSplitRead(t *testing.T) {
+	checkGoroutines(t)
+	echo := newEcho(t)
+	p := NewT(t, echo.addr())
+	a := dial(t, p.Addr())
+	p.CutOn([]byte("commit"), true)
+	roundTrip(t, a, "select 1; com") // read, forwarded and echoed: a read of its own
+	if _, err := a.Write([]byte("mit;")); err != nil {
+		t.Fatal(err)
+	}
+	expectReset(t, a)
+	if p.Fired() != 1 {
+		t.Fatalf("Fired() = %d, want 1", p.Fired())
+	}
+	waitFor(t, "the server connection to end", func() bool { _, _, ended := echo.stats(); return ended == 1 })
+	if got, _, _ := echo.stats(); got != "select 1; commit;" {
+		t.Errorf("server received %q, want the whole statement", got)
+	}
+}
+
+// TestCutOnNotOnEarlierBytes: bytes that passed before CutOn was armed do not
+// fire it, even when a later read completes nothing.
+func TestCutOnNotOnEarlierBytes(t *testing.T) {
+	checkGoroutines(t)
+	echo := newEcho(t)
+	p := NewT(t, echo.addr())
+	a := dial(t, p.Addr())
+	roundTrip(t, a, "commit")
+	p.CutOn([]byte("commit"), false)
+	roundTrip(t, a, "x")
+	roundTrip(t, a, "mit") // "commit" + "x" + "mit": no match ends in a read since
+	if !p.Armed() {
+		t.Fatal("the trigger fired on bytes sent before it was armed")
+	}
+	p.CutOn([]byte("it"), false) // re-armed between "i" and "t"
+	roundTrip(t, a, "ti")
+	p.CutOn([]byte("it"), false)
+	roundTrip(t, a, "t")
+	if !p.Armed() {
+		t.Fatal("a trigger armed again fired on bytes sent before")
+	}
+	p.CutOn(nil, false)
+}
+
+// tbRecorder is a testing.TB that records what NewT reports, and runs its
+// cleanups on demand.
+type tbRecorder struct {
+	testing.TB
+	mu       sync.Mutex
+	errs     []string
+	cleanups []func()
+}
+
+func (r *tbRecorder) Helper() {}
+
+func (r *tbRecorder) Errorf(format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
+
+func (r *tbRecorder) Cleanup(f func()) { r.cleanups = append(r.cleanups, f) }
+
+// end runs the cleanups, last first, as the testing package does, and
+// returns what they reported.
+func (r *tbRecorder) end() []string {
+	for i := len(r.cleanups) - 1; i >= 0; i-- {
+		r.cleanups[i]()
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.errs
+}
+
+// TestNewTUnfiredTrigger: a proxy from NewT fails the test whose CutOn trigger
+// is still armed at the end, naming the match and where it was armed; one
+// that fired or was disarmed passes.
+func TestNewTUnfiredTrigger(t *testing.T) {
+	tests := []struct {
+		name    string
+		fault   func(t *testing.T, p *Proxy, c net.Conn)
+		wantErr bool
+	}{
+		{"never fired", func(t *testing.T, p *Proxy, c net.Conn) {
+			p.CutOn([]byte("COMMIT;"), true)
+			roundTrip(t, c, "commit") // no ';'
+		}, true},
+		{"fired", func(t *testing.T, p *Proxy, c net.Conn) {
+			p.CutOn([]byte("COMMIT"), true)
+			if _, err := c.Write([]byte("commit")); err != nil {
+				t.Fatal(err)
+			}
+			expectReset(t, c)
+		}, false},
+		{"disarmed", func(_ *testing.T, p *Proxy, _ net.Conn) {
+			p.CutOn([]byte("COMMIT"), true)
+			p.CutOn(nil, false)
+		}, false},
+		{"never armed", func(*testing.T, *Proxy, net.Conn) {}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkGoroutines(t)
+			echo := newEcho(t)
+			rec := &tbRecorder{TB: t}
+			p := NewT(rec, echo.addr())
+			c := dial(t, p.Addr())
+			tt.fault(t, p, c)
+			errs := rec.end()
+			if !tt.wantErr {
+				if len(errs) != 0 {
+					t.Fatalf("NewT reported %q", errs)
+				}
+				return
+			}
+			if len(errs) != 1 {
+				t.Fatalf("NewT reported %q; want one error", errs)
+			}
+			for _, want := range []string{`"COMMIT;"`, "never fired", "proxy_test.go:"} {
+				if !strings.Contains(errs[0], want) {
+					t.Errorf("NewT's error %q does not mention %q", errs[0], want)
+				}
+			}
+			t.Logf("NewT: %s", errs[0])
+		})
 	}
 }

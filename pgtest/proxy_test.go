@@ -18,11 +18,7 @@ import (
 func TestThroughProxy(t *testing.T) {
 	c := Require(t, cluster)
 	ctx := t.Context()
-	p, err := faultproxy.New(c.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
+	p := faultproxy.NewT(t, c.Addr()) // fails the test if a trigger never fires
 	viaProxy := c.DSNFor(p.Host(), p.Port())
 	if err := c.Exec(ctx, "drop table if exists cut_t; create table cut_t(i int)"); err != nil {
 		t.Fatal(err)
@@ -79,6 +75,31 @@ func TestThroughProxy(t *testing.T) {
 		}
 		if n := count(); n != 1 {
 			t.Fatalf("%d rows, want 1", n)
+		}
+	})
+
+	// docs/fault-testing.md's recipe: pgx sends "commit" in lower case,
+	// the docs and SQL habit write COMMIT. The trigger must fire all the
+	// same, or a "lost commit" test proves nothing.
+	t.Run("CutOn COMMIT fires on pgx's commit", func(t *testing.T) {
+		conn := connect(t, viaProxy)
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "insert into cut_t values (3)"); err != nil {
+			t.Fatal(err)
+		}
+		p.CutOn([]byte("COMMIT"), true)
+		if err := tx.Commit(ctx); err == nil {
+			t.Fatal("commit succeeded: the trigger never fired")
+		}
+		if p.Armed() || p.Fired() != 3 {
+			t.Fatalf("Armed() = %v, Fired() = %d; want false, 3 (one for each subtest so far)", p.Armed(), p.Fired())
+		}
+		// Forwarded: the server committed, only the reply was lost.
+		if n := count(); n != 2 {
+			t.Fatalf("%d rows, want 2", n)
 		}
 	})
 
