@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/pgresilient/pgresilient/pgtest"
 )
@@ -393,6 +394,11 @@ func TestDriverInterfaces(t *testing.T) {
 		if !strings.Contains(err.Error(), "unsupported Scan") {
 			t.Errorf("[]int64 argument: %v", err)
 		}
+	}
+	// What docs/ecosystem.md tells lib/pq users before Go 1.27 (pq.Array).
+	arr = nil
+	if err := db.QueryRow("select $1::int8[]", []int64{1, 2}).Scan(pgtype.NewMap().SQLScanner(&arr)); err != nil || len(arr) != 2 || arr[1] != 2 {
+		t.Errorf("[]int64 through pgtype's SQLScanner: %v, %v", arr, err)
 	}
 
 	st, err := db.Prepare("select $1::int + 1")
