@@ -18,4 +18,9 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 )
 
+// This module is never published (no tag; nothing depends on it): it
+// measures the driver of this working tree. go.work's use list says so in
+// the workspace; this replace directive says so with GOWORK=off, and the
+// version required above is then only a placeholder. A published module
+// must not have one (docs/releasing.md).
 replace github.com/pgresilient/pgresilient => ..

@@ -3,7 +3,7 @@ module github.com/pgresilient/pgresilient/pgresilientprom
 go 1.26.0
 
 require (
-	github.com/pgresilient/pgresilient v0.0.0
+	github.com/pgresilient/pgresilient v0.1.0
 	github.com/prometheus/client_golang v1.25.0
 )
 
@@ -26,5 +26,3 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
-
-replace github.com/pgresilient/pgresilient => ..

@@ -4,7 +4,7 @@ go 1.26.0
 
 require (
 	github.com/jackc/pgx/v5 v5.12.0
-	github.com/pgresilient/pgresilient v0.0.0
+	github.com/pgresilient/pgresilient v0.1.0
 	gonum.org/v1/plot v0.17.0
 )
 
@@ -24,5 +24,3 @@ require (
 	golang.org/x/sync v0.23.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
 )
-
-replace github.com/pgresilient/pgresilient => ../..
