@@ -42,6 +42,9 @@
 package pgresilientprom
 
 import (
+	"fmt"
+	"reflect"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgresilient/pgresilient"
@@ -165,10 +168,20 @@ type Collector struct {
 var _ prometheus.Collector = (*Collector)(nil)
 
 // NewCollector returns a Collector that reads src, usually a
-// *pgresilient.Connector, once per scrape. It panics if src is nil.
+// *pgresilient.Connector, once per scrape. It panics if src is nil or a nil
+// pointer, such as the *pgresilient.Connector that pgresilient.ConnectorOf
+// returns with false: a Collector that would fail every scrape, and take the
+// other collectors' metrics of that scrape down with it, is refused when it
+// is made.
 func NewCollector(src Source, opts ...Option) *Collector {
-	if src == nil {
-		panic("pgresilientprom: NewCollector: nil Source")
+	if isNil(src) {
+		if _, ok := src.(*pgresilient.Connector); ok {
+			panic("pgresilientprom: NewCollector: nil *pgresilient.Connector: pgresilient.ConnectorOf returns one, " +
+				"with false, for a pool whose driver is not pgresilient's own, such as one opened with otelsql.Open; " +
+				"create the Connector with pgresilient.NewConnector, open the pool with sql.OpenDB or otelsql.OpenDB, " +
+				"and pass that Connector")
+		}
+		panic(fmt.Sprintf("pgresilientprom: NewCollector: nil Source (%T)", src))
 	}
 	o := options{namespace: DefaultNamespace}
 	for _, opt := range opts {
@@ -194,6 +207,16 @@ func NewCollector(src Source, opts ...Option) *Collector {
 		"Seconds the circuit breaker has spent open (calls refused), the current open period included.",
 		nil, o.constLabels)
 	return c
+}
+
+// isNil reports whether src is nil or a nil pointer: no Connector, or no
+// other source, to read.
+func isNil(src Source) bool {
+	if src == nil {
+		return true
+	}
+	v := reflect.ValueOf(src)
+	return v.Kind() == reflect.Pointer && v.IsNil()
 }
 
 // Describe sends the descriptors of every metric the Collector exports.

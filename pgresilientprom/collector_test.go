@@ -3,7 +3,9 @@ package pgresilientprom_test
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"slices"
@@ -272,13 +274,63 @@ func TestInvalidOptions(t *testing.T) {
 	}
 }
 
+// wrappingConnector stands for an instrumenting wrapper of the driver, such
+// as the one otelsql.Open puts between database/sql and pgresilient: the
+// pool's driver is the wrapper's, so pgresilient.ConnectorOf cannot find the
+// Connector beneath.
+type wrappingConnector struct{ driver.Connector }
+
+func (w wrappingConnector) Driver() driver.Driver { return wrappingDriver{w.Connector.Driver()} }
+
+type wrappingDriver struct{ driver.Driver }
+
+// TestNilSource: NewCollector refuses a nil source, typed or not, when it is
+// called, rather than returning a Collector that fails every scrape. The
+// typed one is what pgresilient.ConnectorOf returns, with false, for a pool
+// opened through a wrapper of the driver.
 func TestNilSource(t *testing.T) {
-	defer func() {
-		if recover() == nil {
-			t.Error("NewCollector(nil) did not panic")
-		}
-	}()
-	pgresilientprom.NewCollector(nil)
+	cn, err := pgresilient.NewConnector("postgres://app@127.0.0.1:1/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(wrappingConnector{cn})
+	t.Cleanup(func() { db.Close() })
+	wrapped, ok := pgresilient.ConnectorOf(db)
+	if ok {
+		t.Fatal("ConnectorOf found a Connector beneath a wrapping driver")
+	}
+
+	cases := []struct {
+		name string
+		src  pgresilientprom.Source
+		want string // in the panic's message
+	}{
+		{"nil", nil, "nil Source"},
+		{"nil Connector", (*pgresilient.Connector)(nil), "pgresilient.ConnectorOf"},
+		{"ConnectorOf of a wrapped pool", wrapped, "pgresilient.ConnectorOf"},
+		{"nil pointer", (*fakeSource)(nil), "nil Source (*pgresilientprom_test.fakeSource)"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, r := newCollector(tc.src)
+			if r == nil {
+				reg := prometheus.NewRegistry()
+				reg.MustRegister(c)
+				_, err := reg.Gather()
+				t.Fatalf("NewCollector(%T) did not panic; a scrape of its Collector returns: %v", tc.src, err)
+			}
+			if msg := fmt.Sprint(r); !strings.Contains(msg, tc.want) {
+				t.Errorf("panic %q does not say %q", msg, tc.want)
+			}
+		})
+	}
+}
+
+// newCollector calls NewCollector and returns what it panicked with, if it
+// did.
+func newCollector(src pgresilientprom.Source) (c *pgresilientprom.Collector, panicked any) {
+	defer func() { panicked = recover() }()
+	return pgresilientprom.NewCollector(src), nil
 }
 
 // scrape collects c once and returns every series' value by its name and
