@@ -20,7 +20,13 @@ func main() {
 	}
 	defer db.Close()
 
-	connector, _ := pgresilient.ConnectorOf(db) // the pool's Connector: its Stats feed the collector
+	connector, ok := pgresilient.ConnectorOf(db) // the pool's Connector: its Stats feed the collector
+	if !ok {
+		// Another driver's pool, or pgresilient's behind a wrapper (otelsql.Open) that hides the
+		// Connector: create it with pgresilient.NewConnector, open the pool with sql.OpenDB or
+		// otelsql.OpenDB, and pass it to NewCollector.
+		log.Fatal("the pool's driver is not pgresilient")
+	}
 	prometheus.MustRegister(
 		pgresilientprom.NewCollector(connector, pgresilientprom.WithConstLabels(prometheus.Labels{"db_name": "orders"})),
 		collectors.NewDBStatsCollector(db, "orders"), // database/sql's own pool gauges
