@@ -114,12 +114,12 @@ func classify(ctx context.Context, err error) errClass {
 var sqlstates = map[string]sqlstate{
 	"08": {gone: true, transient: true}, // connection_exception: the connection failed
 
-	"57P01": {gone: true, transient: true}, // admin_shutdown: pg_terminate_backend, fast shutdown
-	"57P02": {gone: true, transient: true}, // crash_shutdown
-	"57P03": {gone: true, transient: true}, // cannot_connect_now: starting up, shutting down, in recovery
-	"57P04": {gone: true},                  // database_dropped
-	"57P05": {gone: true},                  // idle_session_timeout
-	"25P03": {gone: true},                  // idle_in_transaction_session_timeout
+	"57P01": {gone: true, transient: true, uncommitted: true}, // admin_shutdown: pg_terminate_backend, fast shutdown
+	"57P02": {gone: true, transient: true},                    // crash_shutdown
+	"57P03": {gone: true, transient: true},                    // cannot_connect_now: starting up, shutting down, in recovery
+	"57P04": {gone: true},                                     // database_dropped
+	"57P05": {gone: true},                                     // idle_session_timeout
+	"25P03": {gone: true, uncommitted: true},                  // idle_in_transaction_session_timeout
 
 	"53300": {transient: true}, // too_many_connections
 	"53000": {transient: true}, // insufficient_resources
@@ -133,6 +133,9 @@ var sqlstates = map[string]sqlstate{
 type sqlstate struct {
 	gone      bool // in reply to a statement: the server ended the session
 	transient bool // in reply to a connection attempt: "not now", worth a retry
+	// uncommitted: as a FATAL in reply to COMMIT, before its CommandComplete,
+	// the transaction did not commit (refusedCommit).
+	uncommitted bool
 }
 
 // lookupSQLState returns what code means: its own entry, else its class's,
@@ -162,6 +165,32 @@ func serverGone(e *pgconn.PgError) bool {
 		return true
 	}
 	return lookupSQLState(e.Code).gone
+}
+
+// refusedCommit reports whether err, the reply to a COMMIT that came before
+// any CommandComplete, says the transaction did not commit: a FATAL whose
+// SQLSTATE is marked uncommitted. PostgreSQL raises those (a terminated
+// backend, a fast shutdown, idle_in_transaction_session_timeout) only where
+// it checks for interrupts: while waiting for the client, or while running
+// COMMIT before its commit record is written. From before the commit record
+// until CommitTransaction ends it holds interrupts, and the CommandComplete
+// is queued right after, so a FATAL sent after a commit follows a
+// CommandComplete "COMMIT", which baseTx.commit reads first and believes.
+// The backend aborts the transaction as it exits (TestCommitRefused
+// measures it). Interrupts that end a session after the commit record (a
+// synchronous standby's wait cut short, an immediate shutdown) send a
+// WARNING and close the connection: an EOF, not this. PgBouncer's own
+// FATALs (08P01) are not marked: PgBouncer may send one after the server
+// committed. Trusted only over pgx, whose COMMIT tag pgresilient reads.
+func refusedCommit(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	if pgErr.Severity != "FATAL" && pgErr.SeverityUnlocalized != "FATAL" {
+		return false
+	}
+	return lookupSQLState(pgErr.Code).uncommitted
 }
 
 // connectClass classifies an error from opening a connection. Unlike a

@@ -277,10 +277,15 @@ func (c *baseConn) fail(ctx context.Context, op Op, err error, mark int64) error
 			return err
 		}
 		// pgx closes the connection when a context ends during I/O: the
-		// statement may have run.
+		// statement may have run, unless it is a COMMIT never written.
 		c.markBroken(discardLost)
+		inTx := c.inTx.Load()
+		if inTx && op == OpCommit && c.commitNotRun(mark, err) {
+			c.owner.stats.notCommitted.Add(1)
+			return &DisconnectError{Op: op, InTx: true, notCommitted: true, Err: err}
+		}
 		c.owner.stats.connLost.Add(1)
-		return &DisconnectError{Op: op, InTx: c.inTx.Load(), Err: err}
+		return &DisconnectError{Op: op, InTx: inTx, Err: err}
 	default:
 		if !c.innerClosed() {
 			if class == classServer {
@@ -296,14 +301,22 @@ func (c *baseConn) fail(ctx context.Context, op Op, err error, mark int64) error
 	news := c.owner.invalidate(c.gen, op, err)
 	inTx := c.inTx.Load()
 	safe := !inTx && (noEffect(op) || c.safeToRetry(mark, err) || bouncerNotForwarded(err))
-	if safe {
+	// A COMMIT is never safe (database/sql does not retry one), but the
+	// wire may know it did not commit.
+	notCommitted := inTx && op == OpCommit && c.commitNotRun(mark, err)
+	switch {
+	case safe:
 		c.owner.stats.badConnRetries.Add(1)
-	} else {
+	case notCommitted:
+		c.owner.stats.notCommitted.Add(1)
+		c.owner.logger.LogAttrs(ctx, slog.LevelInfo, "pgresilient: connection lost at COMMIT, the transaction did not commit",
+			slog.String("cause", logCause(err)))
+	default:
 		c.owner.stats.connLost.Add(1)
 		c.owner.logger.LogAttrs(ctx, slog.LevelWarn, "pgresilient: connection lost, outcome unknown",
 			slog.String("op", string(op)), slog.Bool("in_tx", inTx), slog.String("cause", logCause(err)))
 	}
-	return &DisconnectError{Op: op, safe: safe, InTx: inTx, Err: err, known: !news}
+	return &DisconnectError{Op: op, safe: safe, notCommitted: notCommitted, InTx: inTx, Err: err, known: !news}
 }
 
 // usable returns driver.ErrBadConn if the connection is known broken: nothing

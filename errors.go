@@ -15,6 +15,16 @@ import (
 // the statement: check whether it took effect, or make it idempotent.
 var ErrConnLost = errors.New("pgresilient: connection lost, outcome unknown")
 
+// ErrNotCommitted is matched (errors.Is) by the error of a Commit, and of
+// RunTx, when the connection was lost at COMMIT but the transaction certainly
+// did not commit: no byte of the COMMIT reached the socket, or the server
+// ended the session (FATAL 57P01, a terminated backend) before running it, or
+// the connection was already broken when Commit was called. The server rolls
+// back a transaction whose session ends without a COMMIT, so running it again
+// cannot commit it twice. It never matches ErrConnLost (the outcome is known)
+// nor driver.ErrBadConn (database/sql does not retry a Commit anyway).
+var ErrNotCommitted = errors.New("pgresilient: transaction not committed")
+
 // ErrCircuitOpen is matched by errors returned while the circuit breaker is
 // open: the call failed at once, without dialling or sending anything. It
 // never matches driver.ErrBadConn: a retry would hit the same breaker.
@@ -47,13 +57,20 @@ const (
 // or a PREPARE outside a transaction), the error matches driver.ErrBadConn,
 // so database/sql retries the operation on another connection: ask
 // errors.Is(err, driver.ErrBadConn). Otherwise the operation may have run:
-// the error matches ErrConnLost and never driver.ErrBadConn. In both cases it wraps the cause,
+// the error matches ErrConnLost and never driver.ErrBadConn, except for a
+// COMMIT known not to have committed, which matches ErrNotCommitted instead
+// of ErrConnLost. In every case it wraps the cause,
 // so errors.As still finds a *pgconn.PgError, and errors.Is a context error.
 type DisconnectError struct {
 	Op   Op    // the operation that broke: OpExec, OpCommit, ...
 	safe bool  // nothing was done on the server: driver.ErrBadConn joins the chain
 	InTx bool  // the connection was inside a transaction
 	Err  error // the cause, from the wrapped driver
+
+	// notCommitted: Op is OpCommit and the transaction certainly did not
+	// commit (see ErrNotCommitted): the error matches ErrNotCommitted
+	// instead of ErrConnLost.
+	notCommitted bool
 
 	// known: the pool had already learned that the server went away when
 	// this connection failed (a restart ends every connection at once), or
@@ -67,6 +84,8 @@ func (e *DisconnectError) Error() string {
 	switch {
 	case e.safe:
 		what = ": connection lost, nothing done on the server (safe to retry): "
+	case e.notCommitted:
+		what = ": connection lost before COMMIT ran, the transaction did not commit: "
 	case e.Op == OpCommit:
 		what = ": connection lost during commit, outcome unknown (the transaction may or may not have committed): "
 	case e.InTx:
@@ -81,18 +100,23 @@ func (e *DisconnectError) Error() string {
 	return "pgresilient: " + string(e.Op) + what + cause
 }
 
-// Unwrap returns the cause and, for a safe error, driver.ErrBadConn; for an
-// unsafe one, ErrConnLost. An unsafe error never matches driver.ErrBadConn,
+// Unwrap returns the cause and, for a safe error, driver.ErrBadConn; for a
+// COMMIT that certainly did not commit, ErrNotCommitted; for any other,
+// ErrConnLost. An unsafe error never matches driver.ErrBadConn,
 // even when its cause does (pgx stdlib reports some losses after a send as a
 // bare driver.ErrBadConn): the cause is then kept as text only.
 func (e *DisconnectError) Unwrap() []error {
 	if e.safe {
 		return []error{e.Err, driver.ErrBadConn}
 	}
-	if errors.Is(e.Err, driver.ErrBadConn) {
-		return []error{ErrConnLost}
+	outcome := ErrConnLost
+	if e.notCommitted {
+		outcome = ErrNotCommitted
 	}
-	return []error{e.Err, ErrConnLost}
+	if errors.Is(e.Err, driver.ErrBadConn) {
+		return []error{outcome}
+	}
+	return []error{e.Err, outcome}
 }
 
 func errString(err error) string {

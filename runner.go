@@ -158,7 +158,11 @@ const fnEndedTxMsg = "pgresilient: RunTx: fn committed or rolled back the transa
 //     transaction; nothing of it committed, and the next attempt's
 //     connection goes where target_session_attrs says;
 //   - a BEGIN that failed with a lost connection or driver.ErrBadConn, from
-//     any driver: a transaction cannot commit without COMMIT.
+//     any driver: a transaction cannot commit without COMMIT;
+//   - a COMMIT that lost its connection but certainly did not commit
+//     (ErrNotCommitted: no byte of it was written, the server refused it
+//     with a FATAL such as 57P01 before running it, or the connection was
+//     broken before it). Not on a *sql.Conn.
 //
 // It never retries after COMMIT was sent and the connection was lost: it
 // returns a *RunTxError with CommitUnknown, matching ErrConnLost, saying the
@@ -318,9 +322,12 @@ func txRetryable(stage txStage, err error, pinned bool) bool {
 		// a COMMIT (fn's own, of another transaction) may have committed.
 		return de.safe || de.InTx && de.Op != OpCommit
 	}
-	// Commit: only the server's answer, above. A lost COMMIT was
-	// handled by the caller.
-	return false
+	// Commit: the server's answer, above, or pgresilient's word that the
+	// COMMIT never ran (ErrNotCommitted: never written, refused by the
+	// server before it ran, the connection broken before it): the server
+	// rolled the transaction back with the session. Not on a *sql.Conn,
+	// whose connection is gone. A lost COMMIT was handled by the caller.
+	return !pinned && errors.Is(err, ErrNotCommitted)
 }
 
 // txRetryableServerError reports whether err is the server saying that the
@@ -351,6 +358,9 @@ func txRetryableServerError(err error) bool {
 // driver's (a reset, EOF, a deadline during I/O, driver.ErrBadConn, which
 // pgx stdlib returns for some resets after the send).
 func txCommitUnknown(err error) bool {
+	if errors.Is(err, ErrNotCommitted) {
+		return false // pgresilient knows: the COMMIT never ran
+	}
 	return errors.Is(err, ErrConnLost) || errors.Is(err, driver.ErrBadConn) || IsDisconnect(err)
 }
 

@@ -64,6 +64,10 @@ func TestRunTxRetryable(t *testing.T) {
 		{"begin: the server shut down", txStageBegin, &pgconn.PgError{Severity: "FATAL", Code: "57P01"}, false, true},
 		{"fn: circuit open", txStageFn, &CircuitOpenError{}, false, false},
 		{"commit: lost", txStageCommit, &DisconnectError{Op: "commit", InTx: true, Err: io.EOF}, false, false},
+		{"commit: not committed", txStageCommit, &DisconnectError{Op: "commit", InTx: true, notCommitted: true, Err: io.EOF}, false, true},
+		{"commit: not committed, wrapped", txStageCommit, fmt.Errorf("x: %w", &DisconnectError{Op: "commit", InTx: true, notCommitted: true, Err: io.EOF}), false, true},
+		{"commit: not committed, *sql.Conn", txStageCommit, &DisconnectError{Op: "commit", InTx: true, notCommitted: true, Err: io.EOF}, true, false},
+		{"commit: another driver's ErrBadConn", txStageCommit, driver.ErrBadConn, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -80,7 +84,9 @@ func TestRunTxRetryable(t *testing.T) {
 			t.Errorf("txCommitUnknown(%v) = false", err)
 		}
 	}
-	for _, err := range []error{txSerializationFailure, &TxAbortedError{Err: uniqueViolation}, errors.New("x")} {
+	for _, err := range []error{txSerializationFailure, &TxAbortedError{Err: uniqueViolation}, errors.New("x"),
+		&DisconnectError{Op: "commit", InTx: true, notCommitted: true, Err: io.EOF},
+		&DisconnectError{Op: "commit", InTx: true, notCommitted: true, Err: driver.ErrBadConn}} {
 		if txCommitUnknown(err) {
 			t.Errorf("txCommitUnknown(%v) = true", err)
 		}

@@ -26,6 +26,7 @@ type counters struct {
 	discarded      [numDiscardReasons]atomic.Int64
 	badConnRetries atomic.Int64
 	connLost       atomic.Int64
+	notCommitted   atomic.Int64
 	invalidations  atomic.Int64
 
 	connectFailures atomic.Int64
@@ -56,6 +57,12 @@ type Stats struct {
 	BadConnRetries int64 // errors handed to database/sql as driver.ErrBadConn (nothing was sent; it retries on another connection)
 	ConnLost       int64 // connections lost with an operation's outcome unknown (ErrConnLost): once per connection, though a lost transaction's later calls return ErrConnLost too
 	Invalidations  int64 // pool invalidations: a connection learned that the server went away
+
+	// CommitsNotCommitted counts Commits that lost their connection but
+	// whose outcome the wire told: COMMIT never written, refused by the
+	// server before it ran, or the connection broken before Commit
+	// (ErrNotCommitted; not counted in ConnLost).
+	CommitsNotCommitted int64
 
 	ConnectFailures int64 // failed connection attempts, retried or not
 	ConnectRetries  int64 // connection attempts that were retries
@@ -88,8 +95,10 @@ func (c *Connector) Stats() Stats {
 
 		BadConnRetries: c.stats.badConnRetries.Load(),
 		ConnLost:       c.stats.connLost.Load(),
-		Invalidations:  c.stats.invalidations.Load(),
-		Verifications:  c.stats.verifications.Load(),
+
+		CommitsNotCommitted: c.stats.notCommitted.Load(),
+		Invalidations:       c.stats.invalidations.Load(),
+		Verifications:       c.stats.verifications.Load(),
 
 		ConnectFailures: c.stats.connectFailures.Load(),
 		ConnectRetries:  c.stats.connectRetries.Load(),

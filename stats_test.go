@@ -9,6 +9,7 @@ package pgresilient
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"sync"
 	"testing"
@@ -122,11 +123,13 @@ func TestStatsConnLost(t *testing.T) {
 			if _, err := tx.Exec("select 1"); !errors.Is(err, ErrConnLost) {
 				t.Errorf("next statement of the transaction: want ErrConnLost, got %v", err)
 			}
-			if err := tx.Commit(); !errors.Is(err, ErrConnLost) {
-				t.Errorf("commit: want ErrConnLost, got %v", err)
+			// COMMIT is never sent: the transaction did not commit, and
+			// Commit says so rather than "outcome unknown".
+			if err := tx.Commit(); !errors.Is(err, ErrNotCommitted) || errors.Is(err, ErrConnLost) || errors.Is(err, driver.ErrBadConn) {
+				t.Errorf("commit: want ErrNotCommitted, not ErrConnLost nor ErrBadConn, got %v", err)
 			}
 			return err
-		}, lost},
+		}, statsMerge(lost, statsWant{"CommitsNotCommitted": exactly(1)})},
 		{"backend terminated mid-statement", func(t *testing.T, db *sql.DB, _ *faultproxy.Proxy) error {
 			pid := statsPid(t, db)
 			done := make(chan error, 1)

@@ -226,9 +226,38 @@ func (t *baseTx) end(op Op) (context.Context, error) {
 	sctx, cancel := t.conn.deadline(t.ctx)
 	defer cancel()
 	if op == OpCommit {
-		return sctx, t.pgx.Commit(sctx)
+		return sctx, t.commitPgx(sctx)
 	}
 	return sctx, t.pgx.Rollback(sctx)
+}
+
+// errCommittedThenLost is commitPgx's word for a COMMIT whose CommandComplete
+// "COMMIT" arrived before the connection failed: the transaction committed.
+type errCommittedThenLost struct{ err error }
+
+func (e *errCommittedThenLost) Error() string { return errString(e.err) }
+func (e *errCommittedThenLost) Unwrap() error { return e.err }
+
+// commitPgx sends COMMIT as pgx's Tx.Commit does, but keeps what pgx's
+// Commit drops: the command tag read before an error. A FATAL (or a
+// deadline, a reset) after the server's CommandComplete "COMMIT" does not
+// undo the commit; such an error comes back as errCommittedThenLost.
+func (t *baseTx) commitPgx(ctx context.Context) error {
+	conn := t.pgx.Conn()
+	tag, err := conn.Exec(ctx, "commit")
+	if err != nil {
+		if tag.String() == "COMMIT" {
+			return &errCommittedThenLost{err: err}
+		}
+		if conn.PgConn().TxStatus() != 'I' {
+			_ = conn.Close(ctx) // as pgx's Commit: the error says more
+		}
+		return err
+	}
+	if tag.String() == "ROLLBACK" {
+		return pgx.ErrTxCommitRollback
+	}
+	return nil
 }
 
 // Commit is counted by the breaker but never rejected: a transaction under
@@ -245,18 +274,45 @@ func (t *baseTx) commit() error {
 	if a := t.conn.aborted.Load(); a != nil {
 		return a // rolled back already: nothing to commit
 	}
-	if err := t.conn.usable(OpCommit); err != nil {
-		return err
+	if t.conn.broken.Load() || t.conn.innerClosed() {
+		// The connection broke before COMMIT (a statement of the
+		// transaction lost it): COMMIT is never sent, and the server rolls
+		// the transaction back with the session.
+		t.conn.markBroken(discardLost)
+		t.conn.owner.stats.notCommitted.Add(1)
+		return &DisconnectError{Op: OpCommit, InTx: true, notCommitted: true, Err: pgconn.ErrConnClosed, known: true}
 	}
 	m := t.conn.mark()
 	sctx, err := t.end(OpCommit)
 	if err != nil {
+		var lost *errCommittedThenLost
+		if errors.As(err, &lost) {
+			// Committed: the server said so before the connection failed.
+			if t.conn.innerClosed() {
+				t.conn.markBroken(discardLost)
+			}
+			t.conn.owner.logger.LogAttrs(t.ctx, slog.LevelInfo, "pgresilient: connection lost after the server confirmed COMMIT",
+				slog.String("cause", logCause(lost.err)))
+			return nil
+		}
 		if errors.Is(err, pgx.ErrTxCommitRollback) || classify(t.ctx, err) != classGone && !t.conn.innerClosed() {
 			return err
 		}
 		return t.conn.failTimed(t.ctx, sctx, OpCommit, err, m)
 	}
 	return nil
+}
+
+// commitNotRun reports whether a COMMIT that failed with err, sent after
+// mark, certainly did not commit: no byte of it was written, or the server
+// refused it with a FATAL before its CommandComplete (refusedCommit). Only
+// over pgx, where pgresilient counts the bytes and reads COMMIT's tag
+// itself; another driver's COMMIT stays unknown.
+func (c *baseConn) commitNotRun(mark int64, err error) bool {
+	if c.pgx == nil {
+		return false
+	}
+	return c.wire != nil && c.wire.written.Load() == mark || refusedCommit(err)
 }
 
 func (t *baseTx) Rollback() error {

@@ -1,0 +1,277 @@
+package pgresilient
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgresilient/pgresilient/pgtest"
+)
+
+// Outcome certainty at COMMIT: what the wire already knows (nothing of
+// COMMIT written, the server refused it before running it) is said as
+// ErrNotCommitted, not "outcome unknown"; RunTx runs such a transaction
+// again. Side by side with raw pgx.
+
+// wantNotCommitted fails the test unless err says "did not commit": it
+// matches ErrNotCommitted, and neither ErrConnLost nor driver.ErrBadConn.
+func wantNotCommitted(t *testing.T, err error) {
+	t.Helper()
+	if !errors.Is(err, ErrNotCommitted) || errors.Is(err, ErrConnLost) || errors.Is(err, driver.ErrBadConn) {
+		t.Errorf("want ErrNotCommitted, not ErrConnLost nor ErrBadConn; got %v", err)
+	}
+}
+
+// terminate ends backend pid with pg_terminate_backend and waits until it
+// has exited.
+func terminate(t *testing.T, c *pgtest.Cluster, pid int) {
+	t.Helper()
+	ctx := context.Background()
+	if err := c.Exec(ctx, "select pg_terminate_backend($1)", pid); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, err := pgtest.QueryValue[int](ctx, c, "select count(*)::int from pg_stat_activity where pid = $1", pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backend %d still there 5s after pg_terminate_backend", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitActive waits until backend pid runs a statement starting with prefix.
+func waitActive(t *testing.T, c *pgtest.Cluster, pid int, prefix string) {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		q, err := pgtest.QueryValue[string](ctx, c,
+			"select coalesce((select query from pg_stat_activity where pid = $1 and state = 'active'), '')", pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(strings.ToLower(q), prefix) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backend %d did not start %q within 5s (running %q)", pid, prefix, q)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestCommitRefused: the server ends the session with FATAL 57P01 in reply
+// to COMMIT, at two moments: the backend was terminated while idle in the
+// transaction (the COMMIT reaches a dead session), and while running COMMIT
+// (a deferred constraint trigger sleeps in it, before the commit record).
+// Neither commits; pgresilient says ErrNotCommitted, raw pgx returns the
+// FATAL, which nothing distinguishes from a loss after the commit.
+func TestCommitRefused(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	for _, moment := range []string{"idle in transaction", "running COMMIT"} {
+		t.Run(moment, func(t *testing.T) {
+			sideBySide(t, func(t *testing.T, name string) {
+				table := freshTable(t, c, "tcrefused", name, "(id int)", "")
+				if moment == "running COMMIT" {
+					// A deferred constraint trigger runs at COMMIT, before
+					// the commit record is written: it sleeps there.
+					if err := c.Exec(ctx, `create or replace function tcrefused_sleep() returns trigger language plpgsql as
+						$$ begin perform pg_sleep(5); return null; end $$;
+						create constraint trigger tcrefused_sleep after insert on `+table+`
+						deferrable initially deferred for each row execute function tcrefused_sleep()`); err != nil {
+						t.Fatal(err)
+					}
+				}
+				db := openDB(t, name, c.DSN())
+				tx, err := db.Begin()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var pid int
+				if err := tx.QueryRow("select pg_backend_pid()").Scan(&pid); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := tx.Exec("insert into " + table + " values (1)"); err != nil {
+					t.Fatal(err)
+				}
+				if moment == "idle in transaction" {
+					terminate(t, c, pid)
+					err = tx.Commit()
+				} else {
+					done := make(chan error, 1)
+					go func() { done <- tx.Commit() }()
+					waitActive(t, c, pid, "commit")
+					terminate(t, c, pid)
+					err = <-done
+				}
+				n, cerr := countRows(ctx, c, table)
+				if cerr != nil {
+					t.Fatal(cerr)
+				}
+				var pgErr *pgconn.PgError
+				code := ""
+				if errors.As(err, &pgErr) {
+					code = pgErr.Severity + " " + pgErr.Code
+				}
+				t.Logf("MEASURE COMMIT refused (%s), %s: %d row(s); server said %q; error: %v", moment, name, n, code, err)
+				if n != 0 {
+					t.Errorf("%d rows: the terminated transaction committed", n)
+				}
+				if code != "FATAL 57P01" {
+					t.Errorf("the server's reply was %q, want FATAL 57P01: the test did not cause what it measures", code)
+				}
+				if name == DriverName {
+					wantNotCommitted(t, err)
+				}
+			})
+		})
+	}
+}
+
+// TestCommitNotWritten: the connection was reset (both sides) while the
+// transaction was open and idle, and the client learns it only when COMMIT's
+// write fails: no byte of COMMIT reached the socket, so it did not commit.
+func TestCommitNotWritten(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	sideBySide(t, func(t *testing.T, name string) {
+		table := freshTable(t, c, "tcnowrite", name, "(id int)", "")
+		p := newProxy(t, c)
+		db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+		var before Stats
+		if cn, ok := ConnectorOf(db); ok {
+			before = cn.Stats()
+		}
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec("insert into " + table + " values (1)"); err != nil {
+			t.Fatal(err)
+		}
+		p.Cut()
+		time.Sleep(50 * time.Millisecond) // let the reset arrive: the write of COMMIT then fails at once
+		err = tx.Commit()
+		n, cerr := pollRows(ctx, c, table, 0)
+		if cerr != nil {
+			t.Fatal(cerr)
+		}
+		t.Logf("MEASURE COMMIT not written, %s: %d row(s); error: %v", name, n, err)
+		if err == nil {
+			t.Fatal("commit succeeded over a reset connection")
+		}
+		if n != 0 {
+			t.Errorf("%d rows committed", n)
+		}
+		if name == DriverName {
+			wantNotCommitted(t, err)
+			cn, _ := ConnectorOf(db)
+			st := cn.Stats()
+			if d := st.CommitsNotCommitted - before.CommitsNotCommitted; d != 1 {
+				t.Errorf("CommitsNotCommitted grew by %d, want 1", d)
+			}
+			if d := st.ConnLost - before.ConnLost; d != 0 {
+				t.Errorf("ConnLost grew by %d, want 0: the outcome is known", d)
+			}
+		}
+	})
+}
+
+// TestRunTxCommitRefused: the first attempt's backend is terminated while
+// idle in the transaction, so its COMMIT is answered FATAL 57P01. Over
+// pgresilient RunTx knows it did not commit and runs it again: 2 attempts,
+// 1 row. Over raw pgx it must assume the worst: 1 attempt, "may have
+// committed", 0 rows.
+func TestRunTxCommitRefused(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	sideBySide(t, func(t *testing.T, name string) {
+		table := freshTable(t, c, "trrefused", name, "(id int)", "")
+		db := openDB(t, name, c.DSN())
+		var attempts atomic.Int32
+		err := RunTx(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
+			a := attempts.Add(1)
+			var pid int
+			if err := tx.QueryRowContext(ctx, "select pg_backend_pid()").Scan(&pid); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, "insert into "+table+" values (1)"); err != nil {
+				return err
+			}
+			if a == 1 {
+				terminate(t, c, pid)
+			}
+			return nil
+		}, txNoWait)
+		n, cerr := countRows(ctx, c, table)
+		if cerr != nil {
+			t.Fatal(cerr)
+		}
+		t.Logf("MEASURE RunTx, COMMIT refused with 57P01 on attempt 1, %s: %d attempt(s), %d row(s); error: %v", name, attempts.Load(), n, err)
+		switch name {
+		case DriverName:
+			if err != nil || attempts.Load() != 2 || n != 1 {
+				t.Errorf("%v after %d attempts, %d rows; want success after 2 attempts, exactly 1 row", err, attempts.Load(), n)
+			}
+		case "pgx":
+			var re *RunTxError
+			if !errors.As(err, &re) || !re.CommitUnknown || attempts.Load() != 1 || n != 0 {
+				t.Errorf("%v after %d attempts, %d rows; want CommitUnknown after 1 attempt, 0 rows", err, attempts.Load(), n)
+			}
+		}
+	})
+}
+
+// TestNotCommittedError: a COMMIT known not to have committed matches
+// ErrNotCommitted and keeps its cause, and never ErrConnLost nor
+// driver.ErrBadConn, even when its cause is a bare driver.ErrBadConn.
+func TestNotCommittedError(t *testing.T) {
+	fatal := &pgconn.PgError{Severity: "FATAL", Code: "57P01", Message: "terminating connection due to administrator command"}
+	for _, cause := range []error{fatal, driver.ErrBadConn, pgconn.ErrConnClosed} {
+		err := error(&DisconnectError{Op: OpCommit, InTx: true, notCommitted: true, Err: cause})
+		wantNotCommitted(t, err)
+		if !strings.Contains(err.Error(), "did not commit") {
+			t.Errorf("%q does not say the transaction did not commit", err)
+		}
+		if cause != driver.ErrBadConn && !errors.Is(err, cause) { //nolint:errorlint // the sentinel itself
+			t.Errorf("%v does not wrap its cause", err)
+		}
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(&DisconnectError{Op: OpCommit, InTx: true, notCommitted: true, Err: fatal}, &pgErr) || pgErr.Code != "57P01" {
+		t.Error("the server's error is not reachable with errors.As")
+	}
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{fatal, true},
+		{&pgconn.PgError{SeverityUnlocalized: "FATAL", Severity: "FATAL", Code: "25P03"}, true},
+		{&timeoutError{err: fatal}, true},
+		{&pgconn.PgError{Severity: "WARNING", Code: "57P01"}, false}, // a synchronous standby's wait cut short: committed locally
+		{&pgconn.PgError{Severity: "FATAL", Code: "57P02"}, false},
+		{&pgconn.PgError{Severity: "FATAL", Code: "08P01", Message: "server conn crashed?"}, false}, // PgBouncer: may follow a commit
+		{&pgconn.PgError{Severity: "ERROR", Code: "57P01"}, false},
+		{io.EOF, false},
+	} {
+		if got := refusedCommit(tt.err); got != tt.want {
+			t.Errorf("refusedCommit(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
