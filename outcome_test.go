@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync/atomic"
@@ -194,48 +195,61 @@ func TestCommitNotWritten(t *testing.T) {
 }
 
 // TestRunTxCommitRefused: the first attempt's backend is terminated while
-// idle in the transaction, so its COMMIT is answered FATAL 57P01. Over
-// pgresilient RunTx knows it did not commit and runs it again: 2 attempts,
-// 1 row. Over raw pgx it must assume the worst: 1 attempt, "may have
-// committed", 0 rows.
+// idle in the transaction, after fn. With TxResolveCommit(false) its COMMIT
+// is answered FATAL 57P01: over pgresilient RunTx knows it did not commit and
+// runs it again (2 attempts, 1 row); over raw pgx it must assume the worst
+// (1 attempt, "may have committed", 0 rows). With the default, the read of
+// the transaction id before COMMIT meets the termination first: pgresilient
+// says the connection was lost inside the transaction and RunTx runs it
+// again; raw pgx's FATAL says nothing about where, and is returned.
 func TestRunTxCommitRefused(t *testing.T) {
 	c := needCluster(t)
 	ctx := context.Background()
-	sideBySide(t, func(t *testing.T, name string) {
-		table := freshTable(t, c, "trrefused", name, "(id int)", "")
-		db := openDB(t, name, c.DSN())
-		var attempts atomic.Int32
-		err := RunTx(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
-			a := attempts.Add(1)
-			var pid int
-			if err := tx.QueryRowContext(ctx, "select pg_backend_pid()").Scan(&pid); err != nil {
-				return err
-			}
-			if _, err := tx.ExecContext(ctx, "insert into "+table+" values (1)"); err != nil {
-				return err
-			}
-			if a == 1 {
-				terminate(t, c, pid)
-			}
-			return nil
-		}, txNoWait)
-		n, cerr := countRows(ctx, c, table)
-		if cerr != nil {
-			t.Fatal(cerr)
-		}
-		t.Logf("MEASURE RunTx, COMMIT refused with 57P01 on attempt 1, %s: %d attempt(s), %d row(s); error: %v", name, attempts.Load(), n, err)
-		switch name {
-		case DriverName:
-			if err != nil || attempts.Load() != 2 || n != 1 {
-				t.Errorf("%v after %d attempts, %d rows; want success after 2 attempts, exactly 1 row", err, attempts.Load(), n)
-			}
-		case "pgx":
-			var re *RunTxError
-			if !errors.As(err, &re) || !re.CommitUnknown || attempts.Load() != 1 || n != 0 {
-				t.Errorf("%v after %d attempts, %d rows; want CommitUnknown after 1 attempt, 0 rows", err, attempts.Load(), n)
-			}
-		}
-	})
+	for _, resolve := range []bool{false, true} {
+		t.Run(fmt.Sprintf("resolve=%v", resolve), func(t *testing.T) {
+			sideBySide(t, func(t *testing.T, name string) {
+				table := freshTable(t, c, "trrefused", name, "(id int)", "")
+				db := openDB(t, name, c.DSN())
+				var attempts atomic.Int32
+				err := RunTx(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
+					a := attempts.Add(1)
+					var pid int
+					if err := tx.QueryRowContext(ctx, "select pg_backend_pid()").Scan(&pid); err != nil {
+						return err
+					}
+					if _, err := tx.ExecContext(ctx, "insert into "+table+" values (1)"); err != nil {
+						return err
+					}
+					if a == 1 {
+						terminate(t, c, pid)
+					}
+					return nil
+				}, txNoWait, TxResolveCommit(resolve))
+				n, cerr := countRows(ctx, c, table)
+				if cerr != nil {
+					t.Fatal(cerr)
+				}
+				t.Logf("MEASURE RunTx resolve=%v, backend terminated before COMMIT on attempt 1, %s: %d attempt(s), %d row(s); error: %v",
+					resolve, name, attempts.Load(), n, err)
+				switch {
+				case name == DriverName:
+					if err != nil || attempts.Load() != 2 || n != 1 {
+						t.Errorf("%v after %d attempts, %d rows; want success after 2 attempts, exactly 1 row", err, attempts.Load(), n)
+					}
+				case !resolve:
+					var re *RunTxError
+					if !errors.As(err, &re) || !re.CommitUnknown || attempts.Load() != 1 || n != 0 {
+						t.Errorf("%v after %d attempts, %d rows; want CommitUnknown after 1 attempt, 0 rows", err, attempts.Load(), n)
+					}
+				default:
+					var re *RunTxError
+					if err == nil || errors.As(err, &re) || attempts.Load() != 1 || n != 0 {
+						t.Errorf("%v after %d attempts, %d rows; want the FATAL after 1 attempt, 0 rows", err, attempts.Load(), n)
+					}
+				}
+			})
+		})
+	}
 }
 
 // TestNotCommittedError: a COMMIT known not to have committed matches

@@ -32,6 +32,17 @@ type runTxConfig struct {
 	maxAttempts int
 	base, max   time.Duration
 	onRetry     func(attempt int, err error, wait time.Duration)
+	noResolve   bool
+}
+
+// TxResolveCommit sets whether RunTx, running on a *sql.DB, reads each
+// attempt's transaction id before COMMIT (ReadTxID: one round trip) and, when
+// COMMIT's outcome is lost, asks the server what became of it
+// (ResolveCommit) instead of returning CommitUnknown at once. On by default;
+// it never applies on a *sql.Conn (its connection is gone with the COMMIT)
+// nor to a read-only transaction (TxOptions.ReadOnly: nothing to commit).
+func TxResolveCommit(on bool) RunTxOption {
+	return func(c *runTxConfig) { c.noResolve = !on }
 }
 
 // TxMaxAttempts sets how many times RunTx runs the transaction at most, the
@@ -91,6 +102,9 @@ type RunTxError struct {
 	// early: the deadline had not passed yet, but would have during the
 	// wait.
 	early bool
+	// unresolved: with CommitUnknown, why asking the server did not tell
+	// (an *UnresolvedError); nil if it was not asked.
+	unresolved error
 }
 
 func (e *RunTxError) Error() string {
@@ -99,6 +113,9 @@ func (e *RunTxError) Error() string {
 		n = "1 attempt"
 	}
 	switch {
+	case e.CommitUnknown && e.unresolved != nil:
+		return "pgresilient: RunTx: connection lost during COMMIT of attempt " + strconv.Itoa(e.Attempts) +
+			": the transaction may have committed, and was not retried: " + errString(e.Err) + "; " + e.unresolved.Error()
 	case e.CommitUnknown:
 		return "pgresilient: RunTx: connection lost during COMMIT of attempt " + strconv.Itoa(e.Attempts) +
 			": the transaction may have committed, and was not retried: " + errString(e.Err)
@@ -118,10 +135,14 @@ func (e *RunTxError) Error() string {
 // says so: the cause is then kept as text only.
 func (e *RunTxError) Unwrap() []error {
 	if e.CommitUnknown {
-		if errors.Is(e.Err, driver.ErrBadConn) {
-			return []error{ErrConnLost}
+		errs := []error{ErrConnLost}
+		if !errors.Is(e.Err, driver.ErrBadConn) {
+			errs = append(errs, e.Err)
 		}
-		return []error{ErrConnLost, e.Err}
+		if e.unresolved != nil {
+			errs = append(errs, e.unresolved)
+		}
+		return errs
 	}
 	if e.stop != nil {
 		return []error{e.Err, e.stop}
@@ -209,12 +230,28 @@ func RunTx(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx 
 		o(&cfg)
 	}
 	_, pinned := db.(*sql.Conn)
+	pool, _ := db.(*sql.DB)
+	if cfg.noResolve || opts != nil && opts.ReadOnly {
+		pool = nil
+	}
 	for attempt := 1; ; attempt++ {
-		stage, err := runTxOnce(ctx, db, opts, fn)
+		stage, id, err := runTxOnce(ctx, db, opts, fn, pool != nil)
 		if err == nil {
 			return nil
 		}
-		if stage == txStageCommit {
+		resolved := false // asked the server: the attempt did not commit
+		if stage == txStageCommit && id != nil && txCommitUnknown(err) {
+			committed, rerr := ResolveCommit(ctx, pool, *id)
+			switch {
+			case rerr != nil:
+				return &RunTxError{Attempts: attempt, CommitUnknown: true, Err: err, unresolved: rerr}
+			case committed:
+				return nil
+			}
+			err = &resolvedNotCommitted{xid: id.xid, cause: err}
+			resolved = true
+		}
+		if stage == txStageCommit && !resolved {
 			switch {
 			case errors.Is(err, sql.ErrTxDone):
 				if cerr := ctx.Err(); cerr != nil {
@@ -229,7 +266,7 @@ func RunTx(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx 
 				return &RunTxError{Attempts: attempt, CommitUnknown: true, Err: err}
 			}
 		}
-		if !txRetryable(stage, err, pinned) {
+		if !resolved && !txRetryable(stage, err, pinned) {
 			return err
 		}
 		if attempt >= cfg.maxAttempts {
@@ -260,11 +297,12 @@ const (
 	txStageCommit                // COMMIT failed
 )
 
-// runTxOnce is one attempt: BEGIN, fn, COMMIT.
-func runTxOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(context.Context, *sql.Tx) error) (txStage, error) {
+// runTxOnce is one attempt: BEGIN, fn, COMMIT; with readID, the
+// transaction id is read (ReadTxID) between fn and COMMIT.
+func runTxOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(context.Context, *sql.Tx) error, readID bool) (txStage, *TxID, error) {
 	tx, err := db.BeginTx(ctx, opts)
 	if err != nil {
-		return txStageBegin, err
+		return txStageBegin, nil, err
 	}
 	returned := false
 	defer func() {
@@ -278,13 +316,29 @@ func runTxOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(
 	returned = true
 	if err != nil {
 		_ = tx.Rollback() // sql.ErrTxDone if fn ended tx itself: fn's error says more
-		return txStageFn, err
+		return txStageFn, nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		_ = tx.Rollback()
-		return txStageFn, err
+		return txStageFn, nil, err
 	}
-	return txStageCommit, tx.Commit()
+	if !readID {
+		return txStageCommit, nil, tx.Commit()
+	}
+	id, err := ReadTxID(ctx, tx)
+	if err != nil {
+		if IsDisconnect(err) || ctx.Err() != nil {
+			// Lost inside the transaction, before COMMIT: as for fn's
+			// statements.
+			_ = tx.Rollback()
+			return txStageFn, nil, err
+		}
+		// Another error (fn ended the transaction, an aborted
+		// transaction): Commit says what it means, as without the read,
+		// and a lost COMMIT stays unknown.
+		return txStageCommit, nil, tx.Commit()
+	}
+	return txStageCommit, &id, tx.Commit()
 }
 
 // txRetryable decides whether an attempt that failed with err at stage can be

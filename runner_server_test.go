@@ -205,64 +205,89 @@ func TestRunTxDeadlock(t *testing.T) {
 	}
 }
 
-// TestRunTxCutDuringCommit resets the connection after COMMIT reached the
-// server, before its reply, on the first attempt. RunTx must not run the
-// transaction again, over either driver, and say the outcome is unknown. A
-// hand-written loop over raw pgx that retries on any error inserts the row
-// twice.
+// TestRunTxCutDuringCommit resets the connection during COMMIT of the first
+// attempt, in both ways: after COMMIT reached the server (it commits), and
+// before (the proxy drops it: it does not; the client wrote it all the same,
+// so the byte count cannot tell). RunTx reads the transaction id before
+// COMMIT and asks the server afterwards: committed, it returns success
+// without running fn again; not committed, it runs it again. Exactly one row
+// either way, over either driver. With TxResolveCommit(false) it says the
+// outcome is unknown and does not retry. A hand-written loop over raw pgx
+// that retries on any error inserts the row twice.
 func TestRunTxCutDuringCommit(t *testing.T) {
 	c := needCluster(t)
 	ctx := context.Background()
-	insertOnce := func(p interface{ CutOn([]byte, bool) }, table string, attempts *atomic.Int32) func(context.Context, *sql.Tx) error {
+	insertOnce := func(p interface{ CutOn([]byte, bool) }, forward bool, table string, attempts *atomic.Int32) func(context.Context, *sql.Tx) error {
 		return func(ctx context.Context, tx *sql.Tx) error {
 			a := attempts.Add(1)
 			if _, err := tx.ExecContext(ctx, "insert into "+table+" values (1)"); err != nil {
 				return err
 			}
 			if a == 1 {
-				p.CutOn([]byte("commit"), true)
+				p.CutOn([]byte("commit"), forward)
 			}
 			return nil
 		}
 	}
-	for _, name := range drivers {
-		t.Run("RunTx/"+name, func(t *testing.T) {
-			table := freshTable(t, c, "trcut", name, "(id int)", "")
-			p := newProxy(t, c)
-			db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
-			var attempts atomic.Int32
-			err := RunTx(ctx, db, nil, insertOnce(p, table, &attempts), TxBackoff(0, 0))
-			if p.Armed() {
-				t.Fatal("the cut did not happen: COMMIT was not seen")
+	for _, resolve := range []bool{true, false} {
+		for _, forward := range []bool{true, false} {
+			reached := map[bool]string{true: "reached the server", false: "dropped before the server"}[forward]
+			for _, name := range drivers {
+				t.Run(fmt.Sprintf("RunTx/resolve=%v/COMMIT %s/%s", resolve, reached, name), func(t *testing.T) {
+					table := freshTable(t, c, "trcut", name, "(id int)", "")
+					p := newProxy(t, c)
+					db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+					var attempts atomic.Int32
+					start := time.Now()
+					rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+					defer cancel()
+					err := RunTx(rctx, db, nil, insertOnce(p, forward, table, &attempts), TxBackoff(0, 0), TxResolveCommit(resolve))
+					took := time.Since(start)
+					if p.Armed() {
+						t.Fatal("the cut did not happen: COMMIT was not seen")
+					}
+					want := 0
+					if forward || resolve {
+						want = 1
+					}
+					n, cerr := pollRows(ctx, c, table, want)
+					if cerr != nil {
+						t.Fatal(cerr)
+					}
+					time.Sleep(100 * time.Millisecond) // a retry, if any, would have committed by now
+					if n2, _ := countRows(ctx, c, table); n2 != n {
+						n = n2
+					}
+					t.Logf("MEASURE cut during COMMIT (%s), RunTx resolve=%v over %s: %d attempt(s), %d row(s), %v; error: %v",
+						reached, resolve, name, attempts.Load(), n, took.Round(time.Millisecond), err)
+					if n > 1 {
+						t.Errorf("%d rows: the transaction ran twice", n)
+					}
+					if !resolve {
+						wantConnLost(t, err)
+						var re *RunTxError
+						if !errors.As(err, &re) || !re.CommitUnknown || re.Attempts != 1 {
+							t.Errorf("want a *RunTxError with CommitUnknown after 1 attempt, got %v", err)
+						}
+						if attempts.Load() != 1 {
+							t.Errorf("%d attempts, want 1: a lost COMMIT was retried", attempts.Load())
+						}
+						return
+					}
+					wantAttempts := map[bool]int32{true: 1, false: 2}[forward]
+					if err != nil || n != 1 || attempts.Load() != wantAttempts {
+						t.Errorf("%v after %d attempts, %d rows; want success after %d, exactly 1 row", err, attempts.Load(), n, wantAttempts)
+					}
+				})
 			}
-			n, cerr := pollRows(ctx, c, table, 1)
-			if cerr != nil {
-				t.Fatal(cerr)
-			}
-			time.Sleep(100 * time.Millisecond) // a retry, if any, would have committed by now
-			if n2, _ := countRows(ctx, c, table); n2 != n {
-				n = n2
-			}
-			t.Logf("MEASURE cut during COMMIT, RunTx over %s: %d attempt(s), %d row(s); error: %v", name, attempts.Load(), n, err)
-			wantConnLost(t, err)
-			var re *RunTxError
-			if !errors.As(err, &re) || !re.CommitUnknown || re.Attempts != 1 {
-				t.Errorf("want a *RunTxError with CommitUnknown after 1 attempt, got %v", err)
-			}
-			if attempts.Load() != 1 {
-				t.Errorf("%d attempts, want 1: a lost COMMIT was retried", attempts.Load())
-			}
-			if n > 1 {
-				t.Errorf("%d rows: the transaction ran twice", n)
-			}
-		})
+		}
 	}
 	t.Run("naive loop over pgx", func(t *testing.T) {
 		table := freshTable(t, c, "trcut", "naive", "(id int)", "")
 		p := newProxy(t, c)
 		db := openDB(t, "pgx", c.DSNFor(p.Host(), p.Port()))
 		var attempts atomic.Int32
-		fn := insertOnce(p, table, &attempts)
+		fn := insertOnce(p, true, table, &attempts)
 		var errs []string
 		for range 3 { // retry on any error: what RunTx must not do
 			tx, err := db.BeginTx(ctx, nil)

@@ -27,7 +27,11 @@ type counters struct {
 	badConnRetries atomic.Int64
 	connLost       atomic.Int64
 	notCommitted   atomic.Int64
-	invalidations  atomic.Int64
+
+	resolvedCommitted atomic.Int64
+	resolvedAborted   atomic.Int64
+	unresolved        atomic.Int64
+	invalidations     atomic.Int64
 
 	connectFailures atomic.Int64
 	connectRetries  atomic.Int64
@@ -64,6 +68,13 @@ type Stats struct {
 	// (ErrNotCommitted; not counted in ConnLost).
 	CommitsNotCommitted int64
 
+	// Lost COMMITs looked up with ResolveCommit (RunTx does it) through a
+	// pool of this Connector: found committed, found not committed, or
+	// still unknown (the caller got ErrConnLost).
+	ResolvedCommitted int64
+	ResolvedAborted   int64
+	Unresolved        int64
+
 	ConnectFailures int64 // failed connection attempts, retried or not
 	ConnectRetries  int64 // connection attempts that were retries
 	AutoRollbacks   int64 // transactions rolled back at once after a failed statement (tx_autorollback)
@@ -97,6 +108,9 @@ func (c *Connector) Stats() Stats {
 		ConnLost:       c.stats.connLost.Load(),
 
 		CommitsNotCommitted: c.stats.notCommitted.Load(),
+		ResolvedCommitted:   c.stats.resolvedCommitted.Load(),
+		ResolvedAborted:     c.stats.resolvedAborted.Load(),
+		Unresolved:          c.stats.unresolved.Load(),
 		Invalidations:       c.stats.invalidations.Load(),
 		Verifications:       c.stats.verifications.Load(),
 
