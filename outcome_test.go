@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -287,5 +288,140 @@ func TestNotCommittedError(t *testing.T) {
 		if got := refusedCommit(tt.err); got != tt.want {
 			t.Errorf("refusedCommit(%v) = %v, want %v", tt.err, got, tt.want)
 		}
+	}
+}
+
+// TestResolveAfterPromotion asks a promoted standby about a transaction
+// committed on the old primary, over both drivers' pools (ResolveCommit
+// needs nothing of pgresilient but a *sql.DB):
+//
+//   - synchronous: the standby flushed the commit before the primary
+//     acknowledged it; primary stopped, standby promoted: committed, and
+//     trusted (the new primary replayed past the transaction's WAL);
+//   - asynchronous, the standby down while the primary committed, then the
+//     primary lost (immediate stop) and the standby promoted: the new
+//     primary never saw the transaction. Asked at once: "in the future", so
+//     on the surviving server it did not commit (false). Asked after the new
+//     primary spent transaction ids past it: txid_status says "committed" (a
+//     transaction of its own with the same id), and ResolveCommit must not
+//     believe it: still unknown.
+func TestResolveAfterPromotion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two servers")
+	}
+	for _, mode := range []string{"synchronous", "asynchronous"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			p := pgtest.NewT(t)
+			s, err := pgtest.StartStandby(ctx, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = s.Close() })
+			if mode == "synchronous" {
+				if err := p.SetSynchronous(ctx, true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := p.WaitStreaming(ctx, 1); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Exec(ctx, "create table tpromo (id int)"); err != nil {
+				t.Fatal(err)
+			}
+			if mode == "asynchronous" {
+				if err := s.Stop(pgtest.ModeFast); err != nil {
+					t.Fatal(err)
+				}
+			}
+			db := openDB(t, "pgx", p.DSN())
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.ExecContext(ctx, "insert into tpromo values (1)"); err != nil {
+				t.Fatal(err)
+			}
+			id, err := ReadTxID(ctx, tx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Commit(); err != nil { // its acknowledgement is then ignored: as if lost
+				t.Fatal(err)
+			}
+			closeAndCheck(t, db)
+			stop := pgtest.ModeFast
+			if mode == "asynchronous" {
+				stop = pgtest.ModeImmediate
+			}
+			if err := p.Stop(stop); err != nil {
+				t.Fatal(err)
+			}
+			if mode == "asynchronous" {
+				if err := s.Resume(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.Promote(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if mode == "synchronous" {
+				if err := s.SetSynchronous(ctx, false); err != nil { // no standby of its own
+					t.Fatal(err)
+				}
+			}
+			for _, name := range drivers {
+				sdb := openDB(t, name, s.DSN())
+				rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+				committed, err := ResolveCommit(rctx, sdb, id)
+				rcancel()
+				rows, _ := pgtest.QueryValue[int](ctx, s, "select count(*)::int from tpromo")
+				t.Logf("MEASURE %s replication, primary stopped (%s), standby promoted, %s: transaction %s committed=%v, error %v; rows on the new primary: %d",
+					mode, stop, name, id, committed, err, rows)
+				switch mode {
+				case "synchronous":
+					if !committed || err != nil || rows != 1 {
+						t.Errorf("%s: committed=%v, %v, %d rows; want committed, 1 row", name, committed, err, rows)
+					}
+				case "asynchronous":
+					if committed || err != nil || rows != 0 {
+						t.Errorf("%s: committed=%v, %v, %d rows; want not committed (never seen), 0 rows", name, committed, err, rows)
+					}
+				}
+			}
+			if mode == "asynchronous" {
+				// The new primary spends ids past the lost transaction's:
+				// its own transaction now has the same id, and committed.
+				xid, _ := strconv.ParseInt(id.String(), 10, 64)
+				for {
+					next, err := pgtest.QueryValue[int64](ctx, s, "select txid_current()")
+					if err != nil {
+						t.Fatal(err)
+					}
+					if next > xid+2 {
+						break
+					}
+				}
+				status, err := pgtest.QueryValue[string](ctx, s, "select txid_status($1)", xid)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, name := range drivers {
+					sdb := openDB(t, name, s.DSN())
+					rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+					committed, err := ResolveCommit(rctx, sdb, id)
+					rcancel()
+					t.Logf("MEASURE asynchronous, after the new primary reused id %s (txid_status: %s), %s: committed=%v, error %v", id, status, name, committed, err)
+					if status != "committed" {
+						t.Fatalf("txid_status(%s) = %s on the new primary: the test did not make it reuse the id", id, status)
+					}
+					var ue *UnresolvedError
+					if committed || !errors.As(err, &ue) || !errors.Is(err, ErrConnLost) || ue.Reason != reasonReused {
+						t.Errorf("%s: committed=%v, %v; want unresolved: the answer is about another transaction", name, committed, err)
+					}
+				}
+			}
+		})
 	}
 }
