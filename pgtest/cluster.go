@@ -104,9 +104,17 @@ type Cluster struct {
 // chosen one was taken meanwhile. ctx bounds the whole start.
 //
 // When running as root, the server and its tools run as the "postgres"
-// account, which then owns the temporary directory. Directories left by test
-// processes that died without Close are removed, and their servers stopped,
-// on the way.
+// account, which then owns the temporary directory.
+//
+// Should the process exit without Close, killed or out of time (go test
+// -timeout runs no cleanup), its watchdog stops the server and removes the
+// directory right away: a copy of the running executable, started by the
+// first Start (or StartPatroni) in a session of its own, that learns on a
+// pipe what to reap and does it when the pipe ends with the process. The
+// test helpers (NewT, RunMain, RequireBouncer, RequirePatroni) also close
+// everything on SIGINT and SIGTERM before the process exits. Directories left
+// by test processes that died anyway (the watchdog killed too) are removed,
+// and their servers stopped, on the way.
 //
 // On failure nothing is left behind, and the error includes the server log's
 // tail when the server itself failed.
@@ -138,6 +146,10 @@ func newCluster(ctx context.Context) (*Cluster, error) {
 		dir:  dir,
 		data: filepath.Join(dir, "data"),
 		log:  filepath.Join(dir, logFile),
+	}
+	track(c)
+	if err := watch(watchCluster, dir, r.binDir); err != nil {
+		return nil, errors.Join(err, c.Close())
 	}
 	if err := os.WriteFile(filepath.Join(c.dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		return nil, errors.Join(fmt.Errorf("pgtest: %w", err), c.Close())
@@ -417,6 +429,7 @@ func (c *Cluster) Close() error {
 		return nil
 	}
 	c.closed = true
+	untrack(c)
 	var errs []error
 	if _, err := os.Stat(filepath.Join(c.data, "postmaster.pid")); err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), defaultWait)
@@ -430,6 +443,9 @@ func (c *Cluster) Close() error {
 	}
 	if err := os.RemoveAll(c.dir); err != nil {
 		errs = append(errs, fmt.Errorf("pgtest: %w", err))
+	}
+	if len(errs) == 0 {
+		unwatch(c.dir)
 	}
 	return errors.Join(errs...)
 }

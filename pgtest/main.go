@@ -1,10 +1,16 @@
 package pgtest
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,15 +28,19 @@ const startTimeout = 2 * time.Minute
 //	func TestMain(m *testing.M) { os.Exit(pgtest.RunMain(m, &cluster)) }
 //
 // Unless SkipRequested, it starts a cluster, stores it in *cl, runs the tests
-// and closes the cluster, also on SIGINT or SIGTERM. When the cluster cannot
-// start, for instance because the server binaries are missing, it prints why
-// (with how to install them) to stderr and returns 1 without running any test.
+// and closes the cluster. On SIGINT or SIGTERM it closes every cluster,
+// PgBouncer and Patroni cluster pgtest started in the process, then lets the
+// signal end it; when the tests run out of time (go test -timeout), the
+// watchdog stops them (see Start). When the cluster cannot start, for
+// instance because the server binaries are missing, it prints why (with how
+// to install them) to stderr and returns 1 without running any test.
 // When skipping, *cl stays nil and Require skips each test. The result is the
 // exit code for os.Exit: m.Run's, or 1 if closing the cluster failed.
 func RunMain(m *testing.M, cl **Cluster) int {
 	if SkipRequested() {
 		return m.Run()
 	}
+	closeOnSignal()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	c, err := Start(ctx)
 	cancel()
@@ -39,9 +49,7 @@ func RunMain(m *testing.M, cl **Cluster) int {
 		return 1
 	}
 	*cl = c
-	stop := closeOnSignal(c)
 	code := m.Run()
-	stop()
 	if err := c.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		if code == 0 {
@@ -51,29 +59,78 @@ func RunMain(m *testing.M, cl **Cluster) int {
 	return code
 }
 
-// closeOnSignal closes c and exits when the process gets SIGINT or SIGTERM,
-// since the server, detached by pg_ctl, would outlive us. stop undoes it and
-// waits for its goroutine.
-func closeOnSignal(c *Cluster) (stop func()) {
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	done := make(chan struct{})
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		select {
-		case sig := <-sigs:
-			err := c.Close()
-			fmt.Fprintf(os.Stderr, "pgtest: %v: cluster closed (%v)\n", sig, err)
-			os.Exit(1)
-		case <-done:
-		}
-	}()
-	return func() {
-		signal.Stop(sigs)
-		close(done)
-		<-exited
+// live is everything pgtest started in this process and has not closed yet:
+// Clusters, Bouncers, Patroni clusters, each with the order it started in.
+var live struct {
+	mu   sync.Mutex
+	next uint64
+	m    map[io.Closer]uint64
+}
+
+func track(c io.Closer) {
+	live.mu.Lock()
+	defer live.mu.Unlock()
+	if live.m == nil {
+		live.m = make(map[io.Closer]uint64)
 	}
+	live.next++
+	live.m[c] = live.next
+}
+
+func untrack(c io.Closer) {
+	live.mu.Lock()
+	defer live.mu.Unlock()
+	delete(live.m, c)
+}
+
+// closeLive closes everything live, the last started first (a PgBouncer
+// before its cluster), and returns how many it closed.
+func closeLive() (int, error) {
+	live.mu.Lock()
+	cs := slices.Collect(maps.Keys(live.m))
+	slices.SortFunc(cs, func(a, b io.Closer) int { return cmp.Compare(live.m[b], live.m[a]) })
+	live.mu.Unlock()
+	var errs []error
+	for _, c := range cs {
+		errs = append(errs, c.Close())
+	}
+	return len(cs), errors.Join(errs...)
+}
+
+var signalOnce sync.Once
+
+// closeOnSignal makes SIGINT and SIGTERM close everything pgtest started in
+// this process (closeLive), then end the process as the signal would have:
+// the server, detached by pg_ctl, would otherwise outlive it. A second signal
+// ends the process at once, leaving the rest to the watchdog. Only the test
+// helpers install it: a program that starts clusters handles its signals
+// itself.
+func closeOnSignal() {
+	signalOnce.Do(func() {
+		sigs := make(chan os.Signal, 2)
+		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+		go func() {
+			sig := <-sigs
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				n, err := closeLive()
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "pgtest: %v: closed %d servers: %v\n", sig, n, err)
+				} else {
+					fmt.Fprintf(os.Stderr, "pgtest: %v: closed %d servers\n", sig, n)
+				}
+			}()
+			select {
+			case <-done:
+			case <-sigs:
+			}
+			signal.Reset(os.Interrupt, syscall.SIGTERM)
+			_ = syscall.Kill(os.Getpid(), sig.(syscall.Signal))
+			time.Sleep(time.Second) // the signal's default action ends us meanwhile
+			os.Exit(1)
+		}()
+	})
 }
 
 // Require returns cl for a test that needs the cluster RunMain started. It
@@ -91,8 +148,10 @@ func Require(t testing.TB, cl *Cluster) *Cluster {
 }
 
 // NewT starts a throwaway cluster for one test and closes it when the test
-// ends, passed, failed or panicked (t.Cleanup), so nothing is left running;
-// a cluster left by a process killed outright is reaped by the next Start.
+// ends, passed, failed or panicked (t.Cleanup), so nothing is left running.
+// On SIGINT or SIGTERM it is closed before the process exits, and when the
+// test runs out of time (go test -timeout) or the process is killed, the
+// watchdog stops it (see Start).
 // It skips the test when PGRESILIENT_SKIP_INTEGRATION=1, and fails it with
 // a message saying how to install PostgreSQL when the server binaries are
 // missing. A package whose tests share one cluster starts it with RunMain
@@ -102,6 +161,7 @@ func NewT(t testing.TB) *Cluster {
 	if SkipRequested() {
 		t.Skip(SkipEnv + "=1")
 	}
+	closeOnSignal()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := Start(ctx)

@@ -94,7 +94,8 @@ type haProc struct {
 }
 
 // RequirePatroni starts a Patroni cluster of nodes nodes for a test and closes
-// it when the test ends, also when it fails or panics. It skips the test when
+// it when the test ends, also when it fails or panics, and on SIGINT or
+// SIGTERM before the process exits. It skips the test when
 // PGRESILIENT_SKIP_INTEGRATION=1 and fails it when the cluster cannot start,
 // for instance because patroni or etcd is missing.
 func RequirePatroni(t testing.TB, nodes int) *Patroni {
@@ -102,6 +103,7 @@ func RequirePatroni(t testing.TB, nodes int) *Patroni {
 	if SkipRequested() {
 		t.Skip(SkipEnv + "=1")
 	}
+	closeOnSignal()
 	ctx, cancel := context.WithTimeout(context.Background(), haStartWait)
 	defer cancel()
 	p, err := StartPatroni(ctx, nodes)
@@ -125,8 +127,11 @@ func RequirePatroni(t testing.TB, nodes int) *Patroni {
 // ctx bounds the start (3 minutes if it has no deadline).
 //
 // When running as root, etcd, Patroni and PostgreSQL run as the "postgres"
-// account. Directories left by test processes that died without Close are
-// removed on the way, and their processes killed. Everything listens on
+// account. Should the test process exit without Close (a test timeout, kill
+// -9), the watchdog (see Start) kills every process of the cluster and
+// removes its directory; RequirePatroni also closes it on SIGINT and SIGTERM.
+// Directories left by test processes that died anyway are removed on the way,
+// and their processes killed. Everything listens on
 // 127.0.0.1 only. On failure nothing is left behind and the error includes
 // the logs' tails.
 func StartPatroni(ctx context.Context, nodes int) (*Patroni, error) {
@@ -152,6 +157,10 @@ func StartPatroni(ctx context.Context, nodes int) (*Patroni, error) {
 		run:  r,
 		dir:  dir,
 		http: &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 5 * time.Second},
+	}
+	track(p)
+	if err := watch(watchHA, dir, r.binDir); err != nil {
+		return nil, errors.Join(err, p.Close())
 	}
 	if err := p.create(ctx, patroniBin, etcdBin, nodes); err != nil {
 		return nil, errors.Join(err, p.Close())
@@ -363,7 +372,7 @@ func (p *Patroni) spawn(dir, logPath, bin string, args ...string) (*haProc, erro
 	if p.run.cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.run.cred}
 	}
-	if err := cmd.Start(); err != nil {
+	if err := startBound(cmd); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("pgtest: %s: %w", filepath.Base(bin), err)
 	}
@@ -668,6 +677,7 @@ func (p *Patroni) Close() error {
 		return nil
 	}
 	p.closed = true
+	untrack(p)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var errs []error
@@ -687,6 +697,9 @@ func (p *Patroni) Close() error {
 	}
 	if err := os.RemoveAll(p.dir); err != nil {
 		errs = append(errs, fmt.Errorf("pgtest: %w", err))
+	}
+	if len(errs) == 0 {
+		unwatch(p.dir)
 	}
 	return errors.Join(errs...)
 }

@@ -56,6 +56,10 @@ type BouncerConfig struct {
 // to the cluster as them; Superuser is an admin of the console database
 // "pgbouncer". Its methods are safe for concurrent use; Restart and Close run
 // one at a time.
+//
+// PgBouncer runs as a child of the test process; on Linux it is killed when
+// the test process exits without Close (a timeout, kill -9), and on SIGINT or
+// SIGTERM RequireBouncer closes it before the process exits.
 type Bouncer struct {
 	run     *runner
 	bin     string
@@ -91,13 +95,14 @@ func bouncerBinary() (string, error) {
 }
 
 // RequireBouncer starts a Bouncer in front of c for one test and closes it at
-// the test's end. It skips the test when PGRESILIENT_SKIP_INTEGRATION=1 and
+// the test's end, or on SIGINT or SIGTERM before the process exits. It skips the test when PGRESILIENT_SKIP_INTEGRATION=1 and
 // fails it when pgbouncer is missing (the message says how to install it).
 func RequireBouncer(t testing.TB, c *Cluster, cfg BouncerConfig) *Bouncer {
 	t.Helper()
 	if SkipRequested() {
 		t.Skip(SkipEnv + "=1")
 	}
+	closeOnSignal()
 	ctx, cancel := context.WithTimeout(context.Background(), defaultWait)
 	defer cancel()
 	b, err := StartBouncer(ctx, c, cfg)
@@ -116,8 +121,9 @@ func RequireBouncer(t testing.TB, c *Cluster, cfg BouncerConfig) *Bouncer {
 // inside c.Dir(), on a free 127.0.0.1 port, and returns once its admin
 // console answers. As root it runs as the "postgres" account, as the cluster
 // does. It retries with another port, up to 3 times in all, when the chosen
-// one was taken meanwhile. Close stops it; a test process killed before
-// Close leaves it to the next Start's reaping, with its cluster.
+// one was taken meanwhile. Close stops it; should the test process exit
+// without Close, Linux kills it, and the watchdog of its cluster (see Start)
+// or the next Start's reaping does elsewhere.
 func StartBouncer(ctx context.Context, c *Cluster, cfg BouncerConfig) (*Bouncer, error) {
 	bin, err := bouncerBinary()
 	if err != nil {
@@ -155,6 +161,7 @@ func StartBouncer(ctx context.Context, c *Cluster, cfg BouncerConfig) (*Bouncer,
 		ini:     filepath.Join(dir, "pgbouncer.ini"),
 		log:     filepath.Join(dir, bouncerLog),
 	}
+	track(b)
 	if err := b.create(ctx); err != nil {
 		return nil, errors.Join(err, b.Close())
 	}
@@ -247,7 +254,7 @@ func (b *Bouncer) start(ctx context.Context) error {
 	if b.run.cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: b.run.cred}
 	}
-	if err := cmd.Start(); err != nil {
+	if err := startBound(cmd); err != nil {
 		return fmt.Errorf("pgtest: start pgbouncer: %w", err)
 	}
 	exited := make(chan struct{})
@@ -330,6 +337,7 @@ func (b *Bouncer) Close() error {
 		return nil
 	}
 	b.closed = true
+	untrack(b)
 	err := b.stop()
 	if rerr := os.RemoveAll(b.dir); rerr != nil {
 		err = errors.Join(err, fmt.Errorf("pgtest: %w", rerr))

@@ -12,8 +12,9 @@ import (
 )
 
 // reapStale removes the clusters that test processes killed before their
-// Close (a test timeout, kill -9) left in base, stopping their servers first:
-// pg_ctl detaches the server, so it would otherwise run on. A directory is
+// Close (a test timeout, kill -9) left in base, stopping their servers first,
+// should their watchdog have been killed too: pg_ctl detaches the server, so
+// it would otherwise run on. A directory is
 // stale only when the process named in its owner file no longer exists.
 // PgBouncers started in front of such a cluster are killed too.
 // Errors are ignored: this is housekeeping.
@@ -28,15 +29,22 @@ func reapStale(ctx context.Context, r *runner, base string) {
 		if err != nil || pid <= 0 || processExists(pid) {
 			continue
 		}
-		reapBouncers(dir)
-		data := filepath.Join(dir, "data")
-		if _, err := os.Stat(filepath.Join(data, "postmaster.pid")); err == nil {
-			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			_, _ = r.run(sctx, dir, "pg_ctl", "stop", "-D", data, "-m", ModeImmediate, "-w")
-			cancel()
-		}
-		_ = os.RemoveAll(dir)
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		reapCluster(sctx, r, dir)
+		cancel()
 	}
+}
+
+// reapCluster stops the server of a cluster directory and the PgBouncers
+// started in front of it, and removes the directory: for reapStale, and for
+// the watchdog when its owner has exited. Errors are ignored.
+func reapCluster(ctx context.Context, r *runner, dir string) {
+	reapBouncers(dir)
+	data := filepath.Join(dir, "data")
+	if _, err := os.Stat(filepath.Join(data, "postmaster.pid")); err == nil {
+		_, _ = r.run(ctx, dir, "pg_ctl", "stop", "-D", data, "-m", ModeImmediate, "-w")
+	}
+	_ = os.RemoveAll(dir)
 }
 
 // processExists reports whether a process with this pid exists.

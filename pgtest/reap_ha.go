@@ -29,12 +29,18 @@ func reapStaleHA(base string) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err = killMarked(ctx, dir, true)
+		_ = reapHA(ctx, dir)
 		cancel()
-		if err == nil {
-			_ = os.RemoveAll(dir)
-		}
 	}
+}
+
+// reapHA kills every process of a Patroni bed's directory and removes it:
+// for reapStaleHA, and for the watchdog when its owner has exited.
+func reapHA(ctx context.Context, dir string) error {
+	if err := killMarked(ctx, dir, true); err != nil {
+		return err
+	}
+	return os.RemoveAll(dir)
 }
 
 // killMarked SIGKILLs every process marked haEnv=dir (or, with under, haEnv=

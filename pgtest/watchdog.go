@@ -1,0 +1,228 @@
+package pgtest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// What a test process leaves running when it dies without Close, killed or
+// out of time (go test -timeout panics and exits: no deferred call, no
+// t.Cleanup runs), is stopped by its watchdog: a copy of the same executable,
+// started with watchdogEnv set, whose init runs the watchdog instead of the
+// program. It reads, on a pipe from its owner, which directories hold a
+// cluster or a Patroni bed, and when the pipe ends, because its owner exited
+// however it did, it stops their servers and removes them, at once rather than
+// at the next run's reaping. It runs in a session of its own, so a Ctrl-C on
+// the terminal or a signal to the test's process group does not reach it.
+//
+// Processes pgtest starts directly (pgbouncer, etcd, patroni) are also bound
+// to the test process by the kernel where it can (Linux: startBound).
+
+// watchdogEnv, set in the environment, makes this package's init run the
+// watchdog. Its value is the owner's pid, for ps.
+const watchdogEnv = "PGRESILIENT_PGTEST_WATCHDOG"
+
+// Kinds of directory a watchdog reaps.
+const (
+	watchCluster = "cluster" // a Cluster's: its server (and PgBouncers) stopped
+	watchHA      = "ha"      // a Patroni bed's: every process marked with it killed
+)
+
+// watchdogReapWait bounds the watchdog's reaping of one directory.
+const watchdogReapWait = 30 * time.Second
+
+func init() {
+	if os.Getenv(watchdogEnv) != "" {
+		runWatchdog(os.Stdin)
+		os.Exit(0)
+	}
+}
+
+// dog is this process's watchdog, started by the first watch.
+var dog struct {
+	mu      sync.Mutex
+	w       *os.File      // the pipe to its standard input; nil until started
+	pid     int           // its pid, for tests
+	exited  chan struct{} // closed once it has exited
+	watched map[string]string
+}
+
+// watch tells the watchdog, starting it if need be, to reap dir (of the given
+// kind; binDir holds the server binaries) should this process exit before
+// unwatch(dir).
+func watch(kind, dir, binDir string) error {
+	line := kind + " " + strconv.Quote(dir) + " " + strconv.Quote(binDir) + "\n"
+	dog.mu.Lock()
+	defer dog.mu.Unlock()
+	if dog.watched == nil {
+		dog.watched = make(map[string]string)
+	}
+	dog.watched[dir] = line
+	if dog.w != nil {
+		select {
+		case <-dog.exited:
+			// Killed by someone: start another, told about every
+			// directory.
+			dog.w.Close()
+			dog.w = nil
+		default:
+			if _, err := io.WriteString(dog.w, line); err == nil {
+				return nil
+			}
+			dog.w.Close()
+			dog.w = nil
+		}
+	}
+	if err := startWatchdog(); err != nil {
+		return err
+	}
+	for _, l := range dog.watched {
+		if _, err := io.WriteString(dog.w, l); err != nil {
+			return fmt.Errorf("pgtest: watchdog: %w", err)
+		}
+	}
+	return nil
+}
+
+// unwatch tells the watchdog that dir is gone.
+func unwatch(dir string) {
+	dog.mu.Lock()
+	defer dog.mu.Unlock()
+	delete(dog.watched, dir)
+	if dog.w != nil {
+		_, _ = io.WriteString(dog.w, "- "+strconv.Quote(dir)+"\n")
+	}
+}
+
+// watchdogPid returns the pid of the watchdog, or 0 before the first watch.
+func watchdogPid() int {
+	dog.mu.Lock()
+	defer dog.mu.Unlock()
+	return dog.pid
+}
+
+// startWatchdog starts a watchdog, dog.mu held.
+func startWatchdog() error {
+	// Linux's /proc/self/exe runs our executable even if its file has
+	// been removed or replaced meanwhile.
+	exe := "/proc/self/exe"
+	if _, err := os.Stat(exe); err != nil {
+		if exe, err = os.Executable(); err != nil {
+			return fmt.Errorf("pgtest: watchdog: %w", err)
+		}
+	}
+	r, w, err := os.Pipe() // close-on-exec: no other child holds it open
+	if err != nil {
+		return fmt.Errorf("pgtest: watchdog: %w", err)
+	}
+	defer r.Close()
+	cmd := exec.Command(exe)
+	cmd.Args = []string{"pgtest-watchdog"} // what ps shows
+	cmd.Env = append(os.Environ(), watchdogEnv+"="+strconv.Itoa(os.Getpid()))
+	cmd.Dir = "/"
+	cmd.Stdin = r
+	// Not our stdout or stderr: go test reads the test's output until every
+	// copy of it is closed, and would wait for the watchdog.
+	cmd.Stdout, cmd.Stderr = nil, nil
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("pgtest: watchdog: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	dog.w, dog.pid, dog.exited = w, cmd.Process.Pid, exited
+	return nil
+}
+
+// runWatchdog is the watchdog process: it reads watch and unwatch lines from
+// in until it ends (or SIGTERM), then reaps every directory still watched.
+func runWatchdog(in io.Reader) {
+	// Not interrupted with the test: it has work to do then.
+	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE)
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(in)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	type entry struct{ kind, binDir string }
+	watched := make(map[string]entry)
+read:
+	for {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				break read
+			}
+			kind, dir, binDir, err := parseWatch(line)
+			if err != nil {
+				continue
+			}
+			if kind == "-" {
+				delete(watched, dir)
+			} else {
+				watched[dir] = entry{kind, binDir}
+			}
+		case <-term:
+			break read
+		}
+	}
+	var wg sync.WaitGroup
+	for dir, e := range watched {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), watchdogReapWait)
+			defer cancel()
+			switch e.kind {
+			case watchCluster:
+				r, err := newRunner(e.binDir)
+				if err == nil {
+					reapCluster(ctx, r, dir)
+				}
+			case watchHA:
+				_ = reapHA(ctx, dir)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// parseWatch splits a line written by watch or unwatch: kind "-" for unwatch.
+func parseWatch(line string) (kind, dir, binDir string, err error) {
+	kind, rest, ok := strings.Cut(line, " ")
+	if !ok {
+		return "", "", "", errors.New("no directory")
+	}
+	q, err := strconv.QuotedPrefix(rest)
+	if err != nil {
+		return "", "", "", err
+	}
+	dir, _ = strconv.Unquote(q)
+	rest = strings.TrimPrefix(rest[len(q):], " ")
+	if kind == "-" {
+		return kind, dir, "", nil
+	}
+	if kind != watchCluster && kind != watchHA {
+		return "", "", "", fmt.Errorf("unknown kind %q", kind)
+	}
+	binDir, err = strconv.Unquote(rest)
+	return kind, dir, binDir, err
+}
