@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -423,5 +424,85 @@ func TestResolveAfterPromotion(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTxIDCost measures the candidates for reading a transaction's id before
+// COMMIT, in transaction ids spent and time per transaction (medians of n,
+// one connection, loopback): none; ReadTxID after the writes
+// (txid_current_if_assigned, a round trip of its own before COMMIT); an id
+// forced at BEGIN's time (txid_current(), a round trip after BEGIN; sent in
+// BEGIN's own message it saves the round trip but not the id). Read-only
+// transactions show the difference: ReadTxID spends no id on them.
+func TestTxIDCost(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	table := freshTable(t, c, "ttxidcost", "pgx", "(id int)", "")
+	db := openDB(t, "pgx", c.DSN())
+	db.SetMaxOpenConns(1)
+	const n = 200
+	nextXid := func() int64 {
+		var x int64
+		if err := db.QueryRowContext(ctx, "select txid_snapshot_xmax(txid_current_snapshot())").Scan(&x); err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	insert := func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "insert into "+table+" values (1)")
+		return err
+	}
+	read := func(tx *sql.Tx) error {
+		var one int
+		return tx.QueryRowContext(ctx, "select 1").Scan(&one)
+	}
+	readID := func(tx *sql.Tx) error { _, err := ReadTxID(ctx, tx); return err }
+	forceID := func(tx *sql.Tx) error {
+		var x int64
+		return tx.QueryRowContext(ctx, "select txid_current()").Scan(&x)
+	}
+	cases := []struct {
+		name     string
+		steps    []func(*sql.Tx) error
+		wantXids int64 // per transaction
+	}{
+		{"write, no id read", []func(*sql.Tx) error{insert}, 1},
+		{"write, ReadTxID before COMMIT", []func(*sql.Tx) error{insert, readID}, 1},
+		{"write, txid_current() after BEGIN", []func(*sql.Tx) error{forceID, insert}, 1},
+		{"read-only, no id read", []func(*sql.Tx) error{read}, 0},
+		{"read-only, ReadTxID before COMMIT", []func(*sql.Tx) error{read, readID}, 0},
+		{"read-only, txid_current() after BEGIN", []func(*sql.Tx) error{forceID, read}, 1},
+	}
+	for range n { // warm up the connection and the table
+		if _, err := db.ExecContext(ctx, "select 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range cases {
+		took := make([]time.Duration, 0, n)
+		before := nextXid()
+		for range n {
+			start := time.Now()
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, step := range tc.steps {
+				if err := step(tx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			took = append(took, time.Since(start))
+		}
+		spent := nextXid() - before // reading the next id spends none
+		slices.Sort(took)
+		t.Logf("MEASURE %-40s %3d transactions: %d ids spent (%.2f each), median %v, p90 %v", tc.name, n, spent,
+			float64(spent)/n, took[n/2].Round(time.Microsecond), took[n*9/10].Round(time.Microsecond))
+		if got := spent / n; got != tc.wantXids || spent%n != 0 {
+			t.Errorf("%s: %d ids per transaction, want %d", tc.name, got, tc.wantXids)
+		}
 	}
 }
