@@ -89,8 +89,10 @@ type RunTxError struct {
 	// counts), the last one included.
 	Attempts int
 	// CommitUnknown: the connection was lost after COMMIT was sent, so the
-	// last attempt may have committed. RunTx does not retry it. The error
-	// then matches ErrConnLost (and never driver.ErrBadConn).
+	// last attempt may have committed, and asking the server did not tell
+	// (the error then also matches *UnresolvedError, which says why) or was
+	// not possible. RunTx does not retry it. The error then matches
+	// ErrConnLost (and never driver.ErrBadConn).
 	CommitUnknown bool
 	// Err is the last attempt's error.
 	Err error
@@ -185,9 +187,17 @@ const fnEndedTxMsg = "pgresilient: RunTx: fn committed or rolled back the transa
 //     with a FATAL such as 57P01 before running it, or the connection was
 //     broken before it). Not on a *sql.Conn.
 //
-// It never retries after COMMIT was sent and the connection was lost: it
-// returns a *RunTxError with CommitUnknown, matching ErrConnLost, saying the
-// transaction may have committed. It does not retry ErrCircuitOpen or a
+// When the connection was lost after COMMIT was sent, and db is a *sql.DB
+// (TxResolveCommit, on by default), it asks the database what became of the
+// attempt: it read the transaction's id before COMMIT (ReadTxID, one round
+// trip) and looks it up (ResolveCommit) within ctx, on the primary the pool
+// reaches. Committed: RunTx returns nil, and fn is not run again. Not
+// committed: it runs the transaction again, as for any failure above.
+// Otherwise (no answer before ctx ends, only a standby answers, still in
+// progress, or the answer could be about another transaction after a crash
+// or a failover) and on a *sql.Conn, it never retries: it returns a
+// *RunTxError with CommitUnknown, matching ErrConnLost, saying the
+// transaction may have committed, and why asking did not tell. It does not retry ErrCircuitOpen or a
 // connection that could not be opened (*ConnectError): the breaker and the
 // connector already decide how hard to knock on a database that is down.
 //
