@@ -421,6 +421,11 @@ func TestResolveAfterPromotion(t *testing.T) {
 					if committed || !errors.As(err, &ue) || !errors.Is(err, ErrConnLost) || ue.Reason != reasonReused {
 						t.Errorf("%s: committed=%v, %v; want unresolved: the answer is about another transaction", name, committed, err)
 					}
+					if cn, ok := ConnectorOf(sdb); ok {
+						if st := cn.Stats(); st.Unresolved != 1 || st.ResolvedCommitted != 0 {
+							t.Errorf("Stats: Unresolved %d, ResolvedCommitted %d; want 1, 0", st.Unresolved, st.ResolvedCommitted)
+						}
+					}
 				}
 			}
 		})

@@ -278,6 +278,16 @@ func TestRunTxCutDuringCommit(t *testing.T) {
 					if err != nil || n != 1 || attempts.Load() != wantAttempts {
 						t.Errorf("%v after %d attempts, %d rows; want success after %d, exactly 1 row", err, attempts.Load(), n, wantAttempts)
 					}
+					if cn, ok := ConnectorOf(db); ok {
+						st := cn.Stats()
+						want := [3]int64{0, 1, 0} // committed, aborted, unresolved
+						if forward {
+							want = [3]int64{1, 0, 0}
+						}
+						if got := [3]int64{st.ResolvedCommitted, st.ResolvedAborted, st.Unresolved}; got != want {
+							t.Errorf("Stats resolved committed, aborted, unresolved = %v, want %v", got, want)
+						}
+					}
 				})
 			}
 		}
