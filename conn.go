@@ -219,6 +219,10 @@ type baseConn struct {
 	// back above the chain (rows_go1.27.go). Touched only by database/sql's
 	// holder of the conn.
 	scanOut *scanRows
+	// busyAt is the host monitor's tick when the statement in flight began;
+	// 0 while none is. silenced is set when the monitor ended it.
+	busyAt   atomic.Uint32
+	silenced atomic.Pointer[HostSilentError]
 
 	inner    driver.Conn
 	execer   driver.ExecerContext // nil if inner lacks it
@@ -358,7 +362,9 @@ func (c *baseConn) exec(ctx context.Context, query string, args []driver.NamedVa
 	}
 	sctx, cancel := c.deadline(ctx)
 	m := c.mark()
+	c.busy(true)
 	res, err := c.execer.ExecContext(sctx, query, args)
+	c.busy(false)
 	if err != nil {
 		var final bool
 		if res, m, final, err = retryStale(c, ctx, sctx, query, err, m, func() (driver.Result, error) {
@@ -391,6 +397,7 @@ func (c *baseConn) query(ctx context.Context, query string, args []driver.NamedV
 	}
 	sctx, cancel := c.deadline(ctx)
 	m := c.mark()
+	c.busy(true) // until the result set is closed (baseRows.Close)
 	rows, err := c.queryer.QueryContext(sctx, query, args)
 	if err != nil {
 		var final bool
@@ -403,6 +410,7 @@ func (c *baseConn) query(ctx context.Context, query string, args []driver.NamedV
 	}
 	if err != nil {
 		cancel()
+		c.busy(false)
 		return nil, c.failStmt(ctx, sctx, OpQuery, query, err, m)
 	}
 	return wrapRows(ctx, sctx, cancel, c, rows), nil

@@ -64,6 +64,7 @@ type Connector struct {
 
 	inner driver.Connector // pgx's, or the wrapped driver's
 	chain driver.Connector // the interceptor chain over baseConnector
+	mon   *monitor         // the host monitor; nil when wrapping another driver than pgx
 
 	// gen is bumped whenever a connection learns that the server went away;
 	// pooled connections of an older generation are verified before reuse.
@@ -196,6 +197,7 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 		countWrites(pcfg)
 		tagRole(pcfg)
 		c.inner = stdlib.GetConnector(*pcfg, popts...)
+		c.mon = newMonitor(c, cfg.ConnConfig)
 	}
 
 	if !c.cfg.DisableBreaker {
@@ -317,6 +319,7 @@ func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
 	}
 	bc := newBaseConn(c, inner)
 	c.track(bc)
+	c.mon.start()
 	if bc.wire != nil {
 		bc.path = c.pathFor(bc.wire.addr)
 	}
@@ -351,6 +354,7 @@ func (c *Connector) probe(ctx context.Context) error {
 // working, but an open breaker then stays open: nothing probes any more.
 func (c *Connector) Close() error {
 	c.breaker.close()
+	c.mon.close()
 	return nil
 }
 

@@ -144,7 +144,7 @@ func (c *baseConn) refusedForRole(err error, query string) bool {
 // failTimed. query is the statement's text, "" for a prepared statement.
 func (c *baseConn) failStmt(ctx, stmtCtx context.Context, op Op, query string, err error, mark int64) error {
 	if c.pgx == nil || !c.refusedForRole(err, query) {
-		return placeholderHint(c.failTimed(ctx, stmtCtx, op, err, mark), query)
+		return placeholderHint(c.silencedCause(c.failTimed(ctx, stmtCtx, op, err, mark)), query)
 	}
 	inTx := c.inTx.Load()
 	c.markBroken(discardRole)
@@ -258,19 +258,28 @@ func (c *Connector) forget(bc *baseConn) {
 // idle connection is safe: nothing uses it until database/sql takes it
 // again, and ResetSession then refuses it, so it is dropped unused.
 func (c *Connector) sweep(wire *countingConn) {
-	if wire == nil || wire.addr == "" {
+	if wire != nil {
+		c.sweepAddr(wire.addr, discardRole)
+	}
+}
+
+// sweepAddr closes every idle pooled connection to addr now, discarded for
+// reason: a server that changed role (sweep), or that the host monitor found
+// silent.
+func (c *Connector) sweepAddr(addr string, reason discardReason) {
+	if addr == "" {
 		return
 	}
 	c.liveMu.Lock()
 	var swept []*baseConn
 	for bc := range c.live {
-		if bc.wire != nil && bc.wire.addr == wire.addr && bc.pooled.CompareAndSwap(poolIdle, poolSwept) {
+		if bc.wire != nil && bc.wire.addr == addr && bc.pooled.CompareAndSwap(poolIdle, poolSwept) {
 			swept = append(swept, bc)
 		}
 	}
 	c.liveMu.Unlock()
 	for _, bc := range swept {
-		bc.markBroken(discardRole)
+		bc.markBroken(reason)
 		_ = bc.wire.Conn.Close()
 	}
 }

@@ -27,6 +27,7 @@ func (c *baseConn) prepare(ctx context.Context, query string) (driver.Stmt, erro
 	)
 	sctx, cancel := c.deadline(ctx)
 	m := c.mark()
+	c.busy(true)
 	if c.preparer != nil {
 		st, err = c.preparer.PrepareContext(sctx, query)
 	} else {
@@ -34,9 +35,10 @@ func (c *baseConn) prepare(ctx context.Context, query string) (driver.Stmt, erro
 			st, err = c.inner.Prepare(query)
 		}
 	}
+	c.busy(false)
 	cancel()
 	if err != nil {
-		return nil, placeholderHint(c.failTimed(ctx, sctx, OpPrepare, err, m), query)
+		return nil, placeholderHint(c.silencedCause(c.failTimed(ctx, sctx, OpPrepare, err, m)), query)
 	}
 	return &baseStmt{inner: st, conn: c}, nil
 }
@@ -85,6 +87,8 @@ func (s *baseStmt) exec(ctx context.Context, args []driver.NamedValue) (driver.R
 	sctx, cancel := s.conn.deadline(ctx)
 	defer cancel()
 	m := s.conn.mark()
+	s.conn.busy(true)
+	defer s.conn.busy(false)
 	if e, ok := s.inner.(driver.StmtExecContext); ok {
 		res, err = e.ExecContext(sctx, args)
 	} else {
@@ -119,6 +123,7 @@ func (s *baseStmt) query(ctx context.Context, args []driver.NamedValue) (driver.
 	)
 	sctx, cancel := s.conn.deadline(ctx)
 	m := s.conn.mark()
+	s.conn.busy(true) // until the result set is closed (baseRows.Close)
 	if q, ok := s.inner.(driver.StmtQueryContext); ok {
 		rows, err = q.QueryContext(sctx, args)
 	} else {
@@ -132,6 +137,7 @@ func (s *baseStmt) query(ctx context.Context, args []driver.NamedValue) (driver.
 	}
 	if err != nil {
 		cancel()
+		s.conn.busy(false)
 		return nil, s.conn.failStmt(ctx, sctx, OpQuery, "", err, m)
 	}
 	return wrapRows(ctx, sctx, cancel, s.conn, rows), nil
