@@ -22,6 +22,7 @@ func main() {
 	case errors.Is(err, pgresilient.ErrCircuitOpen): // database down: failed fast, nothing sent
 	case errors.Is(err, pgresilient.ErrConnectFailed): // could not connect: nothing sent
 	case errors.Is(err, pgresilient.ErrRoleChanged): // the server became a standby: refused before running; safe to run again
+	case errors.Is(err, pgresilient.ErrNotCommitted): // Commit lost its connection, but certainly did not commit: safe to run again
 	case errors.Is(err, pgresilient.ErrTxAborted): // an earlier statement of this transaction failed
 	case err != nil:
 		log.Print(err)
