@@ -283,7 +283,9 @@ func (t *baseTx) commit() error {
 		return &DisconnectError{Op: OpCommit, InTx: true, notCommitted: true, Err: pgconn.ErrConnClosed, known: true}
 	}
 	m := t.conn.mark()
+	t.conn.busy(true) // a COMMIT waiting on a silent server is one the host monitor ends
 	sctx, err := t.end(OpCommit)
+	t.conn.busy(false)
 	if err != nil {
 		var lost *errCommittedThenLost
 		if errors.As(err, &lost) {
@@ -298,7 +300,7 @@ func (t *baseTx) commit() error {
 		if errors.Is(err, pgx.ErrTxCommitRollback) || classify(t.ctx, err) != classGone && !t.conn.innerClosed() {
 			return err
 		}
-		return t.conn.failTimed(t.ctx, sctx, OpCommit, err, m)
+		return t.conn.silencedCause(t.conn.failTimed(t.ctx, sctx, OpCommit, err, m))
 	}
 	return nil
 }
