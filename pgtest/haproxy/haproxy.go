@@ -1,0 +1,397 @@
+package haproxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pgresilient/pgresilient/pgtest"
+)
+
+// ErrNotFound is matched (errors.Is) by the error Start returns when the
+// haproxy binary is missing. The message says how to install it.
+var ErrNotFound = errors.New("pgtest/haproxy: haproxy not found")
+
+const (
+	host        = "127.0.0.1"
+	dirPrefix   = "pgresilient-haproxy-"
+	ownerFile   = "owner.pid" // our pid, for reapStale
+	pidFile     = "haproxy.pid"
+	logName     = "haproxy.log"
+	startWait   = 30 * time.Second // Start's bound when ctx has none
+	stopWait    = 5 * time.Second  // SIGTERM, then SIGKILL
+	portRetries = 3
+	pollEvery   = 20 * time.Millisecond
+)
+
+// binPaths are searched for haproxy after PATH: Debian puts it in /usr/sbin,
+// which a normal user's PATH may lack. A variable for tests.
+var binPaths = []string{"/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/usr/local/bin/haproxy"}
+
+// binary finds haproxy on PATH or in binPaths.
+func binary() (string, error) {
+	if p, err := exec.LookPath("haproxy"); err == nil {
+		return p, nil
+	}
+	for _, p := range binPaths {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%w on PATH or in /usr/sbin: install it (Debian/Ubuntu: apt-get install haproxy; "+
+		"its own service is not used) or set %s=1 to skip the integration tests", ErrNotFound, pgtest.SkipEnv)
+}
+
+// Proxy is an HAProxy started by Start, listening on 127.0.0.1 at a port of
+// its own in TCP mode, forwarding each new connection to a server that
+// passes its health check. Its methods are safe for concurrent use.
+//
+// HAProxy runs as a child of the test process (haproxy -f cfg -db), never as
+// the system's service. Close stops it; on Linux the kernel kills it when the
+// test process exits without Close (a test timeout, a signal, kill -9), and
+// the next Start removes the directory it left.
+type Proxy struct {
+	cfg     Config
+	servers []Server
+	dir     string
+	socket  string // the stats socket, admin level
+	port    int
+
+	cmd    *exec.Cmd
+	exited chan struct{} // closed once haproxy has exited and its log pipe drained
+
+	ev events
+
+	mu     sync.Mutex
+	closed bool
+}
+
+// Patroni returns the Servers for a Patroni cluster's nodes, killed ones
+// included: each node's PostgreSQL server, checked on its REST API.
+func Patroni(p *pgtest.Patroni) []Server {
+	var s []Server
+	for _, n := range p.Nodes() {
+		s = append(s, Server{Name: n.Name, Addr: net.JoinHostPort(host, strconv.Itoa(n.Port)), CheckPort: n.APIPort})
+	}
+	return s
+}
+
+// RequirePatroni starts a Proxy in front of p's nodes for one test, as
+// Require does.
+func RequirePatroni(t testing.TB, p *pgtest.Patroni, cfg Config) *Proxy {
+	t.Helper()
+	return Require(t, cfg, Patroni(p)...)
+}
+
+// Require starts a Proxy for one test and closes it when the test ends,
+// passed, failed or panicked (t.Cleanup). It skips the test when
+// PGRESILIENT_SKIP_INTEGRATION=1, and fails it when haproxy is missing (the
+// message says how to install it) or does not start.
+func Require(t testing.TB, cfg Config, servers ...Server) *Proxy {
+	t.Helper()
+	if pgtest.SkipRequested() {
+		t.Skip(pgtest.SkipEnv + "=1")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startWait)
+	defer cancel()
+	p, err := Start(ctx, cfg, servers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("close haproxy: %v", err)
+		}
+	})
+	return p
+}
+
+// Start starts HAProxy in front of servers, on a free 127.0.0.1 port, in a
+// temporary directory of its own, and returns once HAProxy has checked every
+// server at least once: until then HAProxy deems every server UP and would
+// route to any. ctx bounds the start (30 s if it has no deadline). It retries
+// with another port, up to 3 times in all, when the chosen one was taken
+// meanwhile. On failure nothing is left behind and the error includes
+// HAProxy's output.
+func Start(ctx context.Context, cfg Config, servers ...Server) (*Proxy, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := validateServers(servers); err != nil {
+		return nil, err
+	}
+	bin, err := binary()
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, startWait)
+		defer cancel()
+	}
+	reapStale(os.TempDir())
+	dir, err := os.MkdirTemp("", dirPrefix+"*")
+	if err != nil {
+		return nil, fmt.Errorf("pgtest/haproxy: %w", err)
+	}
+	p := &Proxy{
+		cfg:     cfg,
+		servers: append([]Server(nil), servers...),
+		dir:     dir,
+		socket:  filepath.Join(dir, "admin.sock"),
+	}
+	if len(p.socket) >= 104 { // sun_path: 108 bytes on Linux, 104 on BSDs
+		return nil, errors.Join(fmt.Errorf("pgtest/haproxy: socket path %s too long: set TMPDIR to a shorter directory", p.socket), p.Close())
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return nil, errors.Join(fmt.Errorf("pgtest/haproxy: %w", err), p.Close())
+	}
+	for attempt := 1; ; attempt++ {
+		err = p.start(ctx, bin)
+		if err == nil {
+			return p, nil
+		}
+		if attempt < portRetries && errors.Is(err, errAddrInUse) {
+			continue
+		}
+		return nil, errors.Join(err, p.Close())
+	}
+}
+
+var errAddrInUse = errors.New("address in use")
+
+// start writes the configuration for a free port, starts haproxy and waits
+// until every server has been checked.
+func (p *Proxy) start(ctx context.Context, bin string) error {
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	p.port = port
+	cfgPath := filepath.Join(p.dir, "haproxy.cfg")
+	if err := os.WriteFile(cfgPath, []byte(render(p.cfg, port, p.socket, p.servers)), 0o600); err != nil {
+		return fmt.Errorf("pgtest/haproxy: %w", err)
+	}
+	logPath := filepath.Join(p.dir, logName)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("pgtest/haproxy: %w", err)
+	}
+	defer logf.Close() // the child has its own descriptor
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("pgtest/haproxy: %w", err)
+	}
+	cmd := exec.Command(bin, "-f", cfgPath, "-db")
+	cmd.Dir = p.dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{w} // fd 3: "log fd@3"
+	p.ev.reset(p.servers)
+	err = startBound(cmd)
+	w.Close()
+	if err != nil {
+		r.Close()
+		return fmt.Errorf("pgtest/haproxy: start %s: %w", bin, err)
+	}
+	logDone := make(chan struct{})
+	go func() {
+		defer close(logDone)
+		defer r.Close()
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			p.ev.add(time.Now(), sc.Text())
+		}
+	}()
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		<-logDone
+		p.ev.end()
+		close(exited)
+	}()
+	p.cmd, p.exited = cmd, exited
+	// For reapStale, should this process die without Close elsewhere than
+	// on Linux.
+	if err := os.WriteFile(filepath.Join(p.dir, pidFile), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+		return errors.Join(fmt.Errorf("pgtest/haproxy: %w", err), p.stop())
+	}
+	t := time.NewTicker(pollEvery)
+	defer t.Stop()
+	for {
+		servers, err := p.Servers(ctx)
+		if err == nil {
+			checked := 0
+			for _, s := range servers {
+				if s.Check != "" && s.Check != "INI" {
+					checked++
+				}
+			}
+			if checked == len(p.servers) {
+				return nil
+			}
+			err = fmt.Errorf("servers not all checked yet: %+v", servers)
+		}
+		select {
+		case <-exited:
+			return p.withLog(fmt.Errorf("pgtest/haproxy: haproxy exited at start: %s", cmd.ProcessState))
+		case <-ctx.Done():
+			return errors.Join(p.withLog(fmt.Errorf("pgtest/haproxy: haproxy not ready: %w", err)), p.stop())
+		case <-t.C:
+		}
+	}
+}
+
+// withLog appends HAProxy's output to err, and marks it errAddrInUse when
+// HAProxy could not bind its port.
+func (p *Proxy) withLog(err error) error {
+	data, rerr := os.ReadFile(p.LogFile())
+	if rerr != nil || len(data) == 0 {
+		return err
+	}
+	tail := strings.TrimSpace(string(data))
+	if len(tail) > 4<<10 {
+		tail = tail[len(tail)-4<<10:]
+	}
+	if strings.Contains(tail, "Address already in use") {
+		return fmt.Errorf("%w: %w\nhaproxy output (%s):\n%s", errAddrInUse, err, p.LogFile(), tail)
+	}
+	return fmt.Errorf("%w\nhaproxy output (%s):\n%s", err, p.LogFile(), tail)
+}
+
+// stop ends haproxy with SIGTERM (a hard stop: every connection is closed at
+// once), then SIGKILL after 5 s, and waits for it to exit.
+func (p *Proxy) stop() error {
+	if p.cmd == nil {
+		return nil
+	}
+	defer func() { p.cmd = nil }()
+	select {
+	case <-p.exited:
+		return nil
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+		return nil
+	case <-time.After(stopWait):
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.exited
+	return fmt.Errorf("pgtest/haproxy: haproxy ignored SIGTERM for %v: killed", stopWait)
+}
+
+// Close stops HAProxy, closing every connection through it, and removes its
+// directory. It is safe on a nil Proxy and more than once.
+func (p *Proxy) Close() error {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	err := p.stop()
+	if rerr := os.RemoveAll(p.dir); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("pgtest/haproxy: %w", rerr))
+	}
+	return err
+}
+
+// Host returns "127.0.0.1".
+func (p *Proxy) Host() string { return host }
+
+// Port returns HAProxy's port.
+func (p *Proxy) Port() int { return p.port }
+
+// Addr returns "127.0.0.1:PORT".
+func (p *Proxy) Addr() string { return net.JoinHostPort(host, strconv.Itoa(p.port)) }
+
+// DSN returns a URL connecting through HAProxy as pgtest's servers expect:
+// to the postgres database as the postgres superuser, without a password and
+// without TLS.
+func (p *Proxy) DSN() string {
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.User(pgtest.Superuser),
+		Host:     p.Addr(),
+		Path:     "/" + pgtest.Database,
+		RawQuery: "sslmode=disable",
+	}
+	return u.String()
+}
+
+// Config returns the configuration in effect, defaults filled in.
+func (p *Proxy) Config() Config { return p.cfg }
+
+// Dir returns HAProxy's directory (haproxy.cfg, its output, the stats
+// socket), removed by Close.
+func (p *Proxy) Dir() string { return p.dir }
+
+// LogFile returns the path of HAProxy's standard output and error.
+func (p *Proxy) LogFile() string { return filepath.Join(p.dir, logName) }
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("pgtest/haproxy: finding a free port: %w", err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := ln.Close(); err != nil {
+		return 0, fmt.Errorf("pgtest/haproxy: finding a free port: %w", err)
+	}
+	return port, nil
+}
+
+// reapStale removes the directories that test processes which died without
+// Close left in base, killing their haproxy first where the kernel did not
+// (outside Linux). A directory is stale only when the process named in its
+// owner file no longer exists; a pid is signalled only while it still names
+// a haproxy process (Linux's /proc tells; elsewhere nothing is killed).
+// Errors are ignored: this is housekeeping.
+func reapStale(base string) {
+	dirs, _ := filepath.Glob(filepath.Join(base, dirPrefix+"*"))
+	for _, dir := range dirs {
+		owner, ok := readPid(filepath.Join(dir, ownerFile))
+		if !ok || processExists(owner) {
+			continue
+		}
+		if pid, ok := readPid(filepath.Join(dir, pidFile)); ok {
+			comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+			if err == nil && strings.TrimSpace(string(comm)) == "haproxy" {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		_ = os.RemoveAll(dir)
+	}
+}
+
+func readPid(path string) (int, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid, err == nil && pid > 0
+}
+
+// processExists reports whether a process with this pid exists.
+func processExists(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
