@@ -35,10 +35,12 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -96,6 +98,13 @@ type Cluster struct {
 
 	mu     sync.Mutex // serializes lifecycle changes
 	closed bool
+	pm     *postmaster // the server start started; nil before
+}
+
+// postmaster is a server process that start started: our child.
+type postmaster struct {
+	pid    int
+	exited chan struct{} // closed once it has exited and been waited for
 }
 
 // Start creates a cluster with initdb in a fresh temporary directory, starts
@@ -106,15 +115,16 @@ type Cluster struct {
 // When running as root, the server and its tools run as the "postgres"
 // account, which then owns the temporary directory.
 //
-// Should the process exit without Close, killed or out of time (go test
-// -timeout runs no cleanup), its watchdog stops the server and removes the
-// directory right away: a copy of the running executable, started by the
-// first Start (or StartPatroni) in a session of its own, that learns on a
-// pipe what to reap and does it when the pipe ends with the process. The
-// test helpers (NewT, RunMain, RequireBouncer, RequirePatroni) also close
-// everything on SIGINT and SIGTERM before the process exits. Directories left
-// by test processes that died anyway (the watchdog killed too) are removed,
-// and their servers stopped, on the way.
+// The server is a child of the calling process. Should the process exit
+// without Close, killed or out of time (go test -timeout runs no cleanup),
+// the server stops at once: on Linux the kernel sends it SIGQUIT (an
+// immediate shutdown), and the process's watchdog, a copy of the running
+// executable started by the first Start (or StartPatroni) in a session of
+// its own, stops it too and removes the directory when the pipe from the
+// process ends. The test helpers (NewT, RunMain, RequireBouncer,
+// RequirePatroni) also close everything on SIGINT and SIGTERM before the
+// process exits. Directories left by test processes that died anyway (the
+// watchdog killed too) are removed, and their servers stopped, on the way.
 //
 // On failure nothing is left behind, and the error includes the server log's
 // tail when the server itself failed.
@@ -242,7 +252,7 @@ func (c *Cluster) startOnFreePort(ctx context.Context) error {
 // data anyone wants to keep.
 func (c *Cluster) settings() string {
 	// A Unix socket path is limited to about 100 bytes; without one, nothing
-	// here needs it (pg_ctl -w waits on postmaster.pid).
+	// here needs it (start waits on postmaster.pid).
 	sock := c.dir
 	if len(sock)+len("/.s.PGSQL.65535") >= 100 {
 		sock = ""
@@ -370,6 +380,9 @@ func (c *Cluster) Stop(mode string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), defaultWait+10*time.Second)
 	defer cancel()
 	_, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", mode, "-w", "-t", waitSeconds(ctx))
+	if err == nil {
+		c.waitExited()
+	}
 	return err
 }
 
@@ -399,12 +412,15 @@ func (c *Cluster) Restart(mode string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*defaultWait)
 	defer cancel()
-	from := c.logSize()
-	if _, err := c.run.run(ctx, c.dir, "pg_ctl", "restart", "-D", c.data, "-m", mode,
-		"-l", c.log, "-w", "-t", waitSeconds(ctx)); err != nil {
-		return c.withLog(err, from)
+	if c.Running() {
+		from := c.logSize()
+		if _, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", mode,
+			"-w", "-t", waitSeconds(ctx)); err != nil {
+			return c.withLog(err, from)
+		}
 	}
-	return c.waitReady(ctx, from)
+	c.waitExited()
+	return c.start(ctx)
 }
 
 // Running reports whether the server process is alive, as pg_ctl status sees
@@ -441,6 +457,7 @@ func (c *Cluster) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	c.waitExited()
 	if err := os.RemoveAll(c.dir); err != nil {
 		errs = append(errs, fmt.Errorf("pgtest: %w", err))
 	}
@@ -450,16 +467,86 @@ func (c *Cluster) Close() error {
 	return errors.Join(errs...)
 }
 
-// start runs pg_ctl start and waits until the server accepts connections.
+// start starts the server and waits until it accepts connections.
+//
+// The server is our child, started as pg_ctl start would (in a session of its
+// own, its output appended to the log) but not detached: so it can be bound
+// to this process (startBound), and on Linux gets SIGQUIT, an immediate
+// shutdown, when the process exits without Close, even if the watchdog was
+// killed with it.
 func (c *Cluster) start(ctx context.Context) error {
 	ctx, cancel := withDefaultTimeout(ctx, defaultWait)
 	defer cancel()
 	from := c.logSize()
-	if _, err := c.run.run(ctx, c.dir, "pg_ctl", "start", "-D", c.data, "-l", c.log,
-		"-w", "-t", waitSeconds(ctx)); err != nil {
+	logf, err := os.OpenFile(c.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	defer logf.Close() // the server has its own descriptor
+	if err := c.run.chown(c.log); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	cmd := exec.Command(filepath.Join(c.run.binDir, "postgres"), "-D", c.data)
+	cmd.Dir = c.dir
+	cmd.Env = serverEnv()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.run.cred, Setsid: true}
+	if err := startBound(cmd, syscall.SIGQUIT); err != nil {
+		return fmt.Errorf("pgtest: start postgres: %w", err)
+	}
+	pm := &postmaster{pid: cmd.Process.Pid, exited: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(pm.exited)
+	}()
+	if err := c.waitStarted(ctx, pm); err != nil {
+		_ = syscall.Kill(pm.pid, syscall.SIGQUIT)
+		select {
+		case <-pm.exited:
+		case <-time.After(10 * time.Second):
+		}
 		return c.withLog(err, from)
 	}
+	c.pm = pm
 	return c.waitReady(ctx, from)
+}
+
+// waitStarted waits until the server pm says in postmaster.pid that it
+// accepts connections, as pg_ctl start -w does, or has exited.
+func (c *Cluster) waitStarted(ctx context.Context, pm *postmaster) error {
+	t := time.NewTicker(pollEvery / 4)
+	defer t.Stop()
+	for {
+		b, _ := os.ReadFile(filepath.Join(c.data, "postmaster.pid"))
+		// pid, data directory, start time, port, socket directory, listen
+		// address, shared memory key, status.
+		lines := strings.Split(string(b), "\n")
+		if len(lines) >= 8 && strings.TrimSpace(lines[0]) == strconv.Itoa(pm.pid) {
+			switch strings.TrimSpace(lines[7]) {
+			case "ready", "standby":
+				return nil
+			}
+		}
+		select {
+		case <-pm.exited:
+			return errors.New("pgtest: postgres exited at start")
+		case <-ctx.Done():
+			return fmt.Errorf("pgtest: postgres not started: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// waitExited waits a while for the server start started to exit, once told
+// to stop.
+func (c *Cluster) waitExited() {
+	if c.pm == nil {
+		return
+	}
+	select {
+	case <-c.pm.exited:
+	case <-time.After(10 * time.Second):
+	}
 }
 
 // waitReady polls until a connection succeeds. pg_ctl -w has normally waited

@@ -2,9 +2,12 @@
 
 package pgtest
 
-import "os/exec"
+import (
+	"os/exec"
+	"syscall"
+)
 
 // startBound starts cmd. Only Linux binds a child's life to ours; elsewhere
-// a pgbouncer, etcd or patroni left by a test process that died without
-// Close runs on until killed by hand.
-func startBound(cmd *exec.Cmd) error { return cmd.Start() }
+// the watchdog stops a server left by a test process that died without
+// Close, and a pgbouncer, etcd or patroni runs on until killed by hand.
+func startBound(cmd *exec.Cmd, _ syscall.Signal) error { return cmd.Start() }

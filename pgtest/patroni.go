@@ -372,7 +372,7 @@ func (p *Patroni) spawn(dir, logPath, bin string, args ...string) (*haProc, erro
 	if p.run.cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.run.cred}
 	}
-	if err := startBound(cmd); err != nil {
+	if err := startBound(cmd, syscall.SIGKILL); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("pgtest: %s: %w", filepath.Base(bin), err)
 	}

@@ -254,7 +254,7 @@ func (b *Bouncer) start(ctx context.Context) error {
 	if b.run.cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: b.run.cred}
 	}
-	if err := startBound(cmd); err != nil {
+	if err := startBound(cmd, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("pgtest: start pgbouncer: %w", err)
 	}
 	exited := make(chan struct{})

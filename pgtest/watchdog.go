@@ -26,8 +26,11 @@ import (
 // at the next run's reaping. It runs in a session of its own, so a Ctrl-C on
 // the terminal or a signal to the test's process group does not reach it.
 //
-// Processes pgtest starts directly (pgbouncer, etcd, patroni) are also bound
-// to the test process by the kernel where it can (Linux: startBound).
+// Processes pgtest starts itself (postgres, pgbouncer, etcd, patroni) are
+// also bound to the test process by the kernel where it can (Linux:
+// startBound), so they stop even if the watchdog was killed with it; Patroni's
+// own servers, which it detaches, and the directories are the watchdog's
+// alone.
 
 // watchdogEnv, set in the environment, makes this package's init run the
 // watchdog. Its value is the owner's pid, for ps.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,6 +36,10 @@ type helperReport struct {
 	Pids     []int    // server processes: postmasters, pgbouncer, etcd, patroni
 	Ports    []int    // TCP ports on 127.0.0.1 they listen on
 	Watchdog int      // the watchdog's pid
+
+	// Bound are the processes of Pids that die with the helper even
+	// without the watchdog (startBound), and BoundPorts their ports.
+	Bound, BoundPorts []int
 }
 
 const helperReportPrefix = "pgtest-helper-report: "
@@ -52,6 +57,8 @@ func TestHelperProcess(t *testing.T) {
 		r.Dirs = append(r.Dirs, c.Dir())
 		r.Pids = append(r.Pids, postmasterPid(t, c.data))
 		r.Ports = append(r.Ports, c.Port())
+		r.Bound = append(r.Bound, postmasterPid(t, c.data))
+		r.BoundPorts = append(r.BoundPorts, c.Port())
 	}
 	switch mode {
 	case helperNewT:
@@ -64,14 +71,21 @@ func TestHelperProcess(t *testing.T) {
 		b := RequireBouncer(t, c, BouncerConfig{})
 		r.Pids = append(r.Pids, b.cmd.Process.Pid)
 		r.Ports = append(r.Ports, b.Port())
+		r.Bound = append(r.Bound, b.cmd.Process.Pid)
+		r.BoundPorts = append(r.BoundPorts, b.Port())
 	case helperPatroni:
 		p := RequirePatroni(t, 1)
 		r.Dirs = append(r.Dirs, p.Dir())
 		r.Pids = append(r.Pids, p.etcd.cmd.Process.Pid)
 		r.Ports = append(r.Ports, p.eport)
+		r.Bound = append(r.Bound, p.etcd.cmd.Process.Pid)
+		r.BoundPorts = append(r.BoundPorts, p.eport)
 		for _, n := range p.Nodes() {
+			// Patroni detaches its server: only the watchdog stops it.
 			r.Pids = append(r.Pids, n.proc.cmd.Process.Pid, postmasterPid(t, filepath.Join(n.dir, "data")))
 			r.Ports = append(r.Ports, n.Port, n.APIPort)
+			r.Bound = append(r.Bound, n.proc.cmd.Process.Pid)
+			r.BoundPorts = append(r.BoundPorts, n.APIPort)
 		}
 	default:
 		t.Fatalf("unknown helper mode %q", mode)
@@ -116,7 +130,9 @@ func listening(port int) bool {
 // TestDiesWithTest runs a test process that starts servers with pgtest and
 // then dies without running its cleanups: interrupted, terminated, killed, or
 // out of time (go test -timeout). Within a few seconds of its death nothing it
-// started may be left: no process, no listening port, no directory.
+// started may be left: no process, no listening port, no directory. With its
+// watchdog killed too ("SIGKILL, watchdog too"), the processes bound to it
+// must still go (Linux only); the rest is reaped by the next Start.
 func TestDiesWithTest(t *testing.T) {
 	if SkipRequested() {
 		t.Skip(SkipEnv + "=1")
@@ -133,6 +149,8 @@ func TestDiesWithTest(t *testing.T) {
 		{helperRunMain, "timeout", []string{"-test.timeout=2s"}},
 		{helperBouncer, "SIGKILL", nil},
 		{helperPatroni, "SIGKILL", nil},
+		{helperBouncer, "SIGKILL, watchdog too", nil},
+		{helperPatroni, "SIGKILL, watchdog too", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.mode+" "+tt.end, func(t *testing.T) {
@@ -210,6 +228,16 @@ func TestDiesWithTest(t *testing.T) {
 				err = cmd.Process.Signal(syscall.SIGTERM)
 			case "SIGKILL":
 				err = cmd.Process.Signal(syscall.SIGKILL)
+			case "SIGKILL, watchdog too":
+				if runtime.GOOS != "linux" {
+					t.Skip("only Linux binds a child to its parent's life")
+				}
+				if err = syscall.Kill(report.Watchdog, syscall.SIGKILL); err == nil {
+					err = cmd.Process.Signal(syscall.SIGKILL)
+				}
+				// Only what the kernel stops: the test's cleanup
+				// reaps the rest, as the next Start would.
+				report.Dirs, report.Pids, report.Ports = nil, report.Bound, report.BoundPorts
 			}
 			if err != nil {
 				t.Fatal(err)
