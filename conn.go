@@ -326,7 +326,7 @@ func (c *baseConn) fail(ctx context.Context, op Op, err error, mark int64) error
 // usable returns driver.ErrBadConn if the connection is known broken: nothing
 // is sent on it, and database/sql retries elsewhere.
 func (c *baseConn) usable(op Op) error {
-	if c.broken.Load() || c.innerClosed() {
+	if c.broken.Load() || c.innerClosed() || c.cancelPending() {
 		c.markBroken(discardLost)
 		if c.inTx.Load() {
 			return &DisconnectError{Op: op, InTx: true, Err: pgconn.ErrConnClosed, known: true}

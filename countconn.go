@@ -23,7 +23,8 @@ import (
 type countingConn struct {
 	net.Conn
 	written atomic.Int64
-	addr    string // the host:port dialled, as pgconn gave it
+	addr    string      // the host:port dialled, as pgconn gave it
+	cancel  cancelState // set when a cancel request went out (cancel.go)
 }
 
 func (c *countingConn) Write(b []byte) (int, error) {

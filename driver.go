@@ -195,6 +195,7 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 		}
 		pcfg := cfg.ConnConfig.Copy()
 		countWrites(pcfg)
+		pcfg.BuildContextWatcherHandler = watchWithCancel
 		tagRole(pcfg)
 		c.inner = stdlib.GetConnector(*pcfg, popts...)
 		c.mon = newMonitor(c, cfg.ConnConfig)

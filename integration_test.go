@@ -3,7 +3,6 @@ package pgresilient
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strings"
@@ -304,22 +303,6 @@ func TestCutIdlePool(t *testing.T) {
 			t.Errorf("pgresilient: %d failed, want 0", failed)
 		}
 	})
-}
-
-// TestCallerDeadlineMidQuery: the caller's own deadline fires during a
-// statement; pgx closes the connection, the outcome is unknown.
-func TestCallerDeadlineMidQuery(t *testing.T) {
-	c := needCluster(t)
-	db := openDB(t, DriverName, c.DSN())
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	_, err := db.ExecContext(ctx, "select pg_sleep(3)")
-	if !errors.Is(err, ErrConnLost) || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, driver.ErrBadConn) {
-		t.Fatalf("want ErrConnLost and DeadlineExceeded, not ErrBadConn; got %v", err)
-	}
-	if failed, first := runQueries(db, 3); failed != 0 {
-		t.Fatalf("%d queries failed after: %v", failed, first)
-	}
 }
 
 // TestServerErrorKeepsConn: an SQL error leaves the connection healthy and

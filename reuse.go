@@ -26,6 +26,12 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	if c.broken.Load() || c.innerClosed() {
 		return driver.ErrBadConn
 	}
+	if c.cancelPending() {
+		// A cancel request went out that no 57014 answered: it could
+		// still land on this backend's next statement.
+		c.markBroken(discardLost)
+		return driver.ErrBadConn
+	}
 	c.endTx() // database/sql reuses a connection only after its Tx ended
 
 	// Whether to peek and whether to ping depend on how long the connection

@@ -43,6 +43,12 @@ func (e *timeoutError) Unwrap() error { return e.err }
 // fired (a context's error is set once, so a later cancel does not hide it)
 // labels the error as query_timeout's.
 func (c *baseConn) failTimed(ctx, stmtCtx context.Context, op Op, err error, mark int64) error {
+	if ce, ok := c.canceledByServer(ctx, stmtCtx, op, err); ok {
+		if ctx.Err() == nil {
+			c.autoRollback(ctx, err) // in a transaction, it is aborted
+		}
+		return ce
+	}
 	if stmtCtx != ctx && ctx.Err() == nil && errors.Is(stmtCtx.Err(), context.DeadlineExceeded) {
 		err = &timeoutError{d: c.owner.cfg.QueryTimeout, err: err}
 	}

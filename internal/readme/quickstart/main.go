@@ -19,6 +19,7 @@ func main() {
 	_, err = db.ExecContext(context.Background(), "insert into orders (id) values ($1)", 42)
 	switch {
 	case errors.Is(err, pgresilient.ErrConnLost): // broke after sending: outcome unknown, check before retrying
+	case errors.Is(err, pgresilient.ErrCanceled): // cut short by a deadline and canceled by the server: it did not complete
 	case errors.Is(err, pgresilient.ErrCircuitOpen): // database down: failed fast, nothing sent
 	case errors.Is(err, pgresilient.ErrConnectFailed): // could not connect: nothing sent
 	case errors.Is(err, pgresilient.ErrRoleChanged): // the server became a standby: refused before running; safe to run again

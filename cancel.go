@@ -1,0 +1,144 @@
+package pgresilient
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+)
+
+// Cancel before close. When the context of a statement ends (query_timeout,
+// or the caller's deadline or cancellation), pgx's default closes the
+// connection at once: the statement may have run, or may still be running,
+// and the caller can only be told "outcome unknown". pgresilient asks the
+// server first: a CancelRequest, on a new connection carrying the backend's
+// key, and cancelWait for the server to end the statement. The server
+// answers the statement with 57014 (query_canceled): it did not complete,
+// so in autocommit nothing of it committed, and in a transaction the
+// transaction is aborted; the connection stays usable. Only when the
+// cancel is not answered within cancelWait (the server or the network is
+// gone) does the socket's deadline end the connection, and the outcome is
+// unknown, as before. Through PgBouncer the cancel goes to PgBouncer, which
+// forwards it to the server running the statement.
+//
+// A cancel can arrive after the statement it was meant for ended by itself
+// (its result and the deadline crossing): it would then cancel whatever runs
+// next on that backend. pgx sleeps 100 ms after every cancel to make that
+// unlikely; pgresilient instead never uses the connection again unless the
+// statement was answered with 57014, the proof that the cancel landed on it.
+
+// cancelWait is how long a statement whose context ended is given to end
+// with the server's 57014 after the cancel request is sent. A cancel costs a
+// TCP connection and one message, and the server answers the statement at
+// its next check for interrupts, a few milliseconds on a LAN (2 ms here on
+// loopback, TestCancelQueryTimeout); what it adds past the caller's deadline
+// when the server does not answer is this much at most.
+const cancelWait = 50 * time.Millisecond
+
+// ErrCanceled is matched by the error of a statement whose context ended
+// (query_timeout, or the caller's deadline or cancellation) and that the
+// server then canceled, saying so (SQLSTATE 57014): it did not complete.
+// Outside a transaction nothing of it committed; inside one, the transaction
+// is aborted. The connection is kept. The error also matches the context's
+// own error (context.DeadlineExceeded, context.Canceled) when the caller's
+// context ended, and wraps the server's *pgconn.PgError.
+var ErrCanceled = errors.New("pgresilient: statement canceled")
+
+// CanceledError is the error ErrCanceled describes.
+type CanceledError struct {
+	Op  Op     // the operation canceled
+	By  string // "query_timeout 1s", or "the caller's context (context deadline exceeded)"
+	Err error  // the server's 57014
+	ctx error  // the caller's context's error, if it ended
+}
+
+// Error says what was canceled, why, and that it did not complete.
+func (e *CanceledError) Error() string {
+	return "pgresilient: " + string(e.Op) + " canceled on the server, ended by " + e.By +
+		": it did not complete: " + errString(e.Err)
+}
+
+// Unwrap returns ErrCanceled, the caller's context's error if it ended, and
+// the server's error.
+func (e *CanceledError) Unwrap() []error {
+	if e.ctx != nil {
+		return []error{ErrCanceled, e.ctx, e.Err}
+	}
+	return []error{ErrCanceled, e.Err}
+}
+
+// cancelState is what a connection's context watcher tells baseConn: a
+// cancel request went out for the operation under way.
+type cancelState struct {
+	sent atomic.Bool
+}
+
+// cancelWatcher is pgconn's context watcher for a connection of ours: on a
+// context's end it sends the cancel request and sets the socket's deadline
+// cancelWait ahead; it never waits for the request itself (bounded by the same
+// deadline, it ends on its own).
+type cancelWatcher struct {
+	pc    *pgconn.PgConn
+	state *cancelState // the connection's, in its countingConn
+}
+
+var _ ctxwatch.Handler = (*cancelWatcher)(nil)
+
+// watchWithCancel is the ConnConfig's BuildContextWatcherHandler. A
+// connection not dialled through countWrites keeps pgx's default.
+func watchWithCancel(pc *pgconn.PgConn) ctxwatch.Handler {
+	wire := findCounting(pc.Conn())
+	if wire == nil {
+		return &pgconn.DeadlineContextWatcherHandler{Conn: pc.Conn()}
+	}
+	return &cancelWatcher{pc: pc, state: &wire.cancel}
+}
+
+func (w *cancelWatcher) HandleCancel(context.Context) {
+	deadline := time.Now().Add(cancelWait)
+	_ = w.pc.Conn().SetDeadline(deadline)
+	w.state.sent.Store(true)
+	go func() {
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		defer cancel()
+		_ = w.pc.CancelRequest(ctx)
+	}()
+}
+
+func (w *cancelWatcher) HandleUnwatchAfterCancel() {
+	_ = w.pc.Conn().SetDeadline(time.Time{})
+}
+
+// canceledByServer turns err into a *CanceledError when the operation's
+// context ended, a cancel went out, and the server answered it with 57014 on
+// a connection still open. It reports false otherwise: err is handled as
+// before.
+func (c *baseConn) canceledByServer(ctx, stmtCtx context.Context, op Op, err error) (*CanceledError, bool) {
+	if c.wire == nil || !c.wire.cancel.sent.Load() || c.innerClosed() {
+		return nil, false
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != codeQueryCanceled {
+		return nil, false
+	}
+	c.wire.cancel.sent.Store(false) // it landed: nothing of it is still on its way
+	e := &CanceledError{Op: op, Err: err, ctx: ctx.Err()}
+	if ctx.Err() != nil {
+		e.By = "the caller's context (" + ctx.Err().Error() + ")"
+	} else {
+		e.By = "query_timeout " + c.owner.cfg.QueryTimeout.String()
+	}
+	return e, true
+}
+
+// codeQueryCanceled is query_canceled: a cancel request, or statement_timeout.
+const codeQueryCanceled = "57014"
+
+// cancelPending reports whether a cancel request went out that no 57014
+// answered: it may still land on the backend's next statement.
+func (c *baseConn) cancelPending() bool {
+	return c.wire != nil && c.wire.cancel.sent.Load()
+}
