@@ -3,7 +3,9 @@ package haproxy
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,18 +39,36 @@ type attempt struct {
 	err        error
 }
 
-// TestPatroniSwitchover puts HAProxy, with Patroni's check at FastCheck's
-// rhythm, in front of a 2-node Patroni cluster: writes through it land on
-// the leader; after a switchover it routes to the new leader within a bound,
-// and a writer connecting anew through it succeeds at once.
+// nextID numbers the rows the writers insert, unique across subtests.
+var nextID atomic.Int64
+
+// TestPatroniSwitchover puts HAProxy, with Patroni's check, in front of a
+// 2-node Patroni cluster, once at FastCheck's rhythm and once at Patroni's
+// documented one: writes through it land on the leader; after a switchover
+// it routes to the new leader within a bound, and a writer connecting anew
+// through it succeeds at once.
 func TestPatroniSwitchover(t *testing.T) {
 	began := time.Now()
 	pat := pgtest.RequirePatroni(t, 2)
-	cfg := Config{Check: FastCheck}
-	px := RequirePatroni(t, pat, cfg)
-	t.Logf("Patroni (2 nodes) and HAProxy started in %v", time.Since(began).Round(time.Millisecond))
+	t.Logf("Patroni (2 nodes) started in %v", time.Since(began).Round(time.Millisecond))
+	for _, tc := range []struct {
+		name  string
+		check Check
+	}{
+		{"FastCheck", FastCheck},
+		{"PatroniCheck", PatroniCheck},
+	} {
+		t.Run(tc.name, func(t *testing.T) { switchoverThrough(t, pat, Config{Check: tc.check}) })
+	}
+}
+
+func switchoverThrough(t *testing.T, pat *pgtest.Patroni, cfg Config) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
+	if err := pat.WaitHealthy(ctx); err != nil { // a synchronous standby to switch over to
+		t.Fatal(err)
+	}
+	px := RequirePatroni(t, pat, cfg)
 
 	leader, err := pat.Leader(ctx)
 	if err != nil {
@@ -62,11 +82,11 @@ func TestPatroniSwitchover(t *testing.T) {
 			t.Fatalf("node %s: %v", n.Name, err)
 		}
 	}
-	if err := pgExec(ctx, px.DSN(), "CREATE TABLE haproxy_writes (id int PRIMARY KEY)"); err != nil {
+	if err := pgExec(ctx, px.DSN(), "CREATE TABLE IF NOT EXISTS haproxy_writes (id int PRIMARY KEY)"); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 3 {
-		port, err := write(ctx, px.DSN(), -1-i)
+		port, err := write(ctx, px.DSN(), int(nextID.Add(1)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -83,21 +103,26 @@ func TestPatroniSwitchover(t *testing.T) {
 		stop     = make(chan struct{})
 		wg       sync.WaitGroup
 	)
-	wg.Go(func() {
-		for id := 0; ; id++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(10 * time.Millisecond):
+	// Four writers, so that one stuck in a connection to the old leader
+	// does not hide when writes work again.
+	for w := range 4 {
+		wg.Go(func() {
+			time.Sleep(time.Duration(w) * 2500 * time.Microsecond)
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(10 * time.Millisecond):
+				}
+				a := attempt{start: time.Now()}
+				a.port, a.err = write(ctx, px.DSN(), int(nextID.Add(1)))
+				a.end = time.Now()
+				mu.Lock()
+				attempts = append(attempts, a)
+				mu.Unlock()
 			}
-			a := attempt{start: time.Now()}
-			a.port, a.err = write(ctx, px.DSN(), id)
-			a.end = time.Now()
-			mu.Lock()
-			attempts = append(attempts, a)
-			mu.Unlock()
-		}
-	})
+		})
+	}
 	defer func() {
 		select {
 		case <-stop:
@@ -125,7 +150,7 @@ func TestPatroniSwitchover(t *testing.T) {
 		st, _ := px.Servers(ctx)
 		t.Fatalf("not routed to the new leader %s within %v of the switchover: %v; servers %+v; events %+v", newLeader, bound, err, st, px.Events())
 	}
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(time.Second)
 	close(stop)
 	wg.Wait()
 
@@ -138,7 +163,7 @@ func TestPatroniSwitchover(t *testing.T) {
 			t.Errorf("after the switchover to %s, HAProxy's stats say %+v", newLeader, s)
 		}
 	}
-	port, err := write(ctx, px.DSN(), 1_000_000)
+	port, err := write(ctx, px.DSN(), int(nextID.Add(1)))
 	if err != nil || port != pat.Node(newLeader).Port {
 		t.Fatalf("write after the switchover: port %d, %v; want the new leader %s's %d", port, err, newLeader, pat.Node(newLeader).Port)
 	}
@@ -149,6 +174,8 @@ func TestPatroniSwitchover(t *testing.T) {
 	var failedAfter int
 	var lastErr error
 	failed := 0
+	var took time.Duration // of the first success, if begun after the moment
+	errs := map[string]int{}
 	for _, a := range attempts {
 		if a.err != nil {
 			failed++
@@ -156,11 +183,21 @@ func TestPatroniSwitchover(t *testing.T) {
 		switch {
 		case a.err == nil && a.port != pat.Node(newLeader).Port && a.start.After(routed):
 			t.Errorf("write begun %v after the routed moment landed on port %d, not the new leader's", a.start.Sub(routed), a.port)
-		case a.err == nil && !a.end.Before(routed) && firstAfter.IsZero():
+		case a.err == nil && !a.end.Before(routed) && (firstAfter.IsZero() || a.end.Before(firstAfter)):
 			firstAfter = a.end
+			if a.start.After(routed) {
+				took = a.end.Sub(a.start)
+			}
 		case a.err != nil && a.start.After(routed):
 			failedAfter++
 			lastErr = a.err
+		}
+		if a.err != nil {
+			msg := a.err.Error()
+			if i := strings.LastIndex(msg, ": "); i >= 0 {
+				msg = msg[i+2:]
+			}
+			errs[msg]++
 		}
 	}
 	if firstAfter.IsZero() {
@@ -171,8 +208,11 @@ func TestPatroniSwitchover(t *testing.T) {
 	}
 	t.Logf("MEASURE haproxy switchover %s -> %s: Switchover took %v; HAProxy (inter %v fall %d rise %d) routed to the new leader %v after Switchover returned",
 		leader, newLeader, done.Sub(switchStart).Round(time.Millisecond), c.Inter, c.Fall, c.Rise, routed.Sub(done).Round(time.Millisecond))
-	t.Logf("MEASURE haproxy switchover raw pgx writer (new connection per write, every 10 ms): first success %v after the routed moment; %d of %d writes begun after it failed (last: %v); %d of %d failed in all",
-		firstAfter.Sub(routed).Round(100*time.Microsecond), failedAfter, countAfter(attempts, routed), lastErr, failed, len(attempts))
+	t.Logf("MEASURE haproxy switchover raw pgx, 4 writers (new connection per write, every 10 ms): first success %v after the routed moment (begun after it, in %v; 0 if begun before); %d of %d writes begun after it failed (last: %v); %d of %d failed in all",
+		firstAfter.Sub(routed).Round(100*time.Microsecond), took.Round(100*time.Microsecond), failedAfter, countAfter(attempts, routed), lastErr, failed, len(attempts))
+	for e, n := range errs {
+		t.Logf("  %d× %s", n, e)
+	}
 	for _, e := range px.Events() {
 		if !e.Time.Before(switchStart) {
 			t.Logf("  %+.3fs after Switchover returned: %s", e.Time.Sub(done).Seconds(), firstWords(e.Message, 6))
