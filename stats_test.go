@@ -152,12 +152,18 @@ func TestStatsConnLost(t *testing.T) {
 			}
 			return err
 		}, lost},
-		{"caller's deadline mid-statement", func(t *testing.T, db *sql.DB, _ *faultproxy.Proxy) error {
+		{"caller's deadline mid-statement, the cancel unanswered", func(t *testing.T, db *sql.DB, p *faultproxy.Proxy) error {
+			// A cancel that the server answers keeps the connection and
+			// says ErrCanceled (TestCancelBeforeClose); here the network
+			// goes silent first, so the cancel cannot land.
 			pid := statsPid(t, db)
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
+			freeze := time.AfterFunc(100*time.Millisecond, p.Freeze)
 			_, err := db.ExecContext(ctx, "select pg_sleep(10)")
-			statsKill(t, pid) // still sleeping: the server does not notice the client left
+			freeze.Stop()
+			p.Thaw()
+			statsKill(t, pid) // still sleeping: the cancel never reached the server
 			if !errors.Is(err, context.DeadlineExceeded) {
 				t.Errorf("want the caller's DeadlineExceeded, got %v", err)
 			}
