@@ -164,15 +164,22 @@ func TestDiesWithTest(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			_, base, err := runnerAndBase()
+			r, _, err := runnerAndBase()
 			if err != nil {
 				t.Fatal(err)
 			}
+			var report helperReport
 			// Should the check fail, leave nothing behind all the same.
 			t.Cleanup(func() {
-				r, _ := newRunner(mustBinDir(t))
-				reapStale(context.Background(), r, base)
-				reapStaleHA(base)
+				for _, dir := range report.Dirs {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					if strings.HasPrefix(filepath.Base(dir), haDirPrefix) {
+						_ = reapHA(ctx, dir)
+					} else {
+						reapCluster(ctx, r, dir)
+					}
+					cancel()
+				}
 			})
 
 			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
@@ -190,7 +197,6 @@ func TestDiesWithTest(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			var report helperReport
 			var output []string
 			sc := bufio.NewScanner(out)
 			for sc.Scan() {
@@ -209,6 +215,14 @@ func TestDiesWithTest(t *testing.T) {
 				t.Fatalf("the helper process reported nothing; its output:\n%s\n%s", strings.Join(output, "\n"), stderr.Bytes())
 			}
 			t.Logf("helper %d started %+v", cmd.Process.Pid, report)
+			// Other test processes on the machine reap the directories of
+			// dead owners when they start a cluster: name ourselves the
+			// owner, so that only the helper's own means count.
+			for _, dir := range report.Dirs {
+				if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if report.Watchdog == 0 {
 				t.Error("the helper process has no watchdog")
 			} else {
@@ -232,12 +246,15 @@ func TestDiesWithTest(t *testing.T) {
 				if runtime.GOOS != "linux" {
 					t.Skip("only Linux binds a child to its parent's life")
 				}
+				if report.Watchdog <= 0 { // kill(0) would kill our process group
+					t.Fatal("no watchdog to kill")
+				}
 				if err = syscall.Kill(report.Watchdog, syscall.SIGKILL); err == nil {
 					err = cmd.Process.Signal(syscall.SIGKILL)
 				}
 				// Only what the kernel stops: the test's cleanup
 				// reaps the rest, as the next Start would.
-				report.Dirs, report.Pids, report.Ports = nil, report.Bound, report.BoundPorts
+				report.Pids, report.Ports = report.Bound, report.BoundPorts
 			}
 			if err != nil {
 				t.Fatal(err)
@@ -272,6 +289,10 @@ func TestDiesWithTest(t *testing.T) {
 				}
 			}
 
+			dirs := report.Dirs // what must be gone
+			if tt.end == "SIGKILL, watchdog too" {
+				dirs = nil
+			}
 			const bound = 10 * time.Second
 			var gone time.Time
 			for {
@@ -286,7 +307,7 @@ func TestDiesWithTest(t *testing.T) {
 						left = append(left, "port "+strconv.Itoa(port))
 					}
 				}
-				for _, dir := range report.Dirs {
+				for _, dir := range dirs {
 					if ps := processesOf(dir); len(ps) > 0 {
 						left = append(left, ps...)
 					}
