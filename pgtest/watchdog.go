@@ -65,7 +65,7 @@ var dog struct {
 // kind; binDir holds the server binaries) should this process exit before
 // unwatch(dir).
 func watch(kind, dir, binDir string) error {
-	line := kind + " " + strconv.Quote(dir) + " " + strconv.Quote(binDir) + "\n"
+	line := watchLine(kind, dir, binDir)
 	dog.mu.Lock()
 	defer dog.mu.Unlock()
 	if dog.watched == nil {
@@ -96,6 +96,11 @@ func watch(kind, dir, binDir string) error {
 		}
 	}
 	return nil
+}
+
+// watchLine is the line watch writes: one line whatever the paths hold.
+func watchLine(kind, dir, binDir string) string {
+	return kind + " " + strconv.Quote(dir) + " " + strconv.Quote(binDir) + "\n"
 }
 
 // unwatch tells the watchdog that dir is gone.
@@ -226,6 +231,8 @@ func parseWatch(line string) (kind, dir, binDir string, err error) {
 	if kind != watchCluster && kind != watchHA {
 		return "", "", "", fmt.Errorf("unknown kind %q", kind)
 	}
-	binDir, err = strconv.Unquote(rest)
-	return kind, dir, binDir, err
+	if binDir, err = strconv.Unquote(rest); err != nil {
+		return "", "", "", err
+	}
+	return kind, dir, binDir, nil
 }

@@ -28,6 +28,7 @@ const (
 	helperRunMain = "runmain" // the cluster RunMain starts (TestMain reads helperEnv)
 	helperBouncer = "bouncer" // a cluster from NewT and a PgBouncer in front of it
 	helperPatroni = "patroni" // a one-node Patroni cluster
+	helperRewatch = "rewatch" // a cluster, its watchdog killed, then another cluster
 )
 
 // helperReport is what the helper process prints once everything runs.
@@ -65,6 +66,21 @@ func TestHelperProcess(t *testing.T) {
 		addCluster(NewT(t))
 	case helperRunMain:
 		addCluster(Require(t, cluster))
+	case helperRewatch:
+		addCluster(NewT(t))
+		old := watchdogPid()
+		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		dog.mu.Lock()
+		exited := dog.exited
+		dog.mu.Unlock()
+		<-exited
+		// The next watch starts another watchdog, told about both.
+		addCluster(NewT(t))
+		if watchdogPid() == old {
+			t.Fatal("no new watchdog")
+		}
 	case helperBouncer:
 		c := NewT(t)
 		addCluster(c)
@@ -147,6 +163,7 @@ func TestDiesWithTest(t *testing.T) {
 		{helperNewT, "SIGKILL", nil},
 		{helperRunMain, "SIGINT", nil},
 		{helperRunMain, "timeout", []string{"-test.timeout=2s"}},
+		{helperRewatch, "SIGKILL", nil},
 		{helperBouncer, "SIGKILL", nil},
 		{helperPatroni, "SIGKILL", nil},
 		{helperBouncer, "SIGKILL, watchdog too", nil},
@@ -336,4 +353,35 @@ func mustBinDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return d
+}
+
+func TestParseWatch(t *testing.T) {
+	tests := []struct {
+		line              string
+		kind, dir, binDir string
+		wantErr           bool
+	}{
+		{`cluster "/tmp/a" "/usr/lib/postgresql/15/bin"`, watchCluster, "/tmp/a", "/usr/lib/postgresql/15/bin", false},
+		{`ha "/tmp/x y \"z\"\n" "/b"`, watchHA, "/tmp/x y \"z\"\n", "/b", false},
+		{`- "/tmp/a"`, "-", "/tmp/a", "", false},
+		{`cluster /tmp/a /b`, "", "", "", true},
+		{`cluster "/tmp/a"`, "", "", "", true},
+		{`other "/tmp/a" "/b"`, "", "", "", true},
+		{``, "", "", "", true},
+	}
+	for _, tt := range tests {
+		kind, dir, binDir, err := parseWatch(tt.line)
+		if (err != nil) != tt.wantErr || kind != tt.kind || dir != tt.dir || binDir != tt.binDir {
+			t.Errorf("parseWatch(%q) = %q, %q, %q, %v; want %q, %q, %q, error %v",
+				tt.line, kind, dir, binDir, err, tt.kind, tt.dir, tt.binDir, tt.wantErr)
+		}
+	}
+	// What watch writes, parseWatch reads.
+	for _, dir := range []string{"/tmp/plain", "/tmp/with space", "/tmp/quote\"", "/tmp/new\nline", "/tmp/é"} {
+		line := watchLine(watchCluster, dir, "/bin dir")
+		kind, gotDir, binDir, err := parseWatch(strings.TrimSuffix(line, "\n"))
+		if err != nil || kind != watchCluster || gotDir != dir || binDir != "/bin dir" || strings.Count(line, "\n") != 1 {
+			t.Errorf("watchLine(%q) = %q, read back as %q, %q, %q, %v", dir, line, kind, gotDir, binDir, err)
+		}
+	}
 }
