@@ -100,9 +100,9 @@ func closeLive() (int, error) {
 var signalOnce sync.Once
 
 // closeOnSignal makes SIGINT and SIGTERM close everything pgtest started in
-// this process (closeLive), then end the process as the signal would have:
-// the server, detached by pg_ctl, would otherwise outlive it. A second signal
-// ends the process at once, leaving the rest to the watchdog. Only the test
+// this process (closeLive), servers stopped and directories removed, then
+// end the process as the signal would have. A second signal ends the process
+// at once, leaving the rest to the kernel and the watchdog. Only the test
 // helpers install it: a program that starts clusters handles its signals
 // itself.
 func closeOnSignal() {
@@ -116,9 +116,9 @@ func closeOnSignal() {
 				defer close(done)
 				n, err := closeLive()
 				if err != nil {
-					fmt.Fprintf(os.Stderr, "pgtest: %v: closed %d servers: %v\n", sig, n, err)
+					fmt.Fprintf(os.Stderr, "pgtest: %v: closed what pgtest started (%d): %v\n", sig, n, err)
 				} else {
-					fmt.Fprintf(os.Stderr, "pgtest: %v: closed %d servers\n", sig, n)
+					fmt.Fprintf(os.Stderr, "pgtest: %v: closed what pgtest started (%d)\n", sig, n)
 				}
 			}()
 			select {

@@ -300,7 +300,7 @@ func TestDiesWithTest(t *testing.T) {
 				if !ok || !ws.Signaled() || ws.Signal() != sig {
 					t.Errorf("helper: %v; want it ended by %v", err, sig)
 				}
-				want := "pgtest: " + sig.String() + ": closed 1 servers\n"
+				want := "pgtest: " + sig.String() + ": closed what pgtest started (1)\n"
 				if !strings.Contains(stderr.String(), want) {
 					t.Errorf("helper's stderr %q does not say %q", stderr.Bytes(), want)
 				}
