@@ -137,7 +137,10 @@ func startWatchdog() error {
 	defer r.Close()
 	cmd := exec.Command(exe)
 	cmd.Args = []string{"pgtest-watchdog"} // what ps shows
-	cmd.Env = append(os.Environ(), watchdogEnv+"="+strconv.Itoa(os.Getpid()))
+	cmd.Env = append(os.Environ(), watchdogEnv+"="+strconv.Itoa(os.Getpid()),
+		// Built with -race, it would linger a second at exit once done
+		// (the race detector's atexit_sleep_ms).
+		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	cmd.Dir = "/"
 	cmd.Stdin = r
 	// Not our stdout or stderr: go test reads the test's output until every
