@@ -46,19 +46,11 @@ func needCluster(t *testing.T) *pgtest.Cluster {
 	return c
 }
 
-// newProxy puts a fault proxy in front of the cluster.
+// newProxy puts a fault proxy in front of the cluster, closed at the end of
+// the test, which fails if a CutOn trigger armed on it never fired.
 func newProxy(t *testing.T, c *pgtest.Cluster) *faultproxy.Proxy {
 	t.Helper()
-	p, err := faultproxy.New(c.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := p.Close(); err != nil {
-			t.Errorf("close proxy: %v", err)
-		}
-	})
-	return p
+	return faultproxy.NewT(t, c.Addr())
 }
 
 // openDB opens driverName ("pgx" or "pgresilient") on dsn, closes it at the
