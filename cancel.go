@@ -3,6 +3,8 @@ package pgresilient
 import (
 	"context"
 	"errors"
+	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -61,13 +63,64 @@ func (e *CanceledError) Error() string {
 		": it did not complete: " + errString(e.Err)
 }
 
-// Unwrap returns ErrCanceled, the caller's context's error if it ended, and
-// the server's error.
+// Unwrap returns ErrCanceled, the caller's context's error if it ended, the
+// server's error and, for a deadline (the caller's or query_timeout), pgx's
+// own timeout error, so that pgconn.Timeout answers as over raw pgx.
 func (e *CanceledError) Unwrap() []error {
+	errs := []error{ErrCanceled}
 	if e.ctx != nil {
-		return []error{ErrCanceled, e.ctx, e.Err}
+		errs = append(errs, e.ctx)
 	}
-	return []error{ErrCanceled, e.Err}
+	if e.ctx == nil || e.ctx == context.DeadlineExceeded { //nolint:errorlint // a context's own error value
+		if t := pgxTimeout(); t != nil {
+			errs = append(errs, t)
+		}
+	}
+	return append(errs, e.Err)
+}
+
+// pgxTimeout is pgconn's own "timeout: context deadline exceeded", the error
+// its default context watcher leaves when a deadline ends an operation.
+// pgconn.Timeout matches only its unexported type, and code written for pgx
+// asks that question (pgx's own stdlib tests do): a CanceledError ended by a
+// deadline wraps it. pgconn makes no such value on request; it is taken once
+// from a connection attempt whose dial waits out an expired context, which
+// touches no network. Nil if a pgx release stops making it that way (the
+// conformance run would say so).
+var pgxTimeout = sync.OnceValue(func() error {
+	cfg, err := pgconn.ParseConfig("host=127.0.0.1 port=1 user=timeout sslmode=disable")
+	if err != nil {
+		return nil
+	}
+	cfg.DialFunc = func(ctx context.Context, _, _ string) (net.Conn, error) {
+		<-ctx.Done()
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: ctx.Err()}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Nanosecond)
+	defer cancel()
+	_, err = pgconn.ConnectConfig(ctx, cfg)
+	return findTimeout(err)
+})
+
+// findTimeout returns the innermost error of err's tree that pgconn.Timeout
+// matches: pgconn's timeout error itself.
+func findTimeout(err error) error {
+	if err == nil || !pgconn.Timeout(err) {
+		return nil
+	}
+	var kids []error
+	switch u := err.(type) { //nolint:errorlint // walking the tree by hand
+	case interface{ Unwrap() error }:
+		kids = []error{u.Unwrap()}
+	case interface{ Unwrap() []error }:
+		kids = u.Unwrap()
+	}
+	for _, k := range kids {
+		if t := findTimeout(k); t != nil {
+			return t
+		}
+	}
+	return err
 }
 
 // cancelState is what a connection's context watcher tells baseConn: a

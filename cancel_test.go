@@ -139,3 +139,31 @@ func TestCancelPendingDiscards(t *testing.T) {
 		t.Errorf("backend %d used again after a cancel request that no 57014 answered", pid)
 	}
 }
+
+// TestCanceledErrorIsTimeout: code written for pgx asks pgconn.Timeout about
+// a statement its deadline ended (pgx's own stdlib tests do); a CanceledError
+// ended by a deadline answers true, as pgx's own error does, and one ended by
+// a cancellation does not. The breaker sees the server's answer, not a
+// failure.
+func TestCanceledErrorIsTimeout(t *testing.T) {
+	pgErr := &pgconn.PgError{Severity: "ERROR", Code: "57014"}
+	for _, tt := range []struct {
+		name string
+		err  *CanceledError
+		want bool
+	}{
+		{"query_timeout", &CanceledError{Op: OpExec, By: "query_timeout 1s", Err: pgErr}, true},
+		{"caller's deadline", &CanceledError{Op: OpExec, Err: pgErr, ctx: context.DeadlineExceeded}, true},
+		{"caller's cancellation", &CanceledError{Op: OpExec, Err: pgErr, ctx: context.Canceled}, false},
+	} {
+		if got := pgconn.Timeout(tt.err); got != tt.want {
+			t.Errorf("%s: pgconn.Timeout = %v, want %v", tt.name, got, tt.want)
+		}
+		if !errors.Is(tt.err, ErrCanceled) || IsDisconnect(tt.err) {
+			t.Errorf("%s: ErrCanceled %v, IsDisconnect %v", tt.name, errors.Is(tt.err, ErrCanceled), IsDisconnect(tt.err))
+		}
+		if c := classify(context.Background(), tt.err); c != classServer {
+			t.Errorf("%s: classified %v, want server (the server answered)", tt.name, c)
+		}
+	}
+}

@@ -56,6 +56,15 @@ func classify(ctx context.Context, err error) errClass {
 	if err == driver.ErrSkip { //nolint:errorlint // ErrSkip is a sentinel compared by identity in database/sql too
 		return classOther
 	}
+	if errors.Is(err, ErrCanceled) {
+		// The server canceled the statement when asked: it answered, and
+		// the connection is healthy. The caller's own context, if it is
+		// what ended, decides as for any cancellation.
+		if ctx != nil && ctx.Err() != nil {
+			return classCanceled
+		}
+		return classServer
+	}
 	if ctx != nil && ctx.Err() != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
 			errors.Is(err, driver.ErrBadConn) || pgconn.Timeout(err) {
