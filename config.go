@@ -24,6 +24,19 @@ const (
 
 	maxBreakerFailures = 1_000_000
 	maxConnectRetries  = 1000
+
+	// TCP settings of each connection's socket: see tcpopts.go, and
+	// docs/configuration.md for how the defaults were measured.
+	defaultKeepalivesIdle     = 10 * time.Second
+	defaultKeepalivesInterval = 5 * time.Second
+	defaultKeepalivesCount    = 3
+	defaultTCPUserTimeout     = 25 * time.Second
+
+	// Linux's limits (TCP_KEEPIDLE and TCP_KEEPINTVL in seconds, TCP_KEEPCNT
+	// probes; TCP_USER_TIMEOUT takes a non-negative int of milliseconds).
+	maxKeepalivesSeconds = 32767
+	maxKeepalivesCount   = 127
+	maxTCPUserTimeoutMs  = 1<<31 - 1
 )
 
 // Config is what a DSN can express. Go-only settings (logger, interceptors,
@@ -44,6 +57,17 @@ type Config struct {
 	// BreakerFailures is the number of consecutive connectivity failures
 	// that open the breaker (DSN breaker_failures, 1 to 1000000).
 	// Zero value: the default, 5.
+	//
+	// The count is necessary, not sufficient. Before the Connector's first
+	// working connection each failed call counts once. After it, every
+	// failed connection attempt and reuse check counts (a call may make
+	// several), and the failures must also span at least 500ms from the
+	// first of them, so that a fast server restart, which refuses
+	// connections for a moment, opens nothing: with breaker_failures=2, a
+	// server that went down opens the breaker about 0.5s after the first
+	// failure, after however many failed calls fit in that time (10 in
+	// one measurement). A connection attempt or reuse check that times out
+	// opens it at once. See docs/configuration.md.
 	BreakerFailures int
 
 	// BreakerCooldown is the longest wait between two background probes of
@@ -78,19 +102,70 @@ type Config struct {
 	// tx_autorollback=off). Zero value: false, auto-rollback is on (the
 	// default).
 	DisableTxAutoRollback bool
+
+	// The TCP settings of every connection's socket, libpq's parameters of
+	// the same names. With the defaults the kernel ends a connection to a
+	// server gone silent (a blackholed network, a host gone without a
+	// reset) after about 25 seconds, idle, waiting for a result or with a
+	// write unacknowledged, where the system's defaults take over two hours
+	// for the first two and about 15 minutes for the third. A healthy
+	// server acknowledges keepalive probes, so a long statement is never
+	// cut by them. They are set on every TCP socket pgx dials, whatever its
+	// DialFunc (not on Unix sockets); on systems other than Linux,
+	// TCPUserTimeout has no effect, as in libpq. docs/configuration.md
+	// has the measurements.
+
+	// DisableKeepalives turns TCP keepalive probes off (DSN keepalives=0).
+	// Zero value: false, keepalives on (the default).
+	DisableKeepalives bool
+
+	// KeepalivesIdle is how long a connection must hear nothing from the
+	// server before the first keepalive probe (DSN keepalives_idle, whole
+	// seconds, 0 to 32767). Zero value: the default, 10s. Negative: left as
+	// the dialer set it: the system's setting with a ConnConfig from
+	// ParseConfig (DSN keepalives_idle=0, as in libpq), Go's 15s with pgx's
+	// own. Rounded up to whole seconds.
+	KeepalivesIdle time.Duration
+
+	// KeepalivesInterval is the time between two unanswered keepalive
+	// probes (DSN keepalives_interval, whole seconds, 0 to 32767). Zero
+	// value: the default, 5s. Negative: left as the dialer set it, as for
+	// KeepalivesIdle (DSN keepalives_interval=0). Rounded up to whole
+	// seconds.
+	KeepalivesInterval time.Duration
+
+	// KeepalivesCount is how many unanswered probes end the connection (DSN
+	// keepalives_count, 0 to 127). Zero value: the default, 3. Negative:
+	// left as the dialer set it, as for KeepalivesIdle (DSN
+	// keepalives_count=0). On Linux a TCPUserTimeout decides instead when
+	// it is set: the connection ends at the first probe sent that long
+	// after the server was last heard.
+	KeepalivesCount int
+
+	// TCPUserTimeout is how long written data may stay unacknowledged
+	// before the connection ends (TCP_USER_TIMEOUT, Linux only; DSN
+	// tcp_user_timeout, whole milliseconds as in libpq). Zero value: the
+	// default, 25s. Negative: none, the system's setting (DSN
+	// tcp_user_timeout=0).
+	TCPUserTimeout time.Duration
 }
 
 // DefaultConfig returns the default settings with every field set
 // explicitly: breaker on after 5 failures with a 1s cooldown, 3 connect
 // retries with a backoff from 100ms to 5s, no query timeout, transaction
-// auto-rollback on. ConnConfig is nil.
+// auto-rollback on, TCP keepalive probes after 10s of silence every 5s, 3 of
+// them, and a 25s TCP user timeout. ConnConfig is nil.
 func DefaultConfig() Config {
 	return Config{
-		BreakerFailures:   defaultBreakerFailures,
-		BreakerCooldown:   defaultBreakerCooldown,
-		ConnectRetries:    defaultConnectRetries,
-		ConnectBackoff:    defaultConnectBackoff,
-		ConnectBackoffMax: defaultConnectBackoffMax,
+		BreakerFailures:    defaultBreakerFailures,
+		BreakerCooldown:    defaultBreakerCooldown,
+		ConnectRetries:     defaultConnectRetries,
+		ConnectBackoff:     defaultConnectBackoff,
+		ConnectBackoffMax:  defaultConnectBackoffMax,
+		KeepalivesIdle:     defaultKeepalivesIdle,
+		KeepalivesInterval: defaultKeepalivesInterval,
+		KeepalivesCount:    defaultKeepalivesCount,
+		TCPUserTimeout:     defaultTCPUserTimeout,
 	}
 }
 
@@ -99,6 +174,15 @@ func DefaultConfig() Config {
 // with pgx.ParseConfig, and validates them. The DSN may be a URL
 // ("postgres://..." or "postgresql://..."), keyword/value ("host=db
 // breaker=off"), or empty (everything from the PG* environment variables).
+//
+// libpq's TCP parameters (keepalives, keepalives_idle, keepalives_interval,
+// keepalives_count, tcp_user_timeout) are pgresilient's: pgx does not know
+// them. A key that looks like a misspelling of one of ours or of pgx's
+// ("qeury_timeout", "pasword") is an error that suggests the right one,
+// rather than a setting sent to the server, which would refuse it at the
+// first connection. ConnConfig.DialFunc is a dialer that, unlike pgx's,
+// leaves the socket's keepalive settings to the system: each connection's
+// socket then gets the TCP settings of the Config.
 //
 // Every error is a *ConfigError. Its message never contains the DSN or a
 // password; when pgx rejected the DSN, the error also unwraps to pgx's
@@ -116,12 +200,22 @@ func ParseConfig(dsn string) (*Config, error) {
 	if err != nil {
 		return nil, &ConfigError{Err: &pgxParseError{reason: pgxReason(err), err: err}}
 	}
-	// Only a service file can bring one of our keys past the split.
 	for _, k := range slices.Sorted(maps.Keys(cc.RuntimeParams)) {
-		if isReservedKey(k) {
+		switch {
+		case lookupParam(k) != nil:
+			// Only a service file can bring one of our keys past the split.
 			return nil, &ConfigError{Param: k, Value: cc.RuntimeParams[k], Err: errOutsideDSN}
+		case isReservedKey(k), nearMiss(k, pgxKeys) != "":
+			// A typo that pgx would send to the server, which would refuse
+			// it at the first connection. Its value is not kept: it may be
+			// a password given to a misspelt "password".
+			return nil, &ConfigError{Param: k, Err: errUnknownParam}
 		}
 	}
+	// pgx's dialer sets Go's keepalive defaults; ours leaves the socket to
+	// the system, so that keepalives_idle=0 and friends mean, as in libpq,
+	// the system's setting (the others are set after each dial).
+	cc.DialFunc = systemDialer(cc.ConnectTimeout)
 	cfg.ConnConfig = cc
 	return &cfg, nil
 }
@@ -164,7 +258,7 @@ var paramTable = []paramSpec{
 			c.DisableBreaker = !b
 			return err
 		}},
-	{"breaker_failures", "5", "consecutive connectivity failures that open the breaker",
+	{"breaker_failures", "5", "consecutive connectivity failures that open the breaker; once connected, they must also span 500ms (a timeout opens it at once)",
 		fmt.Sprintf("an integer from 1 to %d", maxBreakerFailures), func(c *Config, v string) (err error) {
 			c.BreakerFailures, err = parseInt(v, 1, maxBreakerFailures)
 			return err
@@ -204,6 +298,87 @@ var paramTable = []paramSpec{
 			c.DisableTxAutoRollback = !b
 			return err
 		}},
+	// libpq's TCP parameters, with libpq's units and its 0 for "the
+	// system's setting".
+	{"keepalives", "1", "TCP keepalive probes: 1 or 0 (off)",
+		"1 or 0 (or on, off)", func(c *Config, v string) error {
+			b, err := parseBool(v)
+			c.DisableKeepalives = !b
+			return err
+		}},
+	{"keepalives_idle", "10", "seconds of silence before the first keepalive probe; 0 is the system's setting",
+		fmt.Sprintf("whole seconds from 0 to %d", maxKeepalivesSeconds), func(c *Config, v string) (err error) {
+			c.KeepalivesIdle, err = parseLibpqUnits(v, maxKeepalivesSeconds, time.Second)
+			return err
+		}},
+	{"keepalives_interval", "5", "seconds between unanswered keepalive probes; 0 is the system's setting",
+		fmt.Sprintf("whole seconds from 0 to %d", maxKeepalivesSeconds), func(c *Config, v string) (err error) {
+			c.KeepalivesInterval, err = parseLibpqUnits(v, maxKeepalivesSeconds, time.Second)
+			return err
+		}},
+	{"keepalives_count", "3", "unanswered keepalive probes that end the connection; 0 is the system's setting",
+		fmt.Sprintf("an integer from 0 to %d", maxKeepalivesCount), func(c *Config, v string) error {
+			n, err := parseInt(v, 0, maxKeepalivesCount)
+			if n == 0 {
+				n = -1 // 0 in a Config means "the default"
+			}
+			c.KeepalivesCount = n
+			return err
+		}},
+	{"tcp_user_timeout", "25000", "milliseconds written data may stay unacknowledged before the connection ends (Linux); 0 is the system's setting",
+		fmt.Sprintf("whole milliseconds from 0 to %d", maxTCPUserTimeoutMs), func(c *Config, v string) (err error) {
+			c.TCPUserTimeout, err = parseLibpqUnits(v, maxTCPUserTimeoutMs, time.Millisecond)
+			return err
+		}},
+}
+
+// keepaliveParams are the parameters that keepalives=0 makes pointless.
+var keepaliveParams = []string{"keepalives_idle", "keepalives_interval", "keepalives_count"}
+
+// parseLibpqUnits parses a libpq-style count of unit (seconds or
+// milliseconds) from 0 to hi. 0 means the system's setting, which a Config
+// spells as a negative duration (its zero means our default).
+func parseLibpqUnits(v string, hi int, unit time.Duration) (time.Duration, error) {
+	n, err := parseInt(v, 0, hi)
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return -1, nil
+	}
+	return time.Duration(n) * unit, nil
+}
+
+// paramNames returns the names of paramTable, in its order.
+func paramNames() []string { return ourNames }
+
+var ourNames = func() []string {
+	names := make([]string, len(paramTable))
+	for i, p := range paramTable {
+		names[i] = p.name
+	}
+	return names
+}()
+
+// pgxKeys are the connection keywords that pgx v5 reads instead of sending
+// them to the server (pgconn's and pgx's own; "dbname" is libpq's name for
+// "database"). A DSN key close to one of them (see nearMiss), that pgx would
+// send to the server, is reported as a typo: the server would refuse it.
+var pgxKeys = []string{
+	"host", "port", "database", "dbname", "user", "password", "passfile", "connect_timeout",
+	"sslmode", "sslkey", "sslcert", "sslcertmode", "sslrootcert", "sslnegotiation", "sslpassword", "sslsni",
+	"krbspn", "krbsrvname", "target_session_attrs", "service", "servicefile",
+	"min_protocol_version", "max_protocol_version", "channel_binding", "require_auth",
+	"statement_cache_capacity", "description_cache_capacity", "default_query_exec_mode",
+}
+
+// suggest returns the name that the unknown key p probably misspells: one of
+// ours, or else one of pgx's; "" when none is close.
+func suggest(p string) string {
+	if s := nearMiss(strings.TrimSpace(p), ourNames); s != "" {
+		return s
+	}
+	return nearMiss(strings.TrimSpace(p), pgxKeys)
 }
 
 func lookupParam(name string) *paramSpec {
@@ -222,6 +397,9 @@ var (
 	errNotPositive  = errors.New("must be greater than 0")
 	errNegative     = errors.New("negative")
 	errOutsideDSN   = errors.New("pgresilient reads its parameters from the DSN only, not from a service file")
+	// errKeepalivesOff: libpq ignores the keepalive settings when
+	// keepalives=0; both in one DSN is more likely a mistake.
+	errKeepalivesOff = errors.New("set while keepalives=0 turns keepalive probes off")
 )
 
 // parseParams validates params, as returned by splitDSN, into cfg. Unknown
@@ -259,6 +437,13 @@ func parseParams(cfg *Config, params map[string]string) error {
 		}
 		return &ConfigError{Param: "connect_backoff_max", Value: params["connect_backoff_max"],
 			Err: errors.New("less than " + describe("connect_backoff", cfg.ConnectBackoff))}
+	}
+	if cfg.DisableKeepalives {
+		for _, name := range keepaliveParams {
+			if v, ok := params[name]; ok {
+				return &ConfigError{Param: name, Value: v, Err: errKeepalivesOff}
+			}
+		}
 	}
 	return cfg.validate()
 }
@@ -306,10 +491,11 @@ func parseDuration(v string, zeroOK bool) (time.Duration, error) {
 }
 
 // effective returns c with every default filled in, ready to be read by the
-// code that builds the breaker, the retry loop and the query deadline:
-// BreakerFailures > 0, BreakerCooldown > 0, ConnectRetries >= 0 (the real
-// number of extra attempts: a negative value becomes 0), ConnectBackoff > 0,
-// ConnectBackoffMax >= ConnectBackoff, QueryTimeout >= 0. Out-of-range values
+// code that builds the breaker, the retry loop, the query deadline and the
+// sockets: BreakerFailures > 0, BreakerCooldown > 0, ConnectRetries >= 0 (the
+// real number of extra attempts: a negative value becomes 0), ConnectBackoff
+// > 0, ConnectBackoffMax >= ConnectBackoff, QueryTimeout >= 0, the TCP
+// settings non-zero (negative: as dialled). Out-of-range values
 // that validate would refuse are replaced by defaults or clamped, so the
 // result is always usable.
 //
@@ -339,12 +525,30 @@ func (c *Config) effective() Config {
 	}
 	e.ConnectBackoffMax = max(e.ConnectBackoffMax, e.ConnectBackoff)
 	e.QueryTimeout = max(e.QueryTimeout, 0)
+	// TCP settings: negative is "as dialled", kept as is.
+	if e.KeepalivesIdle == 0 {
+		e.KeepalivesIdle = defaultKeepalivesIdle
+	}
+	e.KeepalivesIdle = min(e.KeepalivesIdle, maxKeepalivesSeconds*time.Second)
+	if e.KeepalivesInterval == 0 {
+		e.KeepalivesInterval = defaultKeepalivesInterval
+	}
+	e.KeepalivesInterval = min(e.KeepalivesInterval, maxKeepalivesSeconds*time.Second)
+	if e.KeepalivesCount == 0 {
+		e.KeepalivesCount = defaultKeepalivesCount
+	}
+	e.KeepalivesCount = min(e.KeepalivesCount, maxKeepalivesCount)
+	if e.TCPUserTimeout == 0 {
+		e.TCPUserTimeout = defaultTCPUserTimeout
+	}
+	e.TCPUserTimeout = min(e.TCPUserTimeout, maxTCPUserTimeoutMs*time.Millisecond)
 	return e
 }
 
 // validate checks a Config, typically a hand-built one, the way ParseConfig
-// checks a DSN: zero values are fine (they mean the default); negative
-// durations, out-of-range counts, and a ConnectBackoff above
+// checks a DSN: zero values are fine (they mean the default), and so are
+// negative TCP settings ("as dialled"); other negative durations,
+// out-of-range counts and durations, and a ConnectBackoff above
 // ConnectBackoffMax (after defaults) are *ConfigError values named after the
 // DSN parameter.
 func (c *Config) validate() error {
@@ -355,6 +559,10 @@ func (c *Config) validate() error {
 	durErr := func(name string, d time.Duration) error {
 		return &ConfigError{Param: name, Value: d.String(),
 			Err: fmt.Errorf("%w (want %s)", errNegative, lookupParam(name).want)}
+	}
+	tooLong := func(name string, d time.Duration) error {
+		return &ConfigError{Param: name, Value: d.String(),
+			Err: fmt.Errorf("%w (want %s)", errOutOfRange, lookupParam(name).want)}
 	}
 	switch {
 	case c.BreakerFailures < 0 || c.BreakerFailures > maxBreakerFailures:
@@ -369,6 +577,14 @@ func (c *Config) validate() error {
 		return durErr("connect_backoff_max", c.ConnectBackoffMax)
 	case c.QueryTimeout < 0:
 		return durErr("query_timeout", c.QueryTimeout)
+	case c.KeepalivesIdle > maxKeepalivesSeconds*time.Second:
+		return tooLong("keepalives_idle", c.KeepalivesIdle)
+	case c.KeepalivesInterval > maxKeepalivesSeconds*time.Second:
+		return tooLong("keepalives_interval", c.KeepalivesInterval)
+	case c.KeepalivesCount > maxKeepalivesCount:
+		return intErr("keepalives_count", c.KeepalivesCount)
+	case c.TCPUserTimeout > maxTCPUserTimeoutMs*time.Millisecond:
+		return tooLong("tcp_user_timeout", c.TCPUserTimeout)
 	}
 	backoff, backoffMax := c.ConnectBackoff, c.ConnectBackoffMax
 	if backoff == 0 {
@@ -390,15 +606,22 @@ func (c *Config) validate() error {
 // contains the DSN or a password:
 //
 //	pgresilient: invalid breaker_cooldown "5x": time: unknown unit "x" in duration "5x" (want a duration greater than 0, such as 5s)
-//	pgresilient: unknown parameter "breaker_failure" (pgresilient's parameters are breaker, ...)
+//	pgresilient: unknown parameter "qeury_timeout": did you mean query_timeout?
+//	pgresilient: unknown parameter "breaker_delay" (pgresilient's parameters are breaker, ...)
 //	pgresilient: invalid DSN: failed to parse as keyword/value: unterminated quoted string in connection info string
+//
+// An unknown parameter is a key that starts like ours (breaker_delay) or is
+// close to one of ours or pgx's (qeury_timeout, pasword, sslmod): pgx would
+// send it to the server, which refuses unknown settings at the first
+// connection. Keys the server may know (application_name, search_path,
+// statement_timeout, myapp.tenant) pass through.
 //
 // A value that does not look like a value (it contains '=', spaces, '@', ...)
 // is described rather than quoted: it is likely a piece of the DSN that
 // landed in our parameter by mistake.
 type ConfigError struct {
 	Param string // the DSN parameter, such as "breaker_cooldown"; "" when pgx refused the DSN
-	Value string // the value as given, decoded; it may hold any text of the DSN
+	Value string // the value as given, decoded; it may hold any text of the DSN; empty for a misspelt key of pgx's
 	Err   error  // the cause; when Param is "", it unwraps to *pgconn.ParseConfigError
 }
 
@@ -412,12 +635,11 @@ func (e *ConfigError) Error() string {
 	case e.Param == "":
 		return "pgresilient: invalid DSN: " + cause
 	case errors.Is(e.Err, errUnknownParam):
-		names := make([]string, len(paramTable))
-		for i, p := range paramTable {
-			names[i] = p.name
+		if s := suggest(e.Param); s != "" {
+			return fmt.Sprintf("pgresilient: unknown parameter %s: did you mean %s?", quoteParam(e.Param), s)
 		}
 		return fmt.Sprintf("pgresilient: unknown parameter %s (pgresilient's parameters are %s)",
-			quoteParam(e.Param), strings.Join(names, ", "))
+			quoteParam(e.Param), strings.Join(ourNames, ", "))
 	case !showable(e.Value):
 		return fmt.Sprintf("pgresilient: invalid %s (value not shown): %s", quoteParam(e.Param), cause)
 	}

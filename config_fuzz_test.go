@@ -50,6 +50,13 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add("postgres://alice:Secret99/x@db/app?breaker=off", "", "", "", "")
 	f.Add("", "db", "Secret99 Wordpart77", "breaker", "off")
 	f.Add("", "db", "Secret99/?connect_timeout=Wordpart77", "breaker", "off")
+	// Typos of our keys and pgx's, and libpq's TCP parameters.
+	f.Add("", "db", "Secret99", "qeury_timeout", "5s")
+	f.Add("", "db", "Secret99", "pasword", "Wordpart77")
+	f.Add("host=db pasword=Secret99 sslmod=disable", "", "", "", "")
+	f.Add("", "db", "Secret99", "keepalives_idle", "10s")
+	f.Add("", "db", "Secret99", "tcp_user_timeout", "Secret99")
+	f.Add("postgres://alice:Secret99@db/app?keepalives=0&keepalives_count=3", "", "", "", "")
 
 	f.Fuzz(func(t *testing.T, raw, host, password, key, value string) {
 		var rawWords []string

@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -201,6 +202,39 @@ var validDSNs = []struct {
 		},
 		hosts: []string{"db:5432"}, user: "alice",
 	},
+	{
+		name: "url libpq's TCP parameters",
+		dsn:  "postgres://alice@db/app?sslmode=disable&keepalives=1&keepalives_idle=30&keepalives_interval=10&keepalives_count=5&tcp_user_timeout=45000&application_name=api",
+		set: func(c *Config) {
+			c.KeepalivesIdle = 30 * time.Second
+			c.KeepalivesInterval = 10 * time.Second
+			c.KeepalivesCount = 5
+			c.TCPUserTimeout = 45 * time.Second
+		},
+		hosts: []string{"db:5432"}, user: "alice", database: "app",
+		runtime: map[string]string{"application_name": "api"},
+	},
+	{
+		name: "kv libpq's TCP parameters at 0: the system's settings",
+		dsn:  "host=db user=alice sslmode=disable keepalives_idle=0 keepalives_interval=0 keepalives_count=0 tcp_user_timeout=0",
+		set: func(c *Config) {
+			c.KeepalivesIdle, c.KeepalivesInterval, c.KeepalivesCount, c.TCPUserTimeout = -1, -1, -1, -1
+		},
+		hosts: []string{"db:5432"}, user: "alice",
+	},
+	{
+		name:  "kv keepalives off",
+		dsn:   "host=db user=alice sslmode=disable keepalives=0 tcp_user_timeout=1",
+		set:   func(c *Config) { c.DisableKeepalives, c.TCPUserTimeout = true, time.Millisecond },
+		hosts: []string{"db:5432"}, user: "alice",
+	},
+	{
+		name:  "url server settings close to ours are the server's",
+		dsn:   "postgres://alice@db/app?sslmode=disable&tcp_keepalives_idle=30&tcp_keepalives_count=3&idle_session_timeout=60000&lock_timeout=1000&myapp.query_timeout=5",
+		hosts: []string{"db:5432"}, user: "alice", database: "app",
+		runtime: map[string]string{"tcp_keepalives_idle": "30", "tcp_keepalives_count": "3",
+			"idle_session_timeout": "60000", "lock_timeout": "1000", "myapp.query_timeout": "5"},
+	},
 }
 
 // pgEnv lists the environment variables pgx reads.
@@ -304,7 +338,7 @@ func TestParseConfig(t *testing.T) {
 				t.Errorf("ValidateConnect set = %v, want %v", cc.ValidateConnect != nil, tt.validateConnect)
 			}
 			for _, p := range paramTable {
-				if strings.Contains(cc.ConnString(), p.name+"=") {
+				if regexp.MustCompile(`(^|[?&\s])` + p.name + `\s*=`).MatchString(cc.ConnString()) {
 					t.Errorf("ConnString() %q still holds %s", cc.ConnString(), p.name)
 				}
 			}
@@ -348,8 +382,50 @@ func TestParseConfigInvalid(t *testing.T) {
 			msg: `pgresilient: invalid query_timeout "-1s": negative (want a duration such as 30s, or 0 for none)`},
 		{name: "query timeout without unit", dsn: "host=db query_timeout=5", param: "query_timeout", value: "5"},
 		{name: "unknown look-alike", dsn: "host=db breaker_failure=3", param: "breaker_failure", value: "3",
-			msg: `pgresilient: unknown parameter "breaker_failure" (pgresilient's parameters are breaker, breaker_failures, ` +
-				`breaker_cooldown, connect_retries, connect_backoff, connect_backoff_max, query_timeout, tx_autorollback)`},
+			msg: `pgresilient: unknown parameter "breaker_failure": did you mean breaker_failures?`},
+		{name: "unknown look-alike, nothing close", dsn: "host=db breaker_delay=3", param: "breaker_delay", value: "3",
+			msg: `pgresilient: unknown parameter "breaker_delay" (pgresilient's parameters are breaker, breaker_failures, ` +
+				`breaker_cooldown, connect_retries, connect_backoff, connect_backoff_max, query_timeout, tx_autorollback, ` +
+				`keepalives, keepalives_idle, keepalives_interval, keepalives_count, tcp_user_timeout)`},
+		// Typos (issue 24, trap 6): they reached the server and failed the
+		// first connection with "unrecognized configuration parameter".
+		{name: "typo swap", dsn: "postgres://db/app?qeury_timeout=5s", param: "qeury_timeout", value: "5s",
+			msg: `pgresilient: unknown parameter "qeury_timeout": did you mean query_timeout?`},
+		{name: "typo missing letter", dsn: "host=db conect_retries=2", param: "conect_retries", value: "2",
+			msg: `pgresilient: unknown parameter "conect_retries": did you mean connect_retries?`},
+		{name: "typo two edits", dsn: "host=db conect_retrie=2", param: "conect_retrie", value: "2",
+			msg: `pgresilient: unknown parameter "conect_retrie": did you mean connect_retries?`},
+		{name: "typo tx", dsn: "host=db tx_autorolback=off", param: "tx_autorolback", value: "off",
+			msg: `pgresilient: unknown parameter "tx_autorolback": did you mean tx_autorollback?`},
+		{name: "typo camel case", dsn: "postgres://db/app?QueryTimeout=5s", param: "QueryTimeout", value: "5s",
+			msg: `pgresilient: unknown parameter "QueryTimeout": did you mean query_timeout?`},
+		{name: "typo TCP", dsn: "host=db keepalive_idle=10", param: "keepalive_idle", value: "10",
+			msg: `pgresilient: unknown parameter "keepalive_idle": did you mean keepalives_idle?`},
+		{name: "typo TCP user timeout", dsn: "host=db tcp_user_timout=1000", param: "tcp_user_timout", value: "1000",
+			msg: `pgresilient: unknown parameter "tcp_user_timout": did you mean tcp_user_timeout?`},
+		{name: "typo of pgx's password, value not kept", dsn: "host=db pasword=Secret99", param: "pasword", value: "",
+			msg: `pgresilient: unknown parameter "pasword": did you mean password?`},
+		{name: "typo of pgx's sslmode", dsn: "postgres://db/app?sslmod=disable", param: "sslmod", value: "",
+			msg: `pgresilient: unknown parameter "sslmod": did you mean sslmode?`},
+		{name: "pgx's key in another case", dsn: "Host=db", param: "Host", value: "",
+			msg: `pgresilient: unknown parameter "Host": did you mean host?`},
+		{name: "typo of pgx's statement_cache_capacity", dsn: "host=db statement_cache_capacty=10", param: "statement_cache_capacty",
+			msg: `pgresilient: unknown parameter "statement_cache_capacty": did you mean statement_cache_capacity?`},
+		// libpq's TCP parameters.
+		{name: "keepalives not a boolean", dsn: "host=db keepalives=2", param: "keepalives", value: "2",
+			msg: `pgresilient: invalid keepalives "2": not a boolean (want 1 or 0 (or on, off))`},
+		{name: "keepalives_idle with a unit", dsn: "postgres://db/app?keepalives_idle=10s", param: "keepalives_idle", value: "10s",
+			msg: `pgresilient: invalid keepalives_idle "10s": invalid syntax (want whole seconds from 0 to 32767)`},
+		{name: "keepalives_idle negative", dsn: "host=db keepalives_idle=-1", param: "keepalives_idle", value: "-1"},
+		{name: "keepalives_idle too long", dsn: "host=db keepalives_idle=32768", param: "keepalives_idle", value: "32768",
+			msg: `pgresilient: invalid keepalives_idle "32768": out of range (want whole seconds from 0 to 32767)`},
+		{name: "keepalives_interval empty", dsn: "host=db keepalives_interval=''", param: "keepalives_interval", value: ""},
+		{name: "keepalives_count too many", dsn: "host=db keepalives_count=128", param: "keepalives_count", value: "128",
+			msg: `pgresilient: invalid keepalives_count "128": out of range (want an integer from 0 to 127)`},
+		{name: "tcp_user_timeout fraction", dsn: "host=db tcp_user_timeout=1.5", param: "tcp_user_timeout", value: "1.5"},
+		{name: "tcp_user_timeout too long", dsn: "host=db tcp_user_timeout=2147483648", param: "tcp_user_timeout", value: "2147483648"},
+		{name: "keepalive settings with keepalives off", dsn: "host=db keepalives=0 keepalives_idle=30", param: "keepalives_idle", value: "30",
+			msg: `pgresilient: invalid keepalives_idle "30": set while keepalives=0 turns keepalive probes off`},
 		{name: "unknown tx_", dsn: "postgres://db/app?tx_isolation=serializable", param: "tx_isolation", value: "serializable"},
 		{name: "unknown connect_retry", dsn: "host=db connect_retry=2", param: "connect_retry", value: "2"},
 		{name: "unknown query_timeout_ms", dsn: "host=db query_timeout_ms=5", param: "query_timeout_ms", value: "5"},
@@ -507,11 +583,15 @@ func TestParseConfigServiceFile(t *testing.T) {
 
 func TestDefaultConfig(t *testing.T) {
 	want := Config{
-		BreakerFailures:   5,
-		BreakerCooldown:   time.Second,
-		ConnectRetries:    3,
-		ConnectBackoff:    100 * time.Millisecond,
-		ConnectBackoffMax: 5 * time.Second,
+		BreakerFailures:    5,
+		BreakerCooldown:    time.Second,
+		ConnectRetries:     3,
+		ConnectBackoff:     100 * time.Millisecond,
+		ConnectBackoffMax:  5 * time.Second,
+		KeepalivesIdle:     10 * time.Second,
+		KeepalivesInterval: 5 * time.Second,
+		KeepalivesCount:    3,
+		TCPUserTimeout:     25 * time.Second,
 	}
 	d := DefaultConfig()
 	if d != want {
@@ -540,7 +620,9 @@ func TestEffective(t *testing.T) {
 				ConnectBackoff: time.Millisecond, ConnectBackoffMax: time.Second, QueryTimeout: time.Minute, DisableTxAutoRollback: true},
 			func(c *Config) {
 				*c = Config{DisableBreaker: true, BreakerFailures: 9, BreakerCooldown: time.Second, ConnectRetries: 7,
-					ConnectBackoff: time.Millisecond, ConnectBackoffMax: time.Second, QueryTimeout: time.Minute, DisableTxAutoRollback: true}
+					ConnectBackoff: time.Millisecond, ConnectBackoffMax: time.Second, QueryTimeout: time.Minute, DisableTxAutoRollback: true,
+					KeepalivesIdle: c.KeepalivesIdle, KeepalivesInterval: c.KeepalivesInterval, KeepalivesCount: c.KeepalivesCount,
+					TCPUserTimeout: c.TCPUserTimeout}
 			}},
 		{"max raised to backoff", Config{ConnectBackoff: 10 * time.Second}, func(c *Config) {
 			c.ConnectBackoff = 10 * time.Second
@@ -550,6 +632,16 @@ func TestEffective(t *testing.T) {
 			Config{BreakerFailures: -1, BreakerCooldown: -1, ConnectRetries: 5000, ConnectBackoff: -1, ConnectBackoffMax: -1, QueryTimeout: -1},
 			func(c *Config) { c.ConnectRetries = 1000 }},
 		{"too many failures clamped", Config{BreakerFailures: 2_000_000}, func(c *Config) { c.BreakerFailures = 1_000_000 }},
+		{"TCP settings kept", Config{DisableKeepalives: true, KeepalivesIdle: time.Minute, KeepalivesInterval: -1, KeepalivesCount: -1, TCPUserTimeout: time.Millisecond},
+			func(c *Config) {
+				c.DisableKeepalives = true
+				c.KeepalivesIdle, c.KeepalivesInterval, c.KeepalivesCount, c.TCPUserTimeout = time.Minute, -1, -1, time.Millisecond
+			}},
+		{"TCP settings clamped", Config{KeepalivesIdle: 10 * time.Hour, KeepalivesInterval: 10 * time.Hour, KeepalivesCount: 1000, TCPUserTimeout: 1000 * time.Hour},
+			func(c *Config) {
+				c.KeepalivesIdle, c.KeepalivesInterval = 32767*time.Second, 32767*time.Second
+				c.KeepalivesCount, c.TCPUserTimeout = 127, (1<<31-1)*time.Millisecond
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -581,6 +673,11 @@ func TestValidate(t *testing.T) {
 		{"backoff above max", Config{ConnectBackoff: 2 * time.Second, ConnectBackoffMax: time.Second}, "connect_backoff"},
 		{"backoff above default max", Config{ConnectBackoff: time.Minute}, "connect_backoff"},
 		{"max below default backoff", Config{ConnectBackoffMax: time.Millisecond}, "connect_backoff"},
+		{"TCP settings as dialled", Config{KeepalivesIdle: -1, KeepalivesInterval: -1, KeepalivesCount: -1, TCPUserTimeout: -1}, ""},
+		{"keepalives idle too long", Config{KeepalivesIdle: 32768 * time.Second}, "keepalives_idle"},
+		{"keepalives interval too long", Config{KeepalivesInterval: 32768 * time.Second}, "keepalives_interval"},
+		{"keepalives count too many", Config{KeepalivesCount: 128}, "keepalives_count"},
+		{"user timeout too long", Config{TCPUserTimeout: 1 << 31 * time.Millisecond}, "tcp_user_timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -596,5 +693,73 @@ func TestValidate(t *testing.T) {
 				t.Errorf("validate() = %v, want a *ConfigError for %s", err, tt.param)
 			}
 		})
+	}
+}
+
+// newerServerSettings are settings of PostgreSQL releases after the one the
+// tests run (16 to 18), which pg_settings cannot list here.
+var newerServerSettings = []string{
+	"createrole_self_grant", "debug_io_direct", "icu_validation_level", "logical_replication_mode",
+	"max_parallel_apply_workers_per_subscription", "reserved_connections", "scram_iterations",
+	"send_abort_for_crash", "send_abort_for_kill", "vacuum_buffer_usage_limit", "allow_alter_system",
+	"commit_timestamp_buffers", "event_triggers", "huge_pages_status", "io_combine_limit",
+	"max_notify_queue_pages", "multixact_member_buffers", "multixact_offset_buffers", "notify_buffers",
+	"restrict_nonsystem_relation_kind", "serializable_buffers", "subtransaction_buffers", "summarize_wal",
+	"sync_replication_slots", "synchronized_standby_slots", "trace_connection_negotiation",
+	"transaction_buffers", "transaction_timeout", "wal_summary_keep_time", "autovacuum_vacuum_max_threshold",
+	"autovacuum_worker_slots", "data_checksums", "enable_distinct_reordering", "enable_self_join_elimination",
+	"extension_control_path", "file_copy_method", "idle_replication_slot_timeout", "io_max_combine_limit",
+	"io_max_concurrency", "io_method", "io_workers", "log_lock_failures", "max_active_replication_origins",
+	"md5_password_warnings", "num_os_semaphores", "oauth_validator_libraries", "ssl_groups", "ssl_tls13_ciphers",
+	"track_cost_delay_timing", "vacuum_max_eager_freeze_failure_rate", "vacuum_truncate",
+}
+
+// libpqKeywords are libpq's connection keywords (PostgreSQL 18), some of
+// which pgx does not know.
+var libpqKeywords = []string{
+	"host", "hostaddr", "port", "dbname", "user", "password", "passfile", "require_auth", "channel_binding",
+	"connect_timeout", "client_encoding", "options", "application_name", "fallback_application_name",
+	"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+	"replication", "gssencmode", "sslmode", "sslnegotiation", "sslcompression", "sslcert", "sslkey",
+	"sslkeylogfile", "sslpassword", "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir", "sslsni",
+	"requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version", "min_protocol_version",
+	"max_protocol_version", "krbsrvname", "gsslib", "gssdelegation", "scram_client_key", "scram_server_key",
+	"service", "servicefile", "target_session_attrs", "load_balance_hosts", "oauth_issuer",
+	"oauth_client_id", "oauth_client_secret", "oauth_scope", "requiressl", "tty", "authtype",
+}
+
+// No server setting (every one of the server the tests run, and those of
+// later releases), no libpq keyword and no pgx keyword is taken for a typo
+// of ours or of pgx's: they reach pgx, and the server, as before.
+func TestNearMissServerSettings(t *testing.T) {
+	c := needCluster(t)
+	var settings []string
+	if err := c.WithConn(t.Context(), func(conn *pgx.Conn) error {
+		rows, err := conn.Query(t.Context(), "select name from pg_settings")
+		if err != nil {
+			return err
+		}
+		settings, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(settings) < 300 {
+		t.Fatalf("only %d server settings", len(settings))
+	}
+	names := slices.Concat(settings, newerServerSettings, libpqKeywords, pgxKeys,
+		[]string{"DateStyle", "TimeZone", "IntervalStyle", "search_path", "statement_timeout", "myapp.tenant"})
+	for _, name := range names {
+		if lookupParam(name) != nil {
+			continue // libpq's TCP parameters are ours
+		}
+		if isReservedKey(name) {
+			t.Errorf("%s is taken for one of ours (did you mean %s?)", name, suggest(name))
+		}
+		if !slices.Contains(pgxKeys, name) {
+			if s := nearMiss(name, pgxKeys); s != "" {
+				t.Errorf("%s is taken for a typo of pgx's %s", name, s)
+			}
+		}
 	}
 }

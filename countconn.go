@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"sync/atomic"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -37,16 +36,19 @@ func (c *countingConn) Write(b []byte) (int, error) {
 func (c *countingConn) NetConn() net.Conn { return c.Conn }
 
 // countWrites makes every connection of cfg, to any of its hosts, count its
-// writes.
-func countWrites(cfg *pgx.ConnConfig) {
+// writes, after setting tcp on its socket.
+func countWrites(cfg *pgx.ConnConfig, tcp tcpOptions) {
 	dial := cfg.DialFunc
 	if dial == nil {
-		d := &net.Dialer{KeepAlive: 5 * time.Minute}
-		dial = d.DialContext
+		dial = systemDialer(cfg.ConnectTimeout)
 	}
 	cfg.DialFunc = pgconn.DialFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
 		nc, err := dial(ctx, network, addr)
 		if err != nil {
+			return nil, err
+		}
+		if err := tcp.apply(nc); err != nil {
+			nc.Close()
 			return nil, err
 		}
 		return &countingConn{Conn: nc, addr: addr}, nil

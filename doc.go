@@ -41,17 +41,39 @@
 //
 //	parameter            default meaning
 //	breaker              on      the circuit breaker: on or off
-//	breaker_failures     5       consecutive connectivity failures that open the breaker
+//	breaker_failures     5       consecutive connectivity failures that open the breaker; once connected, they must also span 500ms (a timeout opens it at once)
 //	breaker_cooldown     1s      the longest wait between two background probes while open
 //	connect_retries      3       extra attempts when opening a connection fails transiently
 //	connect_backoff      100ms   first retry delay; doubles per attempt, with full jitter
 //	connect_backoff_max  5s      ceiling of the retry delay
 //	query_timeout        0       upper bound on every statement, connection attempt and check; a caller's earlier deadline wins; 0 is off
 //	tx_autorollback      on      roll a transaction back on the server as soon as a statement in it fails: on or off
+//	keepalives           1       TCP keepalive probes: 1 or 0 (off)
+//	keepalives_idle      10      seconds of silence before the first keepalive probe; 0 is the system's setting
+//	keepalives_interval  5       seconds between unanswered keepalive probes; 0 is the system's setting
+//	keepalives_count     3       unanswered keepalive probes that end the connection; 0 is the system's setting
+//	tcp_user_timeout     25000   milliseconds written data may stay unacknowledged before the connection ends (Linux); 0 is the system's setting
 //
-// docs/configuration.md describes each one. Go-only settings (a logger, extra
-// sqlmw interceptors, pgx's connect hooks, a breaker callback, another driver
-// to wrap for tests) are Options of NewConnector, used with sql.OpenDB.
+// docs/configuration.md describes each one. The breaker_failures count is
+// necessary, not sufficient: after the first working connection, each failed
+// connection attempt and reuse check counts, and the failures must also span
+// 500ms, so that a fast restart opens nothing; breaker_failures=2 against a
+// server that went down opens the breaker about 0.5s after the first failure,
+// however many calls failed meanwhile.
+//
+// The last five are libpq's TCP parameters, with libpq's units, which pgx
+// would send to the server (which refuses them): pgresilient sets them on
+// each connection's socket. With the defaults the kernel ends a connection
+// whose server went silent (a blackholed network, a host gone without a
+// reset) after about 25s, idle, waiting for a result or with a write
+// unacknowledged; a healthy server acknowledges the probes, so a long
+// statement is never cut. A key that looks like a misspelling of one of
+// these or of pgx's ("qeury_timeout", "pasword") is a *ConfigError that
+// suggests the right one, rather than a setting sent to the server.
+//
+// Go-only settings (a logger, extra sqlmw interceptors, pgx's connect hooks, a
+// breaker callback, another driver to wrap for tests) are Options of
+// NewConnector, used with sql.OpenDB.
 //
 // # Unit tests with go-sqlmock
 //

@@ -194,7 +194,7 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 			popts = append(popts, stdlib.OptionAfterConnect(o.afterConnect))
 		}
 		pcfg := cfg.ConnConfig.Copy()
-		countWrites(pcfg)
+		countWrites(pcfg, newTCPOptions(&c.cfg))
 		pcfg.BuildContextWatcherHandler = watchWithCancel
 		tagRole(pcfg)
 		c.inner = stdlib.GetConnector(*pcfg, popts...)

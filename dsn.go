@@ -34,10 +34,14 @@ import (
 // typo of one of ours: if it reached pgx it would be sent to the server as a
 // runtime parameter and refused with FATAL, so it is stripped and reported.
 // The comparison ignores case: PostgreSQL's parameter names do too.
-// pgx's own connect_timeout matches none of them.
-var reservedPrefixes = []string{"breaker", "tx_", "connect_retr", "connect_backoff", "query_timeout"}
+// pgx's own connect_timeout, and the server's tcp_keepalives_*, match none
+// of them.
+var reservedPrefixes = []string{"breaker", "tx_", "connect_retr", "connect_backoff", "query_timeout",
+	"keepalives", "tcp_user_timeout"}
 
-// isReservedKey reports whether key is one of ours or looks like one.
+// isReservedKey reports whether key is one of ours or looks like one: it
+// starts with one of reservedPrefixes, or it is a near miss of one of our
+// names ("qeury_timeout", "conect_retries": see nearMiss).
 func isReservedKey(key string) bool {
 	lower := strings.ToLower(strings.TrimSpace(key))
 	for _, p := range reservedPrefixes {
@@ -45,7 +49,75 @@ func isReservedKey(key string) bool {
 			return true
 		}
 	}
-	return false
+	return nearMiss(lower, paramNames()) != ""
+}
+
+// nearMiss returns the name of names that key most likely misspells, or ""
+// when none is close: the same name in another case, or one within an edit
+// distance (insertions, deletions, substitutions and swaps of two adjacent
+// letters) of 1 for names of 4 to 7 bytes, 2 for longer ones. A dotted key is
+// never a near miss: it is a custom server setting ("myapp.tenant"), which
+// the server accepts. TestNearMissServerSettings checks that no setting of
+// the PostgreSQL server the tests run (nor of later releases), and no libpq
+// keyword, is a near miss of ours or pgx's.
+func nearMiss(key string, names []string) string {
+	if key == "" || strings.Contains(key, ".") {
+		return ""
+	}
+	lower := strings.ToLower(key)
+	best, bestDist := "", 3
+	for _, name := range names {
+		if key == name {
+			return ""
+		}
+		limit := 2
+		switch {
+		case len(name) < 4:
+			limit = 0
+		case len(name) < 8:
+			limit = 1
+		}
+		if d := editDistance(lower, name, limit); d <= limit && d < bestDist {
+			best, bestDist = name, d
+		}
+	}
+	return best
+}
+
+// editDistance is the optimal string alignment distance between a and b
+// (Levenshtein's, plus swaps of two adjacent bytes), or limit+1 when it
+// exceeds limit.
+func editDistance(a, b string, limit int) int {
+	if d := len(a) - len(b); d > limit || -d > limit {
+		return limit + 1
+	}
+	// Three rows of the dynamic programme: i-2, i-1 and i.
+	prev2 := make([]int, len(b)+1)
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		rowMin := cur[0]
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+			rowMin = min(rowMin, cur[j])
+		}
+		if rowMin > limit {
+			return limit + 1
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return min(prev[len(b)], limit+1)
 }
 
 var (

@@ -220,3 +220,52 @@ func TestParseForeignDSN(t *testing.T) {
 		}
 	}
 }
+
+func TestNearMiss(t *testing.T) {
+	tests := []struct {
+		key, want string
+	}{
+		{"qeury_timeout", "query_timeout"},  // swap
+		{"query_timout", "query_timeout"},   // deletion
+		{"querry_timeout", "query_timeout"}, // insertion
+		{"quary_timeout", "query_timeout"},  // substitution
+		{"qeury_timout", "query_timeout"},   // two edits
+		{"QUERY-TIMEOUT", "query_timeout"},  // case and separator
+		{"conect_retries", "connect_retries"},
+		{"breaker_failure", "breaker_failures"},
+		{"breakr", "breaker"},
+		{"keepalive", "keepalives"},
+		{"tcp_usertimeout", "tcp_user_timeout"},
+		{"qeury_tmout", ""}, // three edits
+		{"query_timeout", ""},
+		{"myapp.qeury_timeout", ""}, // a custom server setting
+		{"statement_timeout", ""},
+		{"tcp_keepalives_idle", ""},
+		{"", ""},
+	}
+	for _, tt := range tests {
+		if got := nearMiss(tt.key, paramNames()); got != tt.want {
+			t.Errorf("nearMiss(%q) = %q, want %q", tt.key, got, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		key, want string
+	}{{"pasword", "password"}, {"hots", "host"}, {"Port", "port"}, {"sslmod", "sslmode"},
+		{"dbnme", "dbname"}, {"role", ""}, {"ssl", ""}, {"sslcrl", ""}, {"options", ""}} {
+		if got := nearMiss(tt.key, pgxKeys); got != tt.want {
+			t.Errorf("nearMiss(%q, pgxKeys) = %q, want %q", tt.key, got, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		a, b  string
+		limit int
+		want  int
+	}{
+		{"abc", "abc", 2, 0}, {"abc", "acb", 2, 1}, {"abc", "", 2, 3}, {"kitten", "sitting", 3, 3},
+		{"kitten", "sitting", 2, 3}, {"ca", "abc", 3, 3}, {"abcdef", "badcfe", 3, 3},
+	} {
+		if got := editDistance(tt.a, tt.b, tt.limit); got != tt.want {
+			t.Errorf("editDistance(%q, %q, %d) = %d, want %d", tt.a, tt.b, tt.limit, got, tt.want)
+		}
+	}
+}

@@ -135,7 +135,9 @@ func TestParamTable(t *testing.T) {
 			t.Errorf("%s is not covered by reservedPrefixes", p.name)
 		}
 	}
-	for _, k := range []string{"connect_timeout", "statement_timeout", "application_name", "transaction_isolation", "idle_in_transaction_session_timeout"} {
+	for _, k := range []string{"connect_timeout", "statement_timeout", "application_name", "transaction_isolation",
+		"idle_in_transaction_session_timeout", "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
+		"search_path", "myapp.tenant", "myapp.query_timeout"} {
 		if isReservedKey(k) {
 			t.Errorf("%s is taken for ours", k)
 		}
