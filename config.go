@@ -25,6 +25,10 @@ const (
 	maxBreakerFailures = 1_000_000
 	maxConnectRetries  = 1000
 
+	// The host monitor (monitor.go; docs/design.md has the measurements).
+	defaultMonitorGrace   = time.Second
+	defaultMonitorTimeout = 1500 * time.Millisecond
+
 	// TCP settings of each connection's socket: see tcpopts.go, and
 	// docs/configuration.md for how the defaults were measured.
 	defaultKeepalivesIdle     = 10 * time.Second
@@ -92,10 +96,24 @@ type Config struct {
 	// default, 5s.
 	ConnectBackoffMax time.Duration
 
-	// QueryTimeout is the deadline given to a statement whose context has
-	// none; a deadline of the caller's always wins (DSN query_timeout).
-	// Zero value: no timeout (the default).
+	// QueryTimeout bounds every statement, connection attempt and check:
+	// each gets this long, or until the caller's deadline if that comes
+	// first (DSN query_timeout). Zero value: no bound of pgresilient's (the
+	// default); the host monitor still ends statements on a silent server.
 	QueryTimeout time.Duration
+
+	// MonitorGrace is how long a statement (or a COMMIT) waits for its
+	// result before the host monitor checks its server over a connection of
+	// its own (DSN monitor_grace). A slow statement on a server that
+	// answers the check is never touched. Zero value: the default, 1s.
+	// Negative: no host monitor (DSN monitor_grace=off).
+	MonitorGrace time.Duration
+
+	// MonitorTimeout is how long the host monitor's check waits for the
+	// server: unanswered, the server is declared silent and the statements
+	// waiting on it end with ErrConnLost (DSN monitor_timeout). Zero value:
+	// the default, 1.5s.
+	MonitorTimeout time.Duration
 
 	// DisableTxAutoRollback stops pgresilient from rolling a transaction
 	// back on the server as soon as a statement in it fails (DSN
@@ -290,6 +308,20 @@ var paramTable = []paramSpec{
 	{"query_timeout", "0", "upper bound on every statement, connection attempt and check; a caller's earlier deadline wins; 0 is off",
 		"a duration such as 30s, or 0 for none", func(c *Config, v string) (err error) {
 			c.QueryTimeout, err = parseDuration(v, true)
+			return err
+		}},
+	{"monitor_grace", "1s", "a statement in flight this long has its server checked by the host monitor; off turns the monitor off",
+		"a duration greater than 0, such as 1s, or off", func(c *Config, v string) (err error) {
+			if strings.EqualFold(v, "off") {
+				c.MonitorGrace = -1
+				return nil
+			}
+			c.MonitorGrace, err = parseDuration(v, false)
+			return err
+		}},
+	{"monitor_timeout", "1.5s", "a check of the server unanswered this long declares it silent: the statements waiting on it end (ErrConnLost)",
+		"a duration greater than 0, such as 1.5s", func(c *Config, v string) (err error) {
+			c.MonitorTimeout, err = parseDuration(v, false)
 			return err
 		}},
 	{"tx_autorollback", "on", "roll a transaction back on the server as soon as a statement in it fails: on or off",
@@ -525,6 +557,12 @@ func (c *Config) effective() Config {
 	}
 	e.ConnectBackoffMax = max(e.ConnectBackoffMax, e.ConnectBackoff)
 	e.QueryTimeout = max(e.QueryTimeout, 0)
+	if e.MonitorGrace == 0 {
+		e.MonitorGrace = defaultMonitorGrace
+	}
+	if e.MonitorTimeout <= 0 {
+		e.MonitorTimeout = defaultMonitorTimeout
+	}
 	// TCP settings: negative is "as dialled", kept as is.
 	if e.KeepalivesIdle == 0 {
 		e.KeepalivesIdle = defaultKeepalivesIdle
@@ -577,6 +615,8 @@ func (c *Config) validate() error {
 		return durErr("connect_backoff_max", c.ConnectBackoffMax)
 	case c.QueryTimeout < 0:
 		return durErr("query_timeout", c.QueryTimeout)
+	case c.MonitorTimeout < 0:
+		return durErr("monitor_timeout", c.MonitorTimeout)
 	case c.KeepalivesIdle > maxKeepalivesSeconds*time.Second:
 		return tooLong("keepalives_idle", c.KeepalivesIdle)
 	case c.KeepalivesInterval > maxKeepalivesSeconds*time.Second:

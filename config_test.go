@@ -385,7 +385,7 @@ func TestParseConfigInvalid(t *testing.T) {
 			msg: `pgresilient: unknown parameter "breaker_failure": did you mean breaker_failures?`},
 		{name: "unknown look-alike, nothing close", dsn: "host=db breaker_delay=3", param: "breaker_delay", value: "3",
 			msg: `pgresilient: unknown parameter "breaker_delay" (pgresilient's parameters are breaker, breaker_failures, ` +
-				`breaker_cooldown, connect_retries, connect_backoff, connect_backoff_max, query_timeout, tx_autorollback, ` +
+				`breaker_cooldown, connect_retries, connect_backoff, connect_backoff_max, query_timeout, monitor_grace, monitor_timeout, tx_autorollback, ` +
 				`keepalives, keepalives_idle, keepalives_interval, keepalives_count, tcp_user_timeout)`},
 		// Typos (issue 24, trap 6): they reached the server and failed the
 		// first connection with "unrecognized configuration parameter".

@@ -47,6 +47,8 @@
 //	connect_backoff      100ms   first retry delay; doubles per attempt, with full jitter
 //	connect_backoff_max  5s      ceiling of the retry delay
 //	query_timeout        0       upper bound on every statement, connection attempt and check; a caller's earlier deadline wins; 0 is off
+//	monitor_grace        1s      a statement in flight this long has its server checked by the host monitor; off turns the monitor off
+//	monitor_timeout      1.5s    a check of the server unanswered this long declares it silent: the statements waiting on it end (ErrConnLost)
 //	tx_autorollback      on      roll a transaction back on the server as soon as a statement in it fails: on or off
 //	keepalives           1       TCP keepalive probes: 1 or 0 (off)
 //	keepalives_idle      10      seconds of silence before the first keepalive probe; 0 is the system's setting

@@ -37,7 +37,7 @@ import (
 // pgx's own connect_timeout, and the server's tcp_keepalives_*, match none
 // of them.
 var reservedPrefixes = []string{"breaker", "tx_", "connect_retr", "connect_backoff", "query_timeout",
-	"keepalives", "tcp_user_timeout"}
+	"keepalives", "tcp_user_timeout", "monitor"}
 
 // isReservedKey reports whether key is one of ours or looks like one: it
 // starts with one of reservedPrefixes, or it is a near miss of one of our

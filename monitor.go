@@ -35,23 +35,15 @@ import (
 // runs only while a statement on that address is older than the grace, one at
 // most per address.
 
-const (
-	// monitorGrace is how long a statement runs before its server is
-	// checked. It is above nearly every OLTP statement's duration, so the
-	// monitor checks only where it might help, and short enough that a
-	// blackhole is found within a few seconds (docs/resilience.md).
-	monitorGrace = time.Second
-	// monitorTimeout bounds a check: a startup or a ping not answered
-	// within it declares the server silent. A LAN round trip takes well
-	// under a millisecond and a startup a few; the margin is for a server,
-	// or a client, too busy to answer at once (a false silence would end
-	// healthy statements), while a blackhole is still found within about
-	// grace + period + timeout, under 3 s (TestMonitorSilentServer).
-	monitorTimeout = 1500 * time.Millisecond
-	// monitorPeriod is the scan's period, the monitor's clock tick and the
-	// wait between two checks of an address.
-	monitorPeriod = 250 * time.Millisecond
-)
+// monitorPeriod is the scan's period, the monitor's clock tick and the wait
+// between two checks of an address. The grace (monitor_grace, 1s by default:
+// above nearly every OLTP statement, so that the monitor checks only where it
+// might help) is counted in whole periods. The timeout (monitor_timeout,
+// 1.5s) leaves a margin for a server, or a client, too busy to answer at once
+// (a false silence would end healthy statements), while a blackhole is still
+// found within about grace + period + timeout, under 3 s
+// (TestMonitorSilentServer).
+const monitorPeriod = 250 * time.Millisecond
 
 // HostSilentError is the cause wrapped in the ErrConnLost of a statement whose
 // server the host monitor declared silent: a check over a connection of its
@@ -93,16 +85,20 @@ type monitor struct {
 	silence atomic.Int64 // addresses declared silent
 }
 
+// newMonitor returns c's host monitor, or nil with monitor_grace=off.
 func newMonitor(c *Connector, cc *pgx.ConnConfig) *monitor {
+	if c.cfg.MonitorGrace < 0 {
+		return nil
+	}
 	m := &monitor{
 		c:        c,
 		base:     cc.Config.Copy(),
-		timeout:  monitorTimeout,
+		timeout:  c.cfg.MonitorTimeout,
 		period:   monitorPeriod,
 		checking: map[string]struct{}{},
 		wanted:   map[string]uint32{},
 	}
-	m.setGrace(monitorGrace)
+	m.setGrace(c.cfg.MonitorGrace)
 	m.tick.Store(1)
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	// A check is the monitor's own: any server role, no hooks.

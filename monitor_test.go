@@ -339,3 +339,30 @@ func waitCancelRequests(t *testing.T) {
 	}
 	t.Log("pgx's cancel requests still dialling after 20 s")
 }
+
+// TestMonitorParams: monitor_grace and monitor_timeout reach the monitor;
+// monitor_grace=off removes it; a bad value is a ConfigError naming the
+// parameter, before any connection.
+func TestMonitorParams(t *testing.T) {
+	const dsn = "postgres://u@127.0.0.1:1/db?sslmode=disable&"
+	cn, err := NewConnector(dsn + "monitor_grace=2s&monitor_timeout=3s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cn.mon == nil || cn.mon.grace != uint32(2*time.Second/monitorPeriod) || cn.mon.timeout != 3*time.Second {
+		t.Errorf("monitor %+v, want grace 8 periods, timeout 3s", cn.mon)
+	}
+	if cn, err = NewConnector(dsn + "monitor_grace=off"); err != nil || cn.mon != nil {
+		t.Errorf("monitor_grace=off: %v, monitor %v; want none", err, cn.mon)
+	}
+	if cn, err = NewConnector(dsn); err != nil || cn.mon == nil || cn.mon.timeout != defaultMonitorTimeout {
+		t.Errorf("bare DSN: %v; want a monitor with the default timeout", err)
+	}
+	for _, bad := range []string{"monitor_grace=0", "monitor_timeout=-1s", "monitor_timeout=soon", "monitor_grce=1s"} {
+		_, err := NewConnector(dsn + bad)
+		var ce *ConfigError
+		if !errors.As(err, &ce) || !strings.HasPrefix(bad, ce.Param) && ce.Param != "monitor_grce" {
+			t.Errorf("%s: %v, want a ConfigError naming the parameter", bad, err)
+		}
+	}
+}
