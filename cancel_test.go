@@ -87,6 +87,9 @@ func TestCancelBeforeClose(t *testing.T) {
 					if after != pid {
 						t.Errorf("the connection was replaced (backend %d, then %d): a canceled statement leaves it usable", pid, after)
 					}
+					if cn, _ := ConnectorOf(db); cn.Stats().Canceled != 1 || cn.Stats().ConnLost != 0 {
+						t.Errorf("Stats: Canceled %d, ConnLost %d; want 1 and 0", cn.Stats().Canceled, cn.Stats().ConnLost)
+					}
 					if took > time.Second {
 						t.Errorf("the call took %v: the cancel should end it within a few ms of its deadline", took)
 					}

@@ -39,6 +39,7 @@ type counters struct {
 	poolRollbacks   atomic.Int64
 	verifications   atomic.Int64
 	staleRetries    atomic.Int64
+	canceled        atomic.Int64
 }
 
 // Stats is a snapshot of a Connector's counters since it was created. All
@@ -82,6 +83,14 @@ type Stats struct {
 
 	StaleStatementRetries int64 // statements refused as stale (0A000 cached plan, 26000) and run again on a fresh plan, their transaction begun again if nothing but BEGIN had run
 
+	Canceled int64 // statements a deadline ended that the server canceled when asked (ErrCanceled; the connection kept)
+
+	// The host monitor: checks of a server's address started while
+	// statements waited on it past monitor_grace, and servers declared
+	// silent (their statements ended with ErrConnLost).
+	HostChecks    int64
+	SilentServers int64
+
 	Breaker            BreakerState
 	BreakerTransitions int64 // breaker state changes
 	BreakerRejected    int64 // calls failed at once with ErrCircuitOpen
@@ -120,6 +129,11 @@ func (c *Connector) Stats() Stats {
 		PoolRollbacks:   c.stats.poolRollbacks.Load(),
 
 		StaleStatementRetries: c.stats.staleRetries.Load(),
+		Canceled:              c.stats.canceled.Load(),
+	}
+	if c.mon != nil {
+		s.HostChecks = c.mon.checks.Load()
+		s.SilentServers = c.mon.silence.Load()
 	}
 	s.Discarded = s.DiscardedLost + s.DiscardedIdle + s.DiscardedVerify + s.DiscardedRollback + s.DiscardedRole
 	s.Breaker = BreakerDisabled

@@ -44,6 +44,7 @@ func (e *timeoutError) Unwrap() error { return e.err }
 // labels the error as query_timeout's.
 func (c *baseConn) failTimed(ctx, stmtCtx context.Context, op Op, err error, mark int64) error {
 	if ce, ok := c.canceledByServer(ctx, stmtCtx, op, err); ok {
+		c.owner.stats.canceled.Add(1)
 		if ctx.Err() == nil {
 			c.autoRollback(ctx, err) // in a transaction, it is aborted
 		}
