@@ -27,6 +27,13 @@
 //	pgresilient_tx_autorollbacks_total                  counter  Stats.AutoRollbacks
 //	pgresilient_pool_rollbacks_total                    counter  Stats.PoolRollbacks
 //	pgresilient_stale_statement_retries_total           counter  Stats.StaleStatementRetries
+//	pgresilient_commits_not_committed_total             counter  Stats.CommitsNotCommitted
+//	pgresilient_commits_resolved_committed_total        counter  Stats.ResolvedCommitted
+//	pgresilient_commits_resolved_aborted_total          counter  Stats.ResolvedAborted
+//	pgresilient_commits_unresolved_total                counter  Stats.Unresolved
+//	pgresilient_statements_canceled_total               counter  Stats.Canceled
+//	pgresilient_host_checks_total                       counter  Stats.HostChecks
+//	pgresilient_silent_servers_total                    counter  Stats.SilentServers
 //	pgresilient_breaker_state{state}                    gauge    1 for Stats.Breaker's state ("closed", "half-open", "open"), 0 for the others
 //	pgresilient_breaker_transitions_total               counter  Stats.BreakerTransitions
 //	pgresilient_breaker_rejected_total                  counter  Stats.BreakerRejected
@@ -125,6 +132,20 @@ var counterSpecs = []counterSpec{
 		func(s pgresilient.Stats) int64 { return s.PoolRollbacks }},
 	{"stale_statement_retries_total", "Statements refused as stale cached plans (0A000, 26000: a schema change) and run again on a fresh plan.",
 		func(s pgresilient.Stats) int64 { return s.StaleStatementRetries }},
+	{"commits_not_committed_total", "Commits that lost their connection but certainly did not commit (COMMIT never written, or refused before it ran): the caller got ErrNotCommitted.",
+		func(s pgresilient.Stats) int64 { return s.CommitsNotCommitted }},
+	{"commits_resolved_committed_total", "Lost COMMITs that ResolveCommit (RunTx calls it) found committed on the primary: RunTx returned success without running the transaction again.",
+		func(s pgresilient.Stats) int64 { return s.ResolvedCommitted }},
+	{"commits_resolved_aborted_total", "Lost COMMITs that ResolveCommit found not committed: RunTx ran the transaction again.",
+		func(s pgresilient.Stats) int64 { return s.ResolvedAborted }},
+	{"commits_unresolved_total", "Lost COMMITs whose outcome ResolveCommit could not learn (deadline, only a standby, an id possibly reused): the caller got ErrConnLost with the reason.",
+		func(s pgresilient.Stats) int64 { return s.Unresolved }},
+	{"statements_canceled_total", "Statements a deadline (query_timeout or the caller's) ended that the server canceled when asked: the caller got ErrCanceled, and the connection was kept.",
+		func(s pgresilient.Stats) int64 { return s.Canceled }},
+	{"host_checks_total", "Checks of a server's address by the host monitor, started while statements waited on it past monitor_grace.",
+		func(s pgresilient.Stats) int64 { return s.HostChecks }},
+	{"silent_servers_total", "Servers the host monitor declared silent: the statements waiting on them ended with ErrConnLost.",
+		func(s pgresilient.Stats) int64 { return s.SilentServers }},
 	{"breaker_transitions_total", "Circuit breaker state changes.",
 		func(s pgresilient.Stats) int64 { return s.BreakerTransitions }},
 	{"breaker_rejected_total", "Calls failed at once with ErrCircuitOpen by the open circuit breaker, without dialling or sending anything.",

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -68,10 +70,38 @@ var sample = pgresilient.Stats{
 	BreakerOpenDuration: 2500 * time.Millisecond,
 
 	StaleStatementRetries: 30,
+	CommitsNotCommitted:   31,
+	ResolvedCommitted:     32,
+	ResolvedAborted:       33,
+	Unresolved:            34,
+	Canceled:              35,
+	HostChecks:            36,
+	SilentServers:         37,
 }
 
 // sampleText is sample's exposition.
 const sampleText = `
+# HELP pgresilient_commits_not_committed_total Commits that lost their connection but certainly did not commit (COMMIT never written, or refused before it ran): the caller got ErrNotCommitted.
+# TYPE pgresilient_commits_not_committed_total counter
+pgresilient_commits_not_committed_total 31
+# HELP pgresilient_commits_resolved_committed_total Lost COMMITs that ResolveCommit (RunTx calls it) found committed on the primary: RunTx returned success without running the transaction again.
+# TYPE pgresilient_commits_resolved_committed_total counter
+pgresilient_commits_resolved_committed_total 32
+# HELP pgresilient_commits_resolved_aborted_total Lost COMMITs that ResolveCommit found not committed: RunTx ran the transaction again.
+# TYPE pgresilient_commits_resolved_aborted_total counter
+pgresilient_commits_resolved_aborted_total 33
+# HELP pgresilient_commits_unresolved_total Lost COMMITs whose outcome ResolveCommit could not learn (deadline, only a standby, an id possibly reused): the caller got ErrConnLost with the reason.
+# TYPE pgresilient_commits_unresolved_total counter
+pgresilient_commits_unresolved_total 34
+# HELP pgresilient_statements_canceled_total Statements a deadline (query_timeout or the caller's) ended that the server canceled when asked: the caller got ErrCanceled, and the connection was kept.
+# TYPE pgresilient_statements_canceled_total counter
+pgresilient_statements_canceled_total 35
+# HELP pgresilient_host_checks_total Checks of a server's address by the host monitor, started while statements waited on it past monitor_grace.
+# TYPE pgresilient_host_checks_total counter
+pgresilient_host_checks_total 36
+# HELP pgresilient_silent_servers_total Servers the host monitor declared silent: the statements waiting on them ended with ErrConnLost.
+# TYPE pgresilient_silent_servers_total counter
+pgresilient_silent_servers_total 37
 # HELP pgresilient_badconn_retries_total Failures returned to database/sql as driver.ErrBadConn because nothing had been sent: database/sql retried the operation on another connection.
 # TYPE pgresilient_badconn_retries_total counter
 pgresilient_badconn_retries_total 18
@@ -493,4 +523,26 @@ func TestRealFaults(t *testing.T) {
 		`pgresilient_breaker_probe_failures_total{db_name="it"}`:              float64(st.ProbeFailures),
 		`pgresilient_breaker_open_seconds_total{db_name="it"}`:                anyPositive, // still open: it grows
 	})
+}
+
+// TestEveryStatsCounter: every int64 field of pgresilient.Stats but the
+// computed Discarded reaches a metric: sample gives each a distinct value, and
+// that value must appear in sampleText. A counter added to Stats without a
+// metric (four were, the day they were added) fails here.
+func TestEveryStatsCounter(t *testing.T) {
+	v := reflect.ValueOf(sample)
+	for i := range v.NumField() {
+		f := v.Type().Field(i)
+		if f.Type.Kind() != reflect.Int64 || f.Name == "Discarded" || f.Type != reflect.TypeFor[int64]() {
+			continue
+		}
+		n := v.Field(i).Int()
+		if n == 0 {
+			t.Errorf("sample leaves Stats.%s at 0: give it a distinct value and a metric", f.Name)
+			continue
+		}
+		if !strings.Contains(sampleText, " "+strconv.FormatInt(n, 10)+"\n") {
+			t.Errorf("Stats.%s (%d in sample) reaches no metric of sampleText", f.Name, n)
+		}
+	}
 }
