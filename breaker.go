@@ -2,6 +2,7 @@ package pgresilient
 
 import (
 	"context"
+	"database/sql/driver"
 	"errors"
 	"log/slog"
 	"math/rand/v2"
@@ -20,10 +21,11 @@ import (
 // BreakerState is the state of a Connector's circuit breaker.
 type BreakerState int32
 
-// The breaker's states. Closed lets everything through; Open fails every call
-// at once while a background probe checks the server; HalfOpen is Open while
-// one of those probes is under way (calls are still refused: a user's call is
-// never the probe).
+// The breaker's states. Closed lets everything through; Open holds every call
+// until the background prober's next probe says whether the server serves
+// (a call whose deadline cannot cover that wait, or that would wait long,
+// fails at once); HalfOpen is Open while one of those probes is under way (a
+// user's call is never the probe).
 const (
 	BreakerClosed BreakerState = iota
 	BreakerHalfOpen
@@ -178,6 +180,22 @@ type breaker struct {
 
 	probeFn func(context.Context) error // a real connection, closed again
 	onClose func()                      // the Connector bumps the pool generation
+	// refused holds a statement PgBouncer refused before forwarding it
+	// until PgBouncer serves again (the Connector's awaitServing), and
+	// reports whether it did.
+	refused func(context.Context) bool
+
+	// The waits of calls while open: probed is closed, and replaced, when
+	// a probe's outcome is in; demand tells the prober a call waits
+	// (waiters counts them), so the next probe comes within
+	// probeDemandMax of the last one; lastStart and lastDur are the last
+	// probe's start (unix nanoseconds) and duration, what a call expects
+	// the next one to take.
+	probed    atomic.Pointer[chan struct{}]
+	demand    chan struct{}
+	waiters   atomic.Int32
+	lastStart atomic.Int64
+	lastDur   atomic.Int64
 
 	logger      *slog.Logger
 	onChange    func(from, to BreakerState)
@@ -199,6 +217,9 @@ func newBreaker(addr string, failures int, cooldown time.Duration, logger *slog.
 	b := &breaker{addr: addr, cooldown: cooldown, logger: logger, onChange: onChange, failures: uint32(failures), minSpan: breakerMinSpan}
 	ch := make(chan struct{})
 	b.openCh.Store(&ch)
+	pch := make(chan struct{})
+	b.probed.Store(&pch)
+	b.demand = make(chan struct{}, 1)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        "pgresilient",
@@ -235,6 +256,14 @@ func (b *breaker) changed(from, to BreakerState) {
 	switch {
 	case from == BreakerClosed && to == BreakerOpen:
 		b.openedAt.Store(now.UnixNano())
+		b.lastStart.Store(now.UnixNano())
+		if b.rule == tripNow {
+			// Opened by a timeout: a probe will likely take as long, so
+			// calls fail at once until one answers quickly.
+			b.lastDur.Store(int64(slowProbe))
+		} else {
+			b.lastDur.Store(0)
+		}
 		close(*b.openCh.Load())
 		b.transitions.Add(1)
 		b.logger.LogAttrs(context.Background(), slog.LevelWarn, "pgresilient: circuit breaker open",
@@ -292,8 +321,8 @@ func (b *breaker) openTime() time.Duration {
 	return time.Duration(d)
 }
 
-// before lets a call through or rejects it. A nil breaker (breaker=off) lets
-// everything through; closed, it costs one atomic load.
+// before lets a call through or rejects it, without waiting. A nil breaker
+// (breaker=off) lets everything through; closed, it costs one atomic load.
 func (b *breaker) before() error {
 	if b == nil || BreakerState(b.state.Load()) == BreakerClosed {
 		return nil
@@ -301,7 +330,107 @@ func (b *breaker) before() error {
 	return b.openError(nil)
 }
 
+// While open, a call waits for the outcome of the prober's next probe when
+// that is expected within breakerWaitMax and before the call's deadline:
+// probes then come at most probeDemandMax apart, so a call waits about that
+// long at most, and fails with ErrCircuitOpen only when the probe found the
+// server still unable to serve. A call that cannot expect an answer so soon
+// (the last probe, or the failure that opened the breaker, took long: a
+// blackhole) fails at once, as before: waiting would only cost it the
+// time, for the same answer.
+const (
+	probeDemandMax = 100 * time.Millisecond
+	breakerWaitMax = 250 * time.Millisecond
+	// slowProbe is what a call expects of the first probe after a timeout
+	// opened the breaker: too long to wait for.
+	slowProbe = 4 * breakerWaitMax
+)
+
+// wait lets a call through when closed (one atomic load; a nil breaker lets
+// everything through). While open, it waits for the outcome of the
+// prober's next probe, if that is expected soon (breakerWaitMax) and before
+// ctx's deadline: nil if the probe closed the breaker, else a
+// *CircuitOpenError, also when ctx ends or the breaker is closed while
+// waiting. Nothing is sent meanwhile.
+func (b *breaker) wait(ctx context.Context) error {
+	if b == nil || BreakerState(b.state.Load()) == BreakerClosed {
+		return nil
+	}
+	if err := b.awaitProbe(ctx); err != nil {
+		return b.openError(err)
+	}
+	return nil
+}
+
+// errProbeFailed is awaitProbe's answer when the probe found the server
+// still down, or none was waited for.
+var errProbeFailed = errors.New("pgresilient: the probe found the server still down")
+
+// awaitProbe waits, as wait does, and returns nil once the breaker is
+// closed; else errProbeFailed, or ctx's error if ctx ended meanwhile (to be
+// wrapped in a CircuitOpenError: the caller was not told anything else).
+func (b *breaker) awaitProbe(ctx context.Context) error {
+	ch := *b.probed.Load()
+	if BreakerState(b.state.Load()) == BreakerClosed {
+		return nil
+	}
+	now := time.Now()
+	expect := b.expected(now)
+	if dl, ok := ctx.Deadline(); expect > breakerWaitMax || ok && dl.Sub(now) < expect || b.ctx.Err() != nil {
+		return errProbeFailed
+	}
+	b.waiters.Add(1)
+	defer b.waiters.Add(-1)
+	select {
+	case b.demand <- struct{}{}:
+	default:
+	}
+	t := time.NewTimer(expect + probeDemandMax)
+	defer t.Stop()
+	select {
+	case <-ch:
+		if BreakerState(b.state.Load()) == BreakerClosed {
+			return nil
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-b.ctx.Done():
+	case <-t.C:
+	}
+	return errProbeFailed
+}
+
+// expected returns how long until the next probe's outcome is in, as far as
+// the last probe tells: until it starts (pulled forward by waiting calls)
+// and its duration, that of the last one.
+func (b *breaker) expected(now time.Time) time.Duration {
+	dur := time.Duration(b.lastDur.Load())
+	started := time.Unix(0, b.lastStart.Load())
+	next := b.next.Load()
+	if next == 0 { // a probe is under way
+		return max(dur-now.Sub(started), time.Millisecond)
+	}
+	due := time.Unix(0, next)
+	if pulled := started.Add(probeDemandMax); pulled.Before(due) {
+		due = pulled
+	}
+	return max(due.Sub(now), 0) + dur
+}
+
+// publish wakes the calls waiting for a probe's outcome.
+func (b *breaker) publish() {
+	ch := make(chan struct{})
+	close(*b.probed.Swap(&ch))
+}
+
+// openError is the rejection of a call, counted in BreakerRejected; cause is
+// what it wraps besides ErrCircuitOpen: a retry loop's last connect error,
+// or the caller's context error if it ended while the call waited; nil (or
+// errProbeFailed) for none.
 func (b *breaker) openError(cause error) error {
+	if cause == errProbeFailed { //nolint:errorlint // our own sentinel
+		cause = nil
+	}
 	b.rejected.Add(1)
 	e := &CircuitOpenError{Addr: b.addr, OpenedAt: time.Unix(0, b.openedAt.Load()), cause: cause}
 	if l := b.last.Load(); l != nil {
@@ -323,6 +452,11 @@ func (b *breaker) done(ctx context.Context, err error) {
 		if b.dirty.Load() {
 			b.succeed()
 		}
+		return
+	}
+	if notYet(err) {
+		// "Not yet" (wait.go): the server or the pooler answered; no
+		// evidence either way.
 		return
 	}
 	if de := (*DisconnectError)(nil); errors.As(err, &de) && de.known {
@@ -406,10 +540,25 @@ func (b *breaker) succeed() {
 // probeInterval is the wait before the next probe, elapsed after the breaker
 // opened: every ~20 ms at first, backing off toward breaker_cooldown in a
 // long outage (a 1.5 s outage is still probed every ~70 ms), ±20% jitter so
-// that a fleet does not probe in lockstep.
+// that a fleet does not probe in lockstep. While calls wait for a probe,
+// pull brings the next one within probeDemandMax of the last.
 func probeInterval(elapsed, cooldown time.Duration) time.Duration {
 	iv := min(cooldown, 20*time.Millisecond+elapsed/30)
 	return time.Duration(float64(iv) * (0.8 + 0.4*rand.Float64()))
+}
+
+// pull returns when the next probe is due, due or sooner: while calls wait,
+// within probeDemandMax (80 to 100% of it, jittered) of the last probe's
+// start, and not before now.
+func (b *breaker) pull(due time.Time) time.Time {
+	p := time.Unix(0, b.lastStart.Load()).Add(time.Duration(float64(probeDemandMax) * (0.8 + 0.2*rand.Float64())))
+	if now := time.Now(); p.Before(now) {
+		p = now
+	}
+	if p.Before(due) {
+		return p
+	}
+	return due
 }
 
 // run is the prober: one goroutine per Connector, while the breaker is open.
@@ -418,15 +567,29 @@ func probeInterval(elapsed, cooldown time.Duration) time.Duration {
 // stops it.
 func (b *breaker) run(openedAt time.Time) {
 	defer b.wg.Done()
+	defer b.publish() // Close: calls still waiting return
 	for {
-		wait := probeInterval(time.Since(openedAt), b.cooldown)
-		b.next.Store(time.Now().Add(wait).UnixNano())
-		t := time.NewTimer(wait)
-		select {
-		case <-b.ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
+		due := time.Now().Add(probeInterval(time.Since(openedAt), b.cooldown))
+		if b.waiters.Load() > 0 {
+			due = b.pull(due)
+		}
+		b.next.Store(due.UnixNano())
+		t := time.NewTimer(time.Until(due))
+	sleep:
+		for {
+			select {
+			case <-b.ctx.Done():
+				t.Stop()
+				return
+			case <-b.demand:
+				if p := b.pull(due); p.Before(due) {
+					due = p
+					b.next.Store(due.UnixNano())
+					t.Reset(time.Until(due))
+				}
+			case <-t.C:
+				break sleep
+			}
 		}
 		b.mu.Lock()
 		done, err := b.cb.Allow() // open -> half-open
@@ -434,10 +597,12 @@ func (b *breaker) run(openedAt time.Time) {
 		if err != nil {
 			continue
 		}
+		began := time.Now()
+		b.lastStart.Store(began.UnixNano())
 		b.next.Store(0)
 		b.probes.Add(1)
-		began := time.Now()
 		perr := b.probeFn(b.ctx)
+		b.lastDur.Store(int64(time.Since(began)))
 		if b.ctx.Err() != nil {
 			// Close: back to open (not counted as a probe failure), so
 			// the state reads open, not half-open, from now on.
@@ -458,6 +623,7 @@ func (b *breaker) run(openedAt time.Time) {
 		done(outcome)
 		closed := BreakerState(b.state.Load()) == BreakerClosed
 		b.mu.Unlock()
+		b.publish()
 		if closed {
 			return
 		}
@@ -481,15 +647,26 @@ func (b *breaker) close() {
 // model (it counts what the error model concluded). With breaker=off,
 // owner.breaker is nil and its methods do nothing.
 
-// gate runs call behind b: rejected at once while b is open, counted by its
-// error otherwise. call does not escape: the closure costs no allocation.
+// gate runs call behind b: while b is open it waits for the next probe
+// (wait), counted by its error otherwise. A statement PgBouncer refused
+// before forwarding it, which database/sql will run again at once on another
+// connection (driver.ErrBadConn), is held until PgBouncer serves again,
+// within ctx's deadline (wait.go's awaitServing). call does not escape: the
+// closure costs no allocation.
 func gate[T any](ctx context.Context, b *breaker, call func() (T, error)) (T, error) {
-	if err := b.before(); err != nil {
+	if err := b.wait(ctx); err != nil {
 		var zero T
 		return zero, err
 	}
 	v, err := call()
+	if err == nil {
+		b.done(ctx, nil)
+		return v, nil
+	}
 	b.done(ctx, err)
+	if b != nil && b.refused != nil && bouncerNotForwarded(err) && errors.Is(err, driver.ErrBadConn) && !b.refused(ctx) {
+		return v, &refusedError{err}
+	}
 	return v, err
 }
 

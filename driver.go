@@ -90,6 +90,23 @@ type Connector struct {
 	// reuseFailedAt: unix nanoseconds of the last failed reuse check the
 	// breaker counted.
 	reuseFailedAt atomic.Int64
+
+	// The waits of wait.go: life ends with Close, which releases every
+	// call waiting and waits for the goroutines in wg; connecting holds a
+	// slot per connection attempt under way (maxConnecting); idle wakes
+	// calls waiting out a "not yet" when a pooled connection comes free;
+	// serving is PgBouncer's shared check (awaitServing).
+	life       context.Context
+	stop       context.CancelFunc
+	wg         sync.WaitGroup
+	connecting chan struct{}
+	idle       idleSignal
+	serving    servingCheck
+
+	// execMode is set once a transaction pooler refused one of pgx's own
+	// cached statements (stale.go): new connections then use
+	// QueryExecModeExec instead of pgx's default statement cache.
+	execMode atomic.Bool
 }
 
 // defaultVerifyTimeout bounds the ping that verifies a pooled connection
@@ -159,6 +176,9 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 		c.logger = slog.New(slog.DiscardHandler)
 	}
 	c.verifyTimeout = defaultVerifyTimeout
+	c.life, c.stop = context.WithCancel(context.Background())
+	c.connecting = make(chan struct{}, maxConnecting)
+	c.idle.init()
 	c.idlePing, c.idleProofMax, c.peekAfter = idlePingAfter, idleProofMax, peekAfter
 	if c.cfg.QueryTimeout > 0 && c.cfg.QueryTimeout < c.verifyTimeout {
 		c.verifyTimeout = c.cfg.QueryTimeout
@@ -180,16 +200,19 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 		popts := []stdlib.OptionOpenDB{stdlib.OptionShouldPing(neverPing)}
 		c.role = targetRole(cfg.ConnConfig)
 		order := hostOrder{c}.before
-		if user := o.beforeConnect; user != nil {
-			popts = append(popts, stdlib.OptionBeforeConnect(func(ctx context.Context, cc *pgx.ConnConfig) error {
-				if err := order(ctx, cc); err != nil {
+		user := o.beforeConnect
+		popts = append(popts, stdlib.OptionBeforeConnect(func(ctx context.Context, cc *pgx.ConnConfig) error {
+			if err := order(ctx, cc); err != nil {
+				return err
+			}
+			if user != nil {
+				if err := user(ctx, cc); err != nil {
 					return err
 				}
-				return user(ctx, cc)
-			}))
-		} else if len(cfg.ConnConfig.Fallbacks) > 0 {
-			popts = append(popts, stdlib.OptionBeforeConnect(order))
-		}
+			}
+			c.connMode(cc)
+			return nil
+		}))
 		if o.afterConnect != nil {
 			popts = append(popts, stdlib.OptionAfterConnect(o.afterConnect))
 		}
@@ -207,6 +230,7 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 		// Connections handed out unverified while open are verified on
 		// their next reuse.
 		c.breaker.onClose = func() { c.gen.Add(1) }
+		c.breaker.refused = c.awaitServing
 	}
 	if len(o.interceptors) > 0 {
 		c.chain = buildChain(baseConnector{c}, o.interceptors)
@@ -299,16 +323,24 @@ func (c *Connector) invalidate(from uint64, op Op, cause error) (news bool) {
 const sameEvent = time.Second
 
 // openBase opens the wrapped driver's connection, retrying as configured,
-// behind the breaker: rejected at once while it is open. Before the first
+// behind the breaker: while it is open, the call waits for the prober's next
+// probe when that is due soon (breaker.wait), and is rejected otherwise. Before the first
 // working connection, the call is counted as a whole by what the last
 // attempt's error says about the server's reachability; after it, connect
 // counts every attempt.
 func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
-	if err := c.breaker.before(); err != nil {
+	if err := c.breaker.wait(ctx); err != nil {
 		return nil, err
 	}
 	counted := c.connected.Load()
 	inner, err := c.connect(ctx)
+	if err != nil && counted && errors.Is(err, ErrCircuitOpen) {
+		// The breaker opened during this call's retries: it waits for the
+		// next probe once, as a call finding it open does.
+		if c.breaker.awaitProbe(ctx) == nil {
+			inner, err = c.connect(ctx)
+		}
+	}
 	if c.breaker != nil && !counted {
 		c.breaker.after(breakerConnectClass(connectClass(ctx, err), err), tripCall, err)
 	}
@@ -349,13 +381,18 @@ func (c *Connector) probe(ctx context.Context) error {
 	return nil
 }
 
-// Close stops the breaker's background prober and waits for it. database/sql
-// calls it from DB.Close; it implements io.Closer. Connections still open are
-// not touched (DB.Close closes them). A Connector used after Close keeps
-// working, but an open breaker then stays open: nothing probes any more.
+// Close stops the breaker's background prober and waits for it, and
+// releases the calls waiting out a refusal, a probe or a slot for a
+// connection attempt: they return at once. database/sql calls it from
+// DB.Close; it implements io.Closer. Connections still open are not touched
+// (DB.Close closes them). A Connector used after Close keeps working, without
+// waiting before a retry, but an open breaker then stays open: nothing
+// probes any more.
 func (c *Connector) Close() error {
+	c.stop() // calls waiting (wait.go) return now
 	c.breaker.close()
 	c.mon.close()
+	c.wg.Wait()
 	return nil
 }
 

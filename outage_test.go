@@ -64,18 +64,24 @@ func TestOutageServerStopped(t *testing.T) {
 		if tripped != failures {
 			t.Errorf("the breaker opened after %d failed calls, want breaker_failures=%d", tripped, failures)
 		}
-		// Each failed call made 1 + connect_retries attempts, each one
-		// dialled; pgx may dial once more per attempt to send a
-		// CancelRequest (see outageSettle). The background probes dial
+		// The proxy accepts each connection and closes it (nothing
+		// behind it): each failed call retried that soon, for
+		// proxyRetryFor (wait.go), not within connect_retries; each
+		// attempt dialled, and pgx may dial once more per attempt to send
+		// a CancelRequest (see outageSettle). The background probes dial
 		// too, once each (+ a CancelRequest).
 		accepted := outageSettle(p, 500*time.Millisecond)
 		probes := cn.Stats().Probes
-		if got, attempts := accepted-before, int64(2*tripped); got < attempts || got > 2*attempts+2*probes {
+		st := cn.Stats()
+		if got, attempts := accepted-before, st.ConnectFailures; got < attempts || got > 2*attempts+2*probes {
 			t.Errorf("the failing calls reached the proxy %d times, want %d attempts (+ up to %d CancelRequests, + %d probes)", got, attempts, attempts, probes)
 		}
-		st := cn.Stats()
-		if st.ConnectFailures != int64(2*tripped) || st.ConnectRetries != int64(tripped) {
-			t.Errorf("ConnectFailures %d, ConnectRetries %d; want %d and %d", st.ConnectFailures, st.ConnectRetries, 2*tripped, tripped)
+		// Each call made several attempts (more than 1 + connect_retries),
+		// its last one not a retry; at most one every proxyBackoff.
+		if st.ConnectFailures-st.ConnectRetries != int64(tripped) || st.ConnectFailures <= int64(2*tripped) ||
+			st.ConnectFailures > int64(tripped)*int64(proxyRetryFor/proxyBackoff+1) {
+			t.Errorf("ConnectFailures %d, ConnectRetries %d, for %d calls: want more than %d, the calls' retries less one per call",
+				st.ConnectFailures, st.ConnectRetries, tripped, 2*tripped)
 		}
 
 		rejected := st.BreakerRejected
@@ -106,6 +112,13 @@ func TestOutageServerStopped(t *testing.T) {
 		}
 		if got := cn.Stats().BreakerRejected - rejected; got != calls {
 			t.Errorf("BreakerRejected grew by %d, want %d", got, calls)
+		}
+		// A call finding the breaker open waits for the prober's next
+		// probe (at most probeDemandMax away while calls wait), and fails
+		// when it found the server still down: not in microseconds, and
+		// not much later than one probe interval.
+		if med, slowest := median(lat), outageMax(lat); med < time.Millisecond || slowest > time.Second {
+			t.Errorf("rejections: median %v, slowest %v; want them to wait for a probe (~%v), and none over 1s", med, slowest, probeDemandMax)
 		}
 		t.Logf("MEASURE outage/stopped %s median_reject=%s max_reject=%s reached_proxy=%d/%d failed_before_open=%d",
 			DriverName, outageMS(median(lat)), outageMS(outageMax(lat)), reached, calls, tripped)

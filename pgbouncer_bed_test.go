@@ -274,7 +274,9 @@ func serverDown(e *faultEnv, n int) faultOutcome {
 	}()
 	var out faultOutcome
 	for id := 1; id <= n; id++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		// 4 s: over query_wait_timeout (2 s), whose end raw pgx reports;
+		// pgresilient waits for PgBouncer to serve again within it.
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 		began := time.Now()
 		_, err := e.db.ExecContext(ctx, "insert into "+e.table+" (id) values ($1)", id)
 		cancel()
@@ -285,12 +287,15 @@ func serverDown(e *faultEnv, n int) faultOutcome {
 }
 
 // wantNotForwarded fails unless err says that PgBouncer never forwarded the
-// statement: safe to retry (driver.ErrBadConn, which database/sql did, up
-// to its limit), never ErrConnLost.
+// statement: PgBouncer's refusal, never ErrConnLost. pgresilient waits for
+// PgBouncer to serve again within the call's deadline before database/sql
+// retries; when it does not, the refusal itself (refusedError), which
+// database/sql does not retry into the deadline.
 func wantNotForwarded(t *testing.T, err error) {
 	t.Helper()
-	if !errors.Is(err, driver.ErrBadConn) || errors.Is(err, ErrConnLost) {
-		t.Errorf("pgresilient: want a safe-to-retry error (nothing forwarded), got %v", err)
+	var re *refusedError
+	if !bouncerNotForwarded(err) || errors.Is(err, ErrConnLost) || !errors.As(err, &re) && !errors.Is(err, driver.ErrBadConn) {
+		t.Errorf("pgresilient: want PgBouncer's refusal (nothing forwarded), got %v", err)
 	}
 }
 

@@ -21,6 +21,11 @@ type ConnectError struct {
 	Attempts  int  // attempts made, 1 + retries
 	Permanent bool // a failure no retry fixes: authentication, no such database, TLS
 	Err       error
+
+	// poolFree: a "not yet" whose wait ended because a pooled connection
+	// came free: the error also matches driver.ErrBadConn, so that
+	// database/sql takes that connection. Nothing was sent.
+	poolFree bool
 }
 
 // Error says how many attempts failed, or that the failure is permanent.
@@ -31,8 +36,15 @@ func (e *ConnectError) Error() string {
 	return "pgresilient: connect failed after " + strconv.Itoa(e.Attempts) + " attempt(s): " + errString(e.Err)
 }
 
-// Unwrap returns ErrConnectFailed and the last attempt's error.
-func (e *ConnectError) Unwrap() []error { return []error{ErrConnectFailed, e.Err} }
+// Unwrap returns ErrConnectFailed and the last attempt's error, and
+// driver.ErrBadConn when a pooled connection came free while the attempt
+// waited out a "not yet" (database/sql then takes it).
+func (e *ConnectError) Unwrap() []error {
+	if e.poolFree {
+		return []error{ErrConnectFailed, e.Err, driver.ErrBadConn}
+	}
+	return []error{ErrConnectFailed, e.Err}
+}
 
 // backoff returns the wait before retry n (0-based): full jitter, a uniform
 // random duration in [0, min(max, base·2ⁿ)].
@@ -52,29 +64,52 @@ func backoff(n int, base, max time.Duration) time.Duration {
 
 // connectOnce makes one attempt, bounded by query_timeout (pgx's
 // connect_timeout, when set, bounds it too), or by what remains of this
-// call's budget after a reuse check of the same call timed out.
+// call's budget after a reuse check of the same call timed out. It first
+// takes one of the Connector's maxConnecting slots, waiting within ctx.
 func (c *Connector) connectOnce(ctx context.Context) (driver.Conn, error) {
 	d, ok := c.budgetLeft(ctx, c.cfg.QueryTimeout)
 	if !ok {
 		return nil, errBudgetSpent
 	}
+	// The slot is waited for within the caller's context only: a wait for
+	// a slot says nothing about the server.
+	release, err := c.attemptSlot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	ctx, cancel := within(ctx, d)
 	defer cancel()
 	return c.inner.Connect(ctx)
 }
 
-// connect opens one connection of the wrapped driver, retrying transient
-// failures up to connect_retries times with backoff, always within ctx.
+// connect opens one connection of the wrapped driver, retrying failures
+// that may clear by themselves, always within ctx. The waiting rules are
+// wait.go's:
 //
-// Once the Connector has had a working connection, every failed attempt
-// counts against the breaker, and one that times out opens it at once; when
-// the breaker opens (by this loop's failures or other calls'), the loop stops
-// at once with a *CircuitOpenError wrapping its last *ConnectError. Before
-// that, the call as a whole is counted by openBase, and waits for a database
-// that is still starting.
+//   - a "not yet" (a full or starting server, PgBouncer's refusals, a server
+//     of the wrong role for target_session_attrs) is retried with backoff
+//     and full jitter until ctx's deadline less headroom for the statement
+//     (notYetCeiling without one), not within connect_retries, and never
+//     counts for the breaker. The wait ends early, with an error matching
+//     driver.ErrBadConn, when a pooled connection comes free (idleSignal);
+//   - a connection a proxy accepted and closed is retried soon
+//     (proxyBackoff), within the same bound and for proxyRetryFor at most,
+//     and counts;
+//   - any other transient failure is retried up to connect_retries times.
+//
+// Once the Connector has had a working connection, every counted failed
+// attempt counts against the breaker, and one that times out opens it at
+// once; when the breaker opens (by this loop's failures or other calls'),
+// the loop stops at once with a *CircuitOpenError wrapping its last
+// *ConnectError. Before that, the call as a whole is counted by openBase,
+// and waits for a database that is still starting.
 func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 	retries := c.cfg.ConnectRetries
 	counting := c.breaker != nil && c.connected.Load()
+	limit := waitLimit(ctx, time.Now())
+	var notYetN, closedN, otherN int
+	var closedSince time.Time // the call's first connection a proxy closed
 	for attempt := 0; ; attempt++ {
 		dc, err := c.connectOnce(ctx)
 		if err == nil {
@@ -83,6 +118,9 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 				c.breaker.after(classNone, tripSpan, nil)
 			}
 			return dc, nil
+		}
+		if errors.Is(err, errConnectorClosed) {
+			return nil, &ConnectError{Attempts: attempt + 1, Err: err}
 		}
 		c.stats.connectFailures.Add(1)
 		class := connectClass(ctx, err)
@@ -104,33 +142,97 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 			// This attempt or other calls opened the breaker: stop here.
 			return nil, c.breaker.openError(&ConnectError{Attempts: attempt + 1, Err: err})
 		}
-		if attempt >= retries || timeout || bouncerError(err) == bouncerQueueTimeout {
+		kind := refusalOf(err)
+		if timeout || bouncerError(err) == bouncerQueueTimeout {
 			// A timeout is a connectivity failure, but not retried: an
 			// unreachable host would only make the caller wait again;
 			// PgBouncer's query_wait_timeout at login is one too.
 			return nil, &ConnectError{Attempts: attempt + 1, Err: err}
 		}
-		wait := backoff(attempt, c.cfg.ConnectBackoff, c.cfg.ConnectBackoffMax)
-		if counting {
+		var wait time.Duration
+		switch kind {
+		case refusalNotYet:
+			wait = backoff(notYetN, c.cfg.ConnectBackoff, c.cfg.ConnectBackoffMax)
+			notYetN++
+		case refusalProxyClosed:
+			if closedN == 0 {
+				closedSince = time.Now()
+			} else if time.Since(closedSince) >= proxyRetryFor {
+				return nil, &ConnectError{Attempts: attempt + 1, Err: err}
+			}
+			wait = backoff(closedN, proxyBackoff, proxyBackoffMax)
+			closedN++
+		default:
+			if otherN >= retries {
+				return nil, &ConnectError{Attempts: attempt + 1, Err: err}
+			}
+			wait = backoff(otherN, c.cfg.ConnectBackoff, c.cfg.ConnectBackoffMax)
+			otherN++
+		}
+		if counting && breakerConnectClass(class, err) == classGone {
 			if due := c.breaker.tripDue(); due > 0 && due < wait {
 				wait = due
 			}
 		}
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+		if kind != refusalNone {
+			// Waited out within the deadline less headroom: the last
+			// attempt comes at that limit, not a backoff past it.
+			left := time.Until(limit)
+			if left <= time.Millisecond {
+				return nil, &ConnectError{Attempts: attempt + 1, Err: err}
+			}
+			wait = min(wait, left)
+		} else if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
 			return nil, &ConnectError{Attempts: attempt + 1, Err: err}
 		}
 		c.stats.connectRetries.Add(1)
 		c.logger.LogAttrs(ctx, slog.LevelDebug, "pgresilient: connect failed, retrying",
 			slog.Int("attempt", attempt+1), slog.Duration("backoff", wait), slog.String("cause", logCause(err)))
-		t := time.NewTimer(wait)
+		if werr := c.connectWait(ctx, wait, kind == refusalNotYet); werr != nil {
+			switch {
+			case errors.Is(werr, ErrCircuitOpen):
+				return nil, c.breaker.openError(&ConnectError{Attempts: attempt + 1, Err: err})
+			case errors.Is(werr, errPoolFree):
+				// A pooled connection came free: database/sql takes it on
+				// its next try. Nothing was sent.
+				return nil, &ConnectError{Attempts: attempt + 1, Err: err, poolFree: true}
+			}
+			return nil, &ConnectError{Attempts: attempt + 1, Err: errors.Join(werr, err)}
+		}
+	}
+}
+
+// errPoolFree ends connectWait when a pooled connection came free.
+var errPoolFree = errors.New("pgresilient: a pooled connection came free")
+
+// connectWait waits d before the next connection attempt, unless ctx ends,
+// the Connector is closed, the breaker opens (an error matching
+// ErrCircuitOpen) or, for a "not yet" (idle), a pooled connection comes free
+// and the call may take it (errPoolFree).
+func (c *Connector) connectWait(ctx context.Context, d time.Duration, idle bool) error {
+	var free <-chan struct{}
+	if idle {
+		ch, done := c.idle.wait()
+		defer done()
+		free = ch
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return nil, &ConnectError{Attempts: attempt + 1, Err: errors.Join(ctx.Err(), err)}
+			return ctx.Err()
+		case <-c.life.Done():
+			return errConnectorClosed
 		case <-c.breaker.opened():
-			t.Stop()
-			return nil, c.breaker.openError(&ConnectError{Attempts: attempt + 1, Err: err})
+			return ErrCircuitOpen
+		case <-free:
+			if c.idle.release(ctx) {
+				return errPoolFree
+			}
+			free = nil // this call used its releases: wait out d
 		case <-t.C:
+			return nil
 		}
 	}
 }
@@ -187,17 +289,4 @@ func sameCtx(a, b context.Context) (same bool) {
 		}
 	}()
 	return a == b
-}
-
-// breakerConnectClass is what a failed connection attempt of class means to
-// the breaker: a server that answered, but not as wanted, is no outage. It
-// is one that failed target_session_attrs's check (a change of primary under
-// way: counted, five of them opened the breaker while no server accepted
-// writes, and it went on refusing writes after the new primary did), or a
-// full PgBouncer (max_client_conn). Such attempts are still retried.
-func breakerConnectClass(class errClass, err error) errClass {
-	if class == classGone && (errors.Is(err, errWrongRole) || bouncerError(err) == bouncerFull) {
-		return classOther
-	}
-	return class
 }

@@ -217,6 +217,7 @@ func (c *baseConn) IsValid() bool {
 	}
 	c.proveAlive()
 	c.pooled.Store(poolIdle) // back in the pool: a sweep may close it
+	c.owner.idle.pooled()    // calls waiting out a "not yet" may take it (wait.go)
 	return true
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -41,13 +42,52 @@ import (
 //
 // Nothing of this costs anything while no statement is refused: the checks
 // run on the error path only.
+//
+// A transaction pooler (PgBouncer, pool_mode=transaction) refuses pgx's
+// cached statements for another reason: consecutive statements of one client
+// connection run on different server connections, so a statement pgx
+// prepared on one is missing on the next (26000), or another client already
+// prepared the same name on it (42P05: pgx names its cached statements after
+// their text, stmtcache_<hash>). Both are refused at Parse or Bind, before
+// anything runs. The first 42P05 on a stmtcache_ name, or a second refusal
+// of one after the run again above, switches the Connector, once, to
+// default_query_exec_mode=exec for its new connections (unnamed statements,
+// one round trip; TestPgBouncerExecModes measured it, with cache_describe, as
+// the modes that work there), logged at Warn and counted in
+// Stats.ExecModeSwitches. A connection opened before the switch that meets
+// such a refusal outside a transaction is discarded and the statement handed
+// to database/sql as driver.ErrBadConn: it runs again on another connection,
+// and database/sql's last try is on a new one. Recognising PgBouncer at
+// connect was not possible: it relays the server's ParameterStatus and
+// says nothing of its own, and under session pooling the cache works.
 
 // The SQLSTATEs of a statement the server refused before running it because
 // its prepared form is stale.
 const (
 	codeFeatureNotSupported = "0A000" // with RevalidateCachedQuery: "cached plan must not change result type"
 	codeNoPreparedStatement = "26000" // invalid_sql_statement_name: "prepared statement ... does not exist"
+	codeDuplicatePrepared   = "42P05" // duplicate_prepared_statement: "prepared statement ... already exists"
 )
+
+// pgxCachedName starts the name of every statement pgx's statement cache
+// prepares (stmtcache_ and a hash of the text), as PostgreSQL quotes it in
+// its messages.
+const pgxCachedName = `"stmtcache_`
+
+// cachedRefused reports a refusal of one of pgx's own cached statements
+// that a transaction pooler explains (26000 or 42P05 naming stmtcache_...):
+// refused at Parse or Bind, before anything ran.
+func cachedRefused(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || serverGone(pgErr) {
+		return false
+	}
+	switch pgErr.Code {
+	case codeNoPreparedStatement, codeDuplicatePrepared:
+		return strings.Contains(pgErr.Message, pgxCachedName)
+	}
+	return false
+}
 
 // staleStatement reports whether err is the server refusing a stale
 // prepared statement before running anything of it. 0A000 is the class
@@ -62,6 +102,8 @@ func staleStatement(err error) bool {
 	switch pgErr.Code {
 	case codeNoPreparedStatement:
 		return true
+	case codeDuplicatePrepared:
+		return strings.Contains(pgErr.Message, pgxCachedName)
 	case codeFeatureNotSupported:
 		return pgErr.Routine == "RevalidateCachedQuery" ||
 			strings.Contains(pgErr.Message, "cached plan must not change result type")
@@ -98,6 +140,13 @@ func retryStale[T any](c *baseConn, ctx, stmtCtx context.Context, query string, 
 	if !staleStatement(err) || !singleStatement(query) {
 		return res, mark, false, err
 	}
+	pooler := c.pgx != nil && cachedRefused(err)
+	if pooler && (c.owner.execMode.Load() || isCode(err, codeDuplicatePrepared)) {
+		c.owner.useExecMode(ctx, err)
+		if !c.inTx.Load() {
+			return res, mark, true, c.poolerRefused(ctx, err)
+		}
+	}
 	if c.inTx.Load() {
 		if c.aborted.Load() != nil || c.tx == nil || c.tx.pgx == nil || c.wire == nil ||
 			mark != c.tx.mark || c.savepoint.Load() {
@@ -114,6 +163,11 @@ func retryStale[T any](c *baseConn, ctx, stmtCtx context.Context, query string, 
 		slog.Bool("in_tx", c.inTx.Load()), slog.String("cause", logCause(err)))
 	mark = c.mark()
 	res, err = run()
+	if err != nil && !c.inTx.Load() && c.pgx != nil && cachedRefused(err) {
+		// Refused again, by a transaction pooler.
+		c.owner.useExecMode(ctx, err)
+		return res, mark, true, c.poolerRefused(ctx, err)
+	}
 	if err != nil && c.inTx.Load() && staleStatement(err) {
 		// Refused again, after the transaction began again: it is aborted.
 		final := c.abortStale(ctx, err)
@@ -178,4 +232,44 @@ func (c *baseConn) restartTx(ctx, stmtCtx context.Context) error {
 func isStaleAbort(err error) bool {
 	var se *StaleStatementError
 	return errors.Is(err, ErrTxAborted) && errors.As(err, &se)
+}
+
+// isCode reports whether err is a server error with SQLSTATE code.
+func isCode(err error, code string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == code
+}
+
+// useExecMode switches the Connector, once, to QueryExecModeExec for its new
+// connections: a transaction pooler refused one of pgx's cached statements.
+func (c *Connector) useExecMode(ctx context.Context, err error) {
+	if !c.execMode.CompareAndSwap(false, true) {
+		return
+	}
+	c.stats.execModeSwitches.Add(1)
+	c.logger.LogAttrs(ctx, slog.LevelWarn,
+		"pgresilient: a transaction pooler refused pgx's cached statements: new connections use default_query_exec_mode=exec (set it in the DSN to start with it)",
+		slog.String("cause", logCause(err)))
+}
+
+// connMode is part of the BeforeConnect hook of pgx's connector: after the
+// switch, a new connection uses QueryExecModeExec instead of pgx's default
+// statement cache. A mode the DSN chose otherwise is left alone.
+func (c *Connector) connMode(cc *pgx.ConnConfig) {
+	if c.execMode.Load() && cc.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement {
+		cc.DefaultQueryExecMode = pgx.QueryExecModeExec
+	}
+}
+
+// poolerRefused discards the connection whose cached statement a
+// transaction pooler refused, outside a transaction, and returns the error
+// that hands the statement to database/sql as driver.ErrBadConn: nothing of
+// it ran (refused at Parse or Bind), and the connection would meet the same
+// refusal again. Not a breaker failure: the server answered.
+func (c *baseConn) poolerRefused(ctx context.Context, err error) error {
+	c.markBroken(discardLost)
+	c.owner.stats.badConnRetries.Add(1)
+	c.owner.logger.LogAttrs(ctx, slog.LevelDebug, "pgresilient: cached statement refused by a transaction pooler: run again on another connection",
+		slog.String("cause", logCause(err)))
+	return &DisconnectError{Op: OpPrepare, safe: true, Err: err, known: true}
 }

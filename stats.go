@@ -40,6 +40,11 @@ type counters struct {
 	verifications   atomic.Int64
 	staleRetries    atomic.Int64
 	canceled        atomic.Int64
+
+	// wait.go and stale.go (issue 21)
+	notYetWaits      atomic.Int64
+	attemptWaits     atomic.Int64
+	execModeSwitches atomic.Int64
 }
 
 // Stats is a snapshot of a Connector's counters since it was created. All
@@ -82,6 +87,10 @@ type Stats struct {
 	PoolRollbacks   int64 // connections rolled back on their way into the pool, left inside a transaction block
 
 	StaleStatementRetries int64 // statements refused as stale (0A000 cached plan, 26000) and run again on a fresh plan, their transaction begun again if nothing but BEGIN had run
+
+	NotYetWaits      int64 // statements PgBouncer refused before forwarding them (login failing, query_wait_timeout) held until it served again, before database/sql's retry
+	AttemptWaits     int64 // connection attempts that waited for one of the Connector's 8 slots (at most 8 under way at once)
+	ExecModeSwitches int64 // 1 once a transaction pooler refused pgx's cached statements (42P05, 26000 on stmtcache_...): new connections use default_query_exec_mode=exec
 
 	Canceled int64 // statements a deadline ended that the server canceled when asked (ErrCanceled; the connection kept)
 
@@ -130,6 +139,10 @@ func (c *Connector) Stats() Stats {
 
 		StaleStatementRetries: c.stats.staleRetries.Load(),
 		Canceled:              c.stats.canceled.Load(),
+
+		NotYetWaits:      c.stats.notYetWaits.Load(),
+		AttemptWaits:     c.stats.attemptWaits.Load(),
+		ExecModeSwitches: c.stats.execModeSwitches.Load(),
 	}
 	if c.mon != nil {
 		s.HostChecks = c.mon.checks.Load()
