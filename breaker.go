@@ -65,7 +65,7 @@ func fromGobreaker(s gobreaker.State) BreakerState {
 type CircuitOpenError struct {
 	Addr      string    // the server address(es) the breaker guards, host:port, comma-separated; "" with WithDriver
 	OpenedAt  time.Time // when the breaker opened
-	NextProbe time.Time // when the background probe next checks the server; zero while one is running
+	NextProbe time.Time // when the background prober next starts a probe (sooner while calls wait); zero if unknown
 	// Last is the failure that last counted against the server: the one
 	// that opened the breaker, or a failed probe's since. It says why, for
 	// the message and for logs; it is not wrapped (errors.Is and errors.As
@@ -188,14 +188,12 @@ type breaker struct {
 	// The waits of calls while open: probed is closed, and replaced, when
 	// a probe's outcome is in; demand tells the prober a call waits
 	// (waiters counts them), so the next probe comes within
-	// probeDemandMax of the last one; lastStart and lastDur are the last
-	// probe's start (unix nanoseconds) and duration, what a call expects
-	// the next one to take.
+	// probeDemandMax of the last one's start, lastStart (unix
+	// nanoseconds).
 	probed    atomic.Pointer[chan struct{}]
 	demand    chan struct{}
 	waiters   atomic.Int32
 	lastStart atomic.Int64
-	lastDur   atomic.Int64
 
 	logger      *slog.Logger
 	onChange    func(from, to BreakerState)
@@ -257,13 +255,6 @@ func (b *breaker) changed(from, to BreakerState) {
 	case from == BreakerClosed && to == BreakerOpen:
 		b.openedAt.Store(now.UnixNano())
 		b.lastStart.Store(now.UnixNano())
-		if b.rule == tripNow {
-			// Opened by a timeout: a probe will likely take as long, so
-			// calls fail at once until one answers quickly.
-			b.lastDur.Store(int64(slowProbe))
-		} else {
-			b.lastDur.Store(0)
-		}
 		close(*b.openCh.Load())
 		b.transitions.Add(1)
 		b.logger.LogAttrs(context.Background(), slog.LevelWarn, "pgresilient: circuit breaker open",
@@ -330,20 +321,19 @@ func (b *breaker) before() error {
 	return b.openError(nil)
 }
 
-// While open, a call waits for the outcome of the prober's next probe when
-// that is expected within breakerWaitMax and before the call's deadline:
-// probes then come at most probeDemandMax apart, so a call waits about that
-// long at most, and fails with ErrCircuitOpen only when the probe found the
-// server still unable to serve. A call that cannot expect an answer so soon
-// (the last probe, or the failure that opened the breaker, took long: a
-// blackhole) fails at once, as before: waiting would only cost it the
-// time, for the same answer.
+// While open, a call waits for the outcome of the prober's next probe, for
+// breakerWaitMax at most and within its deadline: probes then come at most
+// probeDemandMax apart, so a call waits about that long when the server
+// refuses, and fails with ErrCircuitOpen when the probe found it still
+// unable to serve. A call whose deadline ends before the next probe starts
+// fails at once. In a blackhole, where probes go unanswered, a call waits
+// breakerWaitMax and fails (it failed in microseconds before issue 21: the
+// price of serving a call at once when a proxy routes to a server again).
 const (
 	probeDemandMax = 100 * time.Millisecond
 	breakerWaitMax = 250 * time.Millisecond
-	// slowProbe is what a call expects of the first probe after a timeout
-	// opened the breaker: too long to wait for.
-	slowProbe = 4 * breakerWaitMax
+	// maxProbes bounds the probes under way at once (run's hedges).
+	maxProbes = 3
 )
 
 // wait lets a call through when closed (one atomic load; a nil breaker lets
@@ -375,8 +365,7 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 		return nil
 	}
 	now := time.Now()
-	expect := b.expected(now)
-	if dl, ok := ctx.Deadline(); expect > breakerWaitMax || ok && dl.Sub(now) < expect || b.ctx.Err() != nil {
+	if dl, ok := ctx.Deadline(); ok && dl.Sub(now) < b.untilProbe(now)+time.Millisecond || b.ctx.Err() != nil {
 		return errProbeFailed
 	}
 	b.waiters.Add(1)
@@ -385,7 +374,7 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 	case b.demand <- struct{}{}:
 	default:
 	}
-	t := time.NewTimer(expect + probeDemandMax)
+	t := time.NewTimer(breakerWaitMax)
 	defer t.Stop()
 	select {
 	case <-ch:
@@ -400,21 +389,14 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 	return errProbeFailed
 }
 
-// expected returns how long until the next probe's outcome is in, as far as
-// the last probe tells: until it starts (pulled forward by waiting calls)
-// and its duration, that of the last one.
-func (b *breaker) expected(now time.Time) time.Duration {
-	dur := time.Duration(b.lastDur.Load())
-	started := time.Unix(0, b.lastStart.Load())
-	next := b.next.Load()
-	if next == 0 { // a probe is under way
-		return max(dur-now.Sub(started), time.Millisecond)
-	}
-	due := time.Unix(0, next)
-	if pulled := started.Add(probeDemandMax); pulled.Before(due) {
+// untilProbe returns how long until the next probe starts, at the latest,
+// once a waiting call pulled it forward (pull).
+func (b *breaker) untilProbe(now time.Time) time.Duration {
+	due := time.Unix(0, b.next.Load())
+	if pulled := time.Unix(0, b.lastStart.Load()).Add(probeDemandMax); pulled.Before(due) {
 		due = pulled
 	}
-	return max(due.Sub(now), 0) + dur
+	return max(due.Sub(now), 0)
 }
 
 // publish wakes the calls waiting for a probe's outcome.
@@ -565,68 +547,109 @@ func (b *breaker) pull(due time.Time) time.Time {
 // It connects (startup included) through the wrapped connector, closes that
 // connection again, and closes the breaker the moment one succeeds. Close
 // stops it.
+//
+// A probe still unanswered when the next is due is hedged: another starts
+// beside it, up to maxProbes under way. A proxy may hold a connection (HAProxy
+// retrying a server that refuses, queueing while none is UP) past the moment
+// it routes to a server that serves: measured behind HAProxy in a Patroni
+// switchover, a probe begun 0.3 s before that moment waited out its whole
+// 1 s timeout, and the breaker closed 0.7 s late; the hedge begun after the
+// moment connects in milliseconds. The breaker is half-open while any probe
+// is under way, and open again once all of them failed.
 func (b *breaker) run(openedAt time.Time) {
 	defer b.wg.Done()
 	defer b.publish() // Close: calls still waiting return
+	type result struct {
+		err  error
+		took time.Duration
+	}
+	results := make(chan result, maxProbes)
+	var (
+		token    func(error) // gobreaker's half-open permit, while probes are under way
+		inflight int
+	)
+	settle := func(outcome error) { // under mu
+		if token != nil {
+			token(outcome)
+			token = nil
+		}
+	}
+	defer func() {
+		// Close: back to open (not counted as a probe failure), so the
+		// state reads open, not half-open, from now on.
+		b.mu.Lock()
+		settle(errFailure)
+		b.mu.Unlock()
+	}()
+	due := time.Now().Add(probeInterval(time.Since(openedAt), b.cooldown))
+	if b.waiters.Load() > 0 {
+		due = b.pull(due)
+	}
+	b.next.Store(due.UnixNano())
+	t := time.NewTimer(time.Until(due))
+	defer t.Stop()
 	for {
-		due := time.Now().Add(probeInterval(time.Since(openedAt), b.cooldown))
-		if b.waiters.Load() > 0 {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-b.demand:
+			if p := b.pull(due); p.Before(due) {
+				due = p
+				b.next.Store(due.UnixNano())
+				t.Reset(time.Until(due))
+			}
+			continue
+		case r := <-results:
+			inflight--
+			outcome := error(nil)
+			if r.err != nil && connectClass(b.ctx, r.err) == classGone {
+				outcome = errFailure
+				b.probeFails.Add(1)
+				b.last.Store(&lastFailure{r.err})
+			}
+			b.logger.LogAttrs(context.Background(), slog.LevelDebug, "pgresilient: circuit breaker probe",
+				slog.Bool("ok", outcome == nil), slog.Duration("took", r.took), slog.Int("under_way", inflight), slog.String("cause", logCause(r.err)))
+			b.mu.Lock()
+			if outcome == nil || inflight == 0 {
+				settle(outcome)
+			}
+			closed := BreakerState(b.state.Load()) == BreakerClosed
+			b.mu.Unlock()
+			b.publish()
+			if closed {
+				return // probes still under way end by themselves (b.wg)
+			}
+			continue
+		case <-t.C:
+		}
+		if inflight < maxProbes {
+			b.mu.Lock()
+			if token == nil {
+				if done, err := b.cb.Allow(); err == nil { // open -> half-open
+					token = done
+				}
+			}
+			ok := token != nil
+			b.mu.Unlock()
+			if ok {
+				began := time.Now()
+				b.lastStart.Store(began.UnixNano())
+				b.probes.Add(1)
+				inflight++
+				b.wg.Add(1)
+				go func() {
+					defer b.wg.Done()
+					err := b.probeFn(b.ctx)
+					results <- result{err, time.Since(began)}
+				}()
+			}
+		}
+		due = time.Now().Add(probeInterval(time.Since(openedAt), b.cooldown))
+		if b.waiters.Load() > 0 || inflight > 0 {
 			due = b.pull(due)
 		}
 		b.next.Store(due.UnixNano())
-		t := time.NewTimer(time.Until(due))
-	sleep:
-		for {
-			select {
-			case <-b.ctx.Done():
-				t.Stop()
-				return
-			case <-b.demand:
-				if p := b.pull(due); p.Before(due) {
-					due = p
-					b.next.Store(due.UnixNano())
-					t.Reset(time.Until(due))
-				}
-			case <-t.C:
-				break sleep
-			}
-		}
-		b.mu.Lock()
-		done, err := b.cb.Allow() // open -> half-open
-		b.mu.Unlock()
-		if err != nil {
-			continue
-		}
-		began := time.Now()
-		b.lastStart.Store(began.UnixNano())
-		b.next.Store(0)
-		b.probes.Add(1)
-		perr := b.probeFn(b.ctx)
-		b.lastDur.Store(int64(time.Since(began)))
-		if b.ctx.Err() != nil {
-			// Close: back to open (not counted as a probe failure), so
-			// the state reads open, not half-open, from now on.
-			b.mu.Lock()
-			done(errFailure)
-			b.mu.Unlock()
-			return
-		}
-		outcome := error(nil)
-		if perr != nil && connectClass(b.ctx, perr) == classGone {
-			outcome = errFailure
-			b.probeFails.Add(1)
-			b.last.Store(&lastFailure{perr})
-		}
-		b.logger.LogAttrs(context.Background(), slog.LevelDebug, "pgresilient: circuit breaker probe",
-			slog.Bool("ok", outcome == nil), slog.Duration("took", time.Since(began)), slog.String("cause", logCause(perr)))
-		b.mu.Lock()
-		done(outcome)
-		closed := BreakerState(b.state.Load()) == BreakerClosed
-		b.mu.Unlock()
-		b.publish()
-		if closed {
-			return
-		}
+		t.Reset(time.Until(due))
 	}
 }
 

@@ -102,7 +102,7 @@ func TestBreakerOutageStopped(t *testing.T) {
 // open). Raw pgx waits out every caller's deadline.
 func TestBreakerOutageBlackhole(t *testing.T) {
 	const (
-		calls        = 100
+		calls        = 30
 		queryTimeout = time.Second
 		margin       = 500 * time.Millisecond // scheduling on a loaded 2-core machine; the real max is logged
 	)
