@@ -12,6 +12,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -196,3 +197,135 @@ func TestAvailabilityServerFull(t *testing.T) {
 // issue21Params are the pgresilient settings of issue 21's measurements
 // (issue13Params without breaker_cooldown: the default, 1s).
 const issue21Params = "&breaker_failures=5&connect_retries=20&connect_backoff=50ms&connect_backoff_max=500ms&query_timeout=1s"
+
+// TestAvailabilityRecoveryHerd: 8 pools, 8 workers each, through a fault
+// proxy, lose every connection and meet refused connections for 3 s, then
+// the address accepts again; each driver in turn, so that neither's herd
+// loads the machine during the other's recovery. Measured: the connection
+// attempts per second the address receives from the 8 pools during the
+// outage and in the first second after it, the probe rate per pgresilient
+// Connector, and each pool's first success after the address accepts again.
+// pgresilient: only the probers dial while open (about 20 probes a second
+// each while calls wait: probeDemandMax), and every pool serves again within
+// ~100 ms (asserted: 500 ms).
+func TestAvailabilityRecoveryHerd(t *testing.T) {
+	const (
+		pools    = 8
+		workers  = 8
+		outage   = 3 * time.Second
+		deadline = 2 * time.Second
+	)
+	c := needCluster(t)
+	sideBySide(t, func(t *testing.T, name string) {
+		p := newProxy(t, c)
+		var dbs []*sql.DB
+		var cns []*Connector
+		for range pools {
+			dsn := c.DSNFor(p.Host(), p.Port())
+			var db *sql.DB
+			if name == DriverName {
+				var cn *Connector
+				db, cn = outageDB(t, dsn+issue21Params)
+				cns = append(cns, cn)
+			} else {
+				db = openDB(t, name, dsn)
+			}
+			db.SetMaxIdleConns(workers)
+			warmPool(t, db, workers)
+			dbs = append(dbs, db)
+		}
+		var calls, failed, upAt atomic.Int64
+		first := make([]atomic.Int64, pools) // after up, nanoseconds
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for i, db := range dbs {
+			for range workers {
+				wg.Go(func() {
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						ctx, cancel := context.WithTimeout(context.Background(), deadline)
+						var one int
+						err := db.QueryRowContext(ctx, "select 1").Scan(&one)
+						cancel()
+						calls.Add(1)
+						if err != nil {
+							failed.Add(1)
+							time.Sleep(20 * time.Millisecond)
+							continue
+						}
+						if up := upAt.Load(); up != 0 && first[i].Load() == 0 {
+							first[i].CompareAndSwap(0, time.Now().UnixNano()-up)
+						}
+						time.Sleep(2 * time.Millisecond)
+					}
+				})
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+		if err := p.Refuse(true); err != nil {
+			t.Fatal(err)
+		}
+		p.Cut()
+		defer func() { _ = p.Refuse(false) }()
+		type snap struct{ calls, failed, probes, connectFailures int64 }
+		take := func() snap {
+			sn := snap{calls: calls.Load(), failed: failed.Load()}
+			for _, cn := range cns {
+				st := cn.Stats()
+				sn.probes += st.Probes
+				sn.connectFailures += st.ConnectFailures
+			}
+			return sn
+		}
+		// The last 2 s of the outage.
+		time.Sleep(outage - 2*time.Second)
+		a := take()
+		time.Sleep(2 * time.Second)
+		b := take()
+		d := snap{b.calls - a.calls, b.failed - a.failed, b.probes - a.probes, b.connectFailures - a.connectFailures}
+		accepted := p.Accepted()
+		up := time.Now()
+		upAt.Store(up.UnixNano())
+		if err := p.Refuse(false); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		accepted = p.Accepted() - accepted
+		close(stop)
+		wg.Wait()
+
+		var firsts []time.Duration
+		for i := range first {
+			f := time.Duration(first[i].Load())
+			if f == 0 {
+				f = -1
+			}
+			firsts = append(firsts, f)
+		}
+		slices.Sort(firsts)
+		attempts := d.failed // raw pgx: every failed call dialled once
+		if name == DriverName {
+			attempts = d.probes + d.connectFailures
+		}
+		t.Logf("MEASURE availability/herd %s %d pools: during the outage %.0f connection attempts/s (%.1f probes/s per Connector, %.0f calls/s, %.0f failed/s); first second after: %d connections accepted; first success per pool after up: %v",
+			name, pools, float64(attempts)/2, float64(d.probes)/2/pools, float64(d.calls)/2, float64(d.failed)/2, accepted, firsts)
+		if name != DriverName {
+			return
+		}
+		if perConn := float64(d.probes) / 2 / pools; perConn > 2*float64(time.Second/probeDemandMax) {
+			t.Errorf("%.1f probes/s per Connector during the outage, want about %d (one per ~%v while calls wait)", perConn, time.Second/probeDemandMax, probeDemandMax)
+		}
+		if d.connectFailures > 0 {
+			t.Errorf("%d connection attempts of calls while open: only the probers should dial", d.connectFailures)
+		}
+		for i, f := range firsts {
+			if f < 0 || f > hxFirstBound {
+				t.Errorf("pool %d: first success %v after the address accepted again, want within ~100ms (asserted: %v)", i, f, hxFirstBound)
+			}
+		}
+	})
+}
