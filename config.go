@@ -182,6 +182,8 @@ func DefaultConfig() Config {
 		ConnectRetries:     defaultConnectRetries,
 		ConnectBackoff:     defaultConnectBackoff,
 		ConnectBackoffMax:  defaultConnectBackoffMax,
+		MonitorGrace:       defaultMonitorGrace,
+		MonitorTimeout:     defaultMonitorTimeout,
 		KeepalivesIdle:     defaultKeepalivesIdle,
 		KeepalivesInterval: defaultKeepalivesInterval,
 		KeepalivesCount:    defaultKeepalivesCount,

@@ -588,6 +588,8 @@ func TestDefaultConfig(t *testing.T) {
 		ConnectRetries:     3,
 		ConnectBackoff:     100 * time.Millisecond,
 		ConnectBackoffMax:  5 * time.Second,
+		MonitorGrace:       time.Second,
+		MonitorTimeout:     1500 * time.Millisecond,
 		KeepalivesIdle:     10 * time.Second,
 		KeepalivesInterval: 5 * time.Second,
 		KeepalivesCount:    3,
@@ -622,7 +624,7 @@ func TestEffective(t *testing.T) {
 				*c = Config{DisableBreaker: true, BreakerFailures: 9, BreakerCooldown: time.Second, ConnectRetries: 7,
 					ConnectBackoff: time.Millisecond, ConnectBackoffMax: time.Second, QueryTimeout: time.Minute, DisableTxAutoRollback: true,
 					KeepalivesIdle: c.KeepalivesIdle, KeepalivesInterval: c.KeepalivesInterval, KeepalivesCount: c.KeepalivesCount,
-					TCPUserTimeout: c.TCPUserTimeout}
+					TCPUserTimeout: c.TCPUserTimeout, MonitorGrace: c.MonitorGrace, MonitorTimeout: c.MonitorTimeout}
 			}},
 		{"max raised to backoff", Config{ConnectBackoff: 10 * time.Second}, func(c *Config) {
 			c.ConnectBackoff = 10 * time.Second
@@ -631,6 +633,9 @@ func TestEffective(t *testing.T) {
 		{"invalid values made usable",
 			Config{BreakerFailures: -1, BreakerCooldown: -1, ConnectRetries: 5000, ConnectBackoff: -1, ConnectBackoffMax: -1, QueryTimeout: -1},
 			func(c *Config) { c.ConnectRetries = 1000 }},
+		{"monitor off kept", Config{MonitorGrace: -1, MonitorTimeout: time.Minute}, func(c *Config) {
+			c.MonitorGrace, c.MonitorTimeout = -1, time.Minute
+		}},
 		{"too many failures clamped", Config{BreakerFailures: 2_000_000}, func(c *Config) { c.BreakerFailures = 1_000_000 }},
 		{"TCP settings kept", Config{DisableKeepalives: true, KeepalivesIdle: time.Minute, KeepalivesInterval: -1, KeepalivesCount: -1, TCPUserTimeout: time.Millisecond},
 			func(c *Config) {
