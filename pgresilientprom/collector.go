@@ -34,6 +34,9 @@
 //	pgresilient_statements_canceled_total               counter  Stats.Canceled
 //	pgresilient_host_checks_total                       counter  Stats.HostChecks
 //	pgresilient_silent_servers_total                    counter  Stats.SilentServers
+//	pgresilient_not_yet_waits_total                     counter  Stats.NotYetWaits
+//	pgresilient_connect_attempt_waits_total             counter  Stats.AttemptWaits
+//	pgresilient_exec_mode_switches_total                counter  Stats.ExecModeSwitches
 //	pgresilient_breaker_state{state}                    gauge    1 for Stats.Breaker's state ("closed", "half-open", "open"), 0 for the others
 //	pgresilient_breaker_transitions_total               counter  Stats.BreakerTransitions
 //	pgresilient_breaker_rejected_total                  counter  Stats.BreakerRejected
@@ -146,6 +149,12 @@ var counterSpecs = []counterSpec{
 		func(s pgresilient.Stats) int64 { return s.HostChecks }},
 	{"silent_servers_total", "Servers the host monitor declared silent: the statements waiting on them ended with ErrConnLost.",
 		func(s pgresilient.Stats) int64 { return s.SilentServers }},
+	{"not_yet_waits_total", "Statements PgBouncer refused before forwarding them (login failing, query_wait_timeout), held until it served again before database/sql's retry.",
+		func(s pgresilient.Stats) int64 { return s.NotYetWaits }},
+	{"connect_attempt_waits_total", "Connection attempts that waited for one of the Connector's slots (at most 8 attempts under way at once).",
+		func(s pgresilient.Stats) int64 { return s.AttemptWaits }},
+	{"exec_mode_switches_total", "Switches of new connections to default_query_exec_mode=exec after a transaction pooler refused pgx's cached statements (42P05, 26000): at most 1.",
+		func(s pgresilient.Stats) int64 { return s.ExecModeSwitches }},
 	{"breaker_transitions_total", "Circuit breaker state changes.",
 		func(s pgresilient.Stats) int64 { return s.BreakerTransitions }},
 	{"breaker_rejected_total", "Calls failed at once with ErrCircuitOpen by the open circuit breaker, without dialling or sending anything.",

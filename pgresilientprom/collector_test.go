@@ -77,10 +77,22 @@ var sample = pgresilient.Stats{
 	Canceled:              35,
 	HostChecks:            36,
 	SilentServers:         37,
+	NotYetWaits:           38,
+	AttemptWaits:          39,
+	ExecModeSwitches:      40,
 }
 
 // sampleText is sample's exposition.
 const sampleText = `
+# HELP pgresilient_not_yet_waits_total Statements PgBouncer refused before forwarding them (login failing, query_wait_timeout), held until it served again before database/sql's retry.
+# TYPE pgresilient_not_yet_waits_total counter
+pgresilient_not_yet_waits_total 38
+# HELP pgresilient_connect_attempt_waits_total Connection attempts that waited for one of the Connector's slots (at most 8 attempts under way at once).
+# TYPE pgresilient_connect_attempt_waits_total counter
+pgresilient_connect_attempt_waits_total 39
+# HELP pgresilient_exec_mode_switches_total Switches of new connections to default_query_exec_mode=exec after a transaction pooler refused pgx's cached statements (42P05, 26000): at most 1.
+# TYPE pgresilient_exec_mode_switches_total counter
+pgresilient_exec_mode_switches_total 40
 # HELP pgresilient_commits_not_committed_total Commits that lost their connection but certainly did not commit (COMMIT never written, or refused before it ran): the caller got ErrNotCommitted.
 # TYPE pgresilient_commits_not_committed_total counter
 pgresilient_commits_not_committed_total 31
@@ -516,12 +528,16 @@ func TestRealFaults(t *testing.T) {
 		`pgresilient_pool_invalidations_total{db_name="it"}`:                  1,
 		`pgresilient_connections_closed_total{db_name="it"}`:                  1,
 		`pgresilient_connect_failures_total{db_name="it"}`:                    float64(st.ConnectFailures),
-		`pgresilient_breaker_state{db_name="it",state="open"}`:                1,
-		`pgresilient_breaker_transitions_total{db_name="it"}`:                 1,
-		`pgresilient_breaker_rejected_total{db_name="it"}`:                    float64(st.BreakerRejected),
-		`pgresilient_breaker_probes_total{db_name="it"}`:                      float64(st.Probes),
-		`pgresilient_breaker_probe_failures_total{db_name="it"}`:              float64(st.ProbeFailures),
-		`pgresilient_breaker_open_seconds_total{db_name="it"}`:                anyPositive, // still open: it grows
+		// Retries of the refused attempts within the pings' deadline (a
+		// proxy's accept-then-close is retried soon: wait.go), however many.
+		`pgresilient_connect_retries_total{db_name="it"}`:        float64(st.ConnectRetries),
+		`pgresilient_connect_attempt_waits_total{db_name="it"}`:  float64(st.AttemptWaits),
+		`pgresilient_breaker_state{db_name="it",state="open"}`:   1,
+		`pgresilient_breaker_transitions_total{db_name="it"}`:    1,
+		`pgresilient_breaker_rejected_total{db_name="it"}`:       float64(st.BreakerRejected),
+		`pgresilient_breaker_probes_total{db_name="it"}`:         float64(st.Probes),
+		`pgresilient_breaker_probe_failures_total{db_name="it"}`: float64(st.ProbeFailures),
+		`pgresilient_breaker_open_seconds_total{db_name="it"}`:   anyPositive, // still open: it grows
 	})
 }
 
