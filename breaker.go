@@ -161,6 +161,7 @@ type breaker struct {
 	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
 	state    atomic.Int32 // BreakerState
 	dirty    atomic.Bool  // a failure was recorded since the last recorded success
+	silent   atomic.Bool  // the server went silent (wait.go's silentFailure), and no probe answered since: calls do not wait for probes
 	openedAt atomic.Int64 // unix nanoseconds of the last transition to open
 	next     atomic.Int64 // unix nanoseconds of the next probe; 0 while one runs
 	openCh   atomic.Pointer[chan struct{}]
@@ -268,6 +269,7 @@ func (b *breaker) changed(from, to BreakerState) {
 			go b.run(now)
 		}
 	case to == BreakerClosed:
+		b.silent.Store(false)
 		openFor := now.Sub(time.Unix(0, b.openedAt.Load()))
 		b.openNanos.Add(int64(openFor))
 		ch := make(chan struct{})
@@ -326,9 +328,15 @@ func (b *breaker) before() error {
 // probeDemandMax apart, so a call waits about that long when the server
 // refuses, and fails with ErrCircuitOpen when the probe found it still
 // unable to serve. A call whose deadline ends before the next probe starts
-// fails at once. In a blackhole, where probes go unanswered, a call waits
-// breakerWaitMax and fails (it failed in microseconds before issue 21: the
-// price of serving a call at once when a proxy routes to a server again).
+// fails at once, and so does every call while the server is silent
+// (silentFailure: the host monitor's verdict, a reuse check or a dial that
+// timed out) and no probe answered since: in a blackhole no probe outcome
+// comes soon, and calls fail in microseconds (TestMonitorBlackholeCalls). A
+// connection attempt that something accepted and then held until it timed
+// out does not make calls fail at once: HAProxy holds connections that way
+// until it routes to the new primary (failing at once on every timeout, 5
+// writes failed after HAProxy routed in TestHAProxySwitchover); calls then
+// wait breakerWaitMax at most.
 const (
 	// probeDemandMax: 50 ms, so that a pool serves again within 100 ms of
 	// the server (its probe, then its calls' own connections): with 100 ms,
@@ -369,6 +377,14 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 	ch := *b.probed.Load()
 	if BreakerState(b.state.Load()) == BreakerClosed {
 		return nil
+	}
+	if b.silent.Load() {
+		// The server went silent, and no probe has answered since: the
+		// next probe's outcome is not coming soon.
+		// Fail now, as raw pgx cannot: in a blackhole, the median call
+		// then takes microseconds (TestMonitorBlackholeCalls), not
+		// breakerWaitMax.
+		return errProbeFailed
 	}
 	now := time.Now()
 	if dl, ok := ctx.Deadline(); ok && dl.Sub(now) < b.untilProbe(now)+time.Millisecond || b.ctx.Err() != nil {
@@ -474,6 +490,9 @@ func (b *breaker) after(class errClass, rule tripRule, err error) {
 // fail records one counted failure, cause, which opens the breaker by rule.
 // It is ignored while not closed.
 func (b *breaker) fail(rule tripRule, cause error) {
+	if rule == tripNow && silentFailure(cause) {
+		b.silent.Store(true) // calls fail at once (awaitProbe) until a probe answers
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if BreakerState(b.state.Load()) != BreakerClosed {
@@ -612,6 +631,9 @@ func (b *breaker) run(openedAt time.Time) {
 				outcome = errFailure
 				b.probeFails.Add(1)
 				b.last.Store(&lastFailure{r.err})
+			}
+			if r.err == nil || !isTimeout(r.err) {
+				b.silent.Store(false) // the server answered (refused, reset, served)
 			}
 			b.logger.LogAttrs(context.Background(), slog.LevelDebug, "pgresilient: circuit breaker probe",
 				slog.Bool("ok", outcome == nil), slog.Duration("took", r.took), slog.Int("under_way", inflight), slog.String("cause", logCause(r.err)))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"reflect"
 	"strings"
 	"sync"
@@ -122,6 +123,29 @@ func proxyClosed(err error) bool {
 	}
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// silentFailure reports a timeout that says the server's path went silent:
+// the host monitor's verdict (a HostSilentError), a reuse check's ping that
+// went unanswered, a dial (TCP) that timed out. A connection attempt that
+// something accepted and then held until it timed out is not one: HAProxy
+// holds connections so (retrying a server that refuses, queueing while none
+// is UP) until it routes to a new primary. While the server is silent, a
+// call finding the breaker open fails at once rather than waiting for a
+// probe (breaker.go).
+func silentFailure(err error) bool {
+	if hse := (*HostSilentError)(nil); errors.As(err, &hse) {
+		return true
+	}
+	if !isTimeout(err) {
+		return false
+	}
+	var ce *pgconn.ConnectError
+	if !errors.As(err, &ce) {
+		return true // a reuse check's ping
+	}
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
 }
 
 // breakerConnectClass is what a failed connection attempt of class means to

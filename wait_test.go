@@ -457,3 +457,61 @@ func TestBreakerProbeCadence(t *testing.T) {
 		t.Error("closed while the server refused")
 	}
 }
+
+// TestSilentFailure: which timeouts make calls fail at once while the
+// breaker is open (the server's path went silent), and which do not (a
+// connection something accepted, then held: HAProxy until it routes).
+func TestSilentFailure(t *testing.T) {
+	ctx := context.Background()
+	held := func() error { // a listener that accepts and never answers
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var conns []net.Conn
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		t.Cleanup(func() {
+			_ = ln.Close()
+			mu.Lock()
+			for _, c := range conns {
+				_ = c.Close()
+			}
+			mu.Unlock()
+			wg.Wait()
+		})
+		wg.Go(func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+			}
+		})
+		cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancel()
+		_, err = pgconn.Connect(cctx, "postgres://u@"+ln.Addr().String()+"/d?sslmode=disable")
+		return err
+	}()
+	dialTimeout := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ETIMEDOUT)}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"the host monitor's verdict", &HostSilentError{Addr: "h:5432", Err: context.DeadlineExceeded}, true},
+		{"a reuse check's ping timed out", fmt.Errorf("ping: %w", context.DeadlineExceeded), true},
+		{"a dial timed out", dialTimeout, true},
+		{"accepted, then held past the deadline", held, false},
+		{"refused", &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := silentFailure(tc.err); got != tc.want {
+				t.Errorf("silentFailure(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}
