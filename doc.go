@@ -6,7 +6,7 @@
 //
 //	import "github.com/pgresilient/pgresilient" // registers the driver; errors.Is(err, pgresilient.ErrConnLost)
 //
-//	db, err := sql.Open("pgresilient", "postgres://app@db/app?breaker_failures=5&query_timeout=5s")
+//	db, err := sql.Open("pgresilient", os.Getenv("DATABASE_URL")) // no parameter needed: the defaults are the recommended configuration
 //
 // Every DSN that pgx accepts works (URL or key=value form, several hosts, PG*
 // environment variables, TLS settings). pgresilient's own parameters are

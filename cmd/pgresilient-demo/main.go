@@ -64,28 +64,21 @@ func defaultConfig() config {
 		interval:  20 * time.Millisecond,
 		opTimeout: 2 * time.Second,
 
-		queryTimeout:    500 * time.Millisecond,
-		breakerFailures: 5,
 	}
 }
 
 // pgresilientParams are the pgresilient DSN parameters of the demo's pool:
-// the breaker opens after cfg.breakerFailures connectivity failures in a row
-// (pgresilient's default, 5) and probes every second (the default too,
-// printed explicitly so the report says what ran); connection attempts are
-// retried for up to about a second and a half, within the transfers'
-// deadline; query_timeout, below that deadline and far above any statement
-// of this workload, bounds each statement, connection attempt and reuse
-// check, and turns a silent network into failures the breaker counts.
+// none by default, the DSN users already have; -breaker-failures and
+// -query-timeout add theirs, to compare a tuned pool.
 func pgresilientParams(cfg *config) []string {
-	return []string{
-		"breaker_failures", strconv.Itoa(cfg.breakerFailures),
-		"breaker_cooldown", "1s",
-		"connect_retries", "5",
-		"connect_backoff", "50ms",
-		"connect_backoff_max", "1s",
-		"query_timeout", cfg.queryTimeout.String(),
+	var p []string
+	if cfg.breakerFailures > 0 {
+		p = append(p, "breaker_failures", strconv.Itoa(cfg.breakerFailures))
 	}
+	if cfg.queryTimeout > 0 {
+		p = append(p, "query_timeout", cfg.queryTimeout.String())
+	}
+	return p
 }
 
 func main() {
@@ -95,9 +88,9 @@ func main() {
 	flag.DurationVar(&cfg.outage, "outage", cfg.outage, "how long the blackhole, the stopped server and the late start last")
 	flag.DurationVar(&cfg.observe, "observe", cfg.observe, "how long each phase watches the recovery after its fault")
 	flag.IntVar(&cfg.workers, "workers", cfg.workers, "concurrent workers (and connections) per pool")
-	flag.IntVar(&cfg.breakerFailures, "breaker-failures", cfg.breakerFailures, "pgresilient's breaker_failures")
+	flag.IntVar(&cfg.breakerFailures, "breaker-failures", cfg.breakerFailures, "pgresilient's breaker_failures (0: not set, the default)")
 	flag.DurationVar(&cfg.opTimeout, "op-timeout", cfg.opTimeout, "context deadline of each transfer, in both pools")
-	flag.DurationVar(&cfg.queryTimeout, "query-timeout", cfg.queryTimeout, "pgresilient's query_timeout (0: off)")
+	flag.DurationVar(&cfg.queryTimeout, "query-timeout", cfg.queryTimeout, "pgresilient's query_timeout (0: not set, the default: off)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: pgresilient-demo [flags]\n\n"+
 			"Runs the same ledger workload through raw pgx stdlib and through pgresilient\n"+
@@ -148,8 +141,8 @@ func (c *config) validate() error {
 		return errors.New("-op-timeout: want at least 10ms")
 	case c.queryTimeout < 0:
 		return errors.New("-query-timeout: want 0 or more")
-	case c.breakerFailures < 1:
-		return errors.New("-breaker-failures: want at least 1")
+	case c.breakerFailures < 0:
+		return errors.New("-breaker-failures: want 0 (not set) or more")
 	case c.accounts < 2:
 		return errors.New("need at least 2 accounts")
 	}
@@ -256,7 +249,11 @@ func (d *demo) printIntro(w io.Writer) {
 	fmt.Fprintf(w, "  autocommit statement; every transfer has a %v context deadline\n", cfg.opTimeout)
 	fmt.Fprintf(w, "pools: SetMaxOpenConns(%d), SetMaxIdleConns(%d)\n", cfg.workers, cfg.workers)
 	fmt.Fprintf(w, "  pgx          raw pgx v5 stdlib (driver \"pgx\")\n")
-	fmt.Fprintf(w, "  pgresilient  %s\n", wrap(paramString(pgresilientParams(cfg)), 63, "               "))
+	params := paramString(pgresilientParams(cfg))
+	if params == "" {
+		params = "the same DSN, no pgresilient parameter: its defaults"
+	}
+	fmt.Fprintf(w, "  pgresilient  %s\n", wrap(params, 63, "               "))
 	fmt.Fprintln(w, "phases:")
 	for i, def := range phaseDefs {
 		if why := skipReason(def, d.env); why != "" {

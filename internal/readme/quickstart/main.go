@@ -5,12 +5,13 @@ import (
 	"database/sql"
 	"errors"
 	"log"
+	"os"
 
 	"github.com/pgresilient/pgresilient" // registers the "pgresilient" driver
 )
 
 func main() {
-	db, err := sql.Open("pgresilient", "postgres://app@db/app?breaker_failures=5&query_timeout=5s")
+	db, err := sql.Open("pgresilient", os.Getenv("DATABASE_URL")) // the DSN you have: the defaults are the recommended configuration
 	if err != nil {
 		log.Fatal(err)
 	}
