@@ -96,7 +96,9 @@ func (c *Connector) connectOnce(ctx context.Context) (driver.Conn, error) {
 //   - a connection a proxy accepted and closed is retried soon
 //     (proxyBackoff), within the same bound and for proxyRetryFor at most,
 //     and counts;
-//   - any other transient failure is retried up to connect_retries times.
+//   - any other transient failure is retried up to connect_retries times,
+//     or, before the Connector's first working connection (a database that
+//     starts after the application), waited out like a "not yet".
 //
 // Once the Connector has had a working connection, every counted failed
 // attempt counts against the breaker, and one that times out opens it at
@@ -143,6 +145,13 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 			return nil, c.breaker.openError(&ConnectError{Attempts: attempt + 1, Err: err})
 		}
 		kind := refusalOf(err)
+		if !c.connected.Load() {
+			// No connection has worked yet: the application may have
+			// started before its database. Whatever refused the attempt
+			// is waited out like a "not yet", within the caller's
+			// deadline (or notYetCeiling without one), not connect_retries.
+			kind = refusalNotYet
+		}
 		if timeout || bouncerError(err) == bouncerQueueTimeout {
 			// A timeout is a connectivity failure, but not retried: an
 			// unreachable host would only make the caller wait again;
@@ -153,6 +162,11 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 		switch kind {
 		case refusalNotYet:
 			wait = backoff(notYetN, c.cfg.ConnectBackoff, c.cfg.ConnectBackoffMax)
+			if !c.connected.Load() {
+				// A database starting: look again soon, so that the
+				// application is served within startBackoffMax of it.
+				wait = min(wait, startBackoffMax)
+			}
 			notYetN++
 		case refusalProxyClosed:
 			if closedN == 0 {
@@ -201,6 +215,12 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 		}
 	}
 }
+
+// startBackoffMax caps the wait between two attempts before the Connector's
+// first working connection: a database that starts after the application
+// serves it within about this much of accepting connections (at most
+// maxConnecting attempts under way per Connector, however many calls wait).
+const startBackoffMax = 200 * time.Millisecond
 
 // errPoolFree ends connectWait when a pooled connection came free.
 var errPoolFree = errors.New("pgresilient: a pooled connection came free")
