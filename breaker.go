@@ -180,7 +180,10 @@ type breaker struct {
 	wg        sync.WaitGroup
 
 	probeFn func(context.Context) error // a real connection, closed again
-	onClose func()                      // the Connector bumps the pool generation
+	// interval is the unattended wait before the next probe, by how long
+	// the breaker has been open: probeInterval (tests set their own).
+	interval func(elapsed time.Duration) time.Duration
+	onClose  func() // the Connector bumps the pool generation
 	// refused holds a statement PgBouncer refused before forwarding it
 	// until PgBouncer serves again (the Connector's awaitServing), and
 	// reports whether it did.
@@ -219,6 +222,7 @@ func newBreaker(addr string, failures int, cooldown time.Duration, logger *slog.
 	pch := make(chan struct{})
 	b.probed.Store(&pch)
 	b.demand = make(chan struct{}, 1)
+	b.interval = func(elapsed time.Duration) time.Duration { return probeInterval(elapsed, cooldown) }
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        "pgresilient",
@@ -606,7 +610,7 @@ func (b *breaker) run(openedAt time.Time) {
 		settle(errFailure)
 		b.mu.Unlock()
 	}()
-	due := time.Now().Add(probeInterval(time.Since(openedAt), b.cooldown))
+	due := time.Now().Add(b.interval(time.Since(openedAt)))
 	if b.waiters.Load() > 0 {
 		due = b.pull(due)
 	}
@@ -672,7 +676,7 @@ func (b *breaker) run(openedAt time.Time) {
 				}()
 			}
 		}
-		due = time.Now().Add(probeInterval(time.Since(openedAt), b.cooldown))
+		due = time.Now().Add(b.interval(time.Since(openedAt)))
 		if b.waiters.Load() > 0 {
 			due = b.pull(due)
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -514,4 +515,35 @@ func TestSilentFailure(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBreakerDemandPullsProbe: long into an outage, unattended probes are
+// far apart (here 10 s); a call that finds the breaker open brings the next
+// probe forward (within probeDemandMax of the last), and its outcome, not
+// breakerWaitMax, ends the call's wait.
+func TestBreakerDemandPullsProbe(t *testing.T) {
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	b := newBreaker("", 1, time.Hour, slog.New(slog.DiscardHandler), nil)
+	b.minSpan = 0
+	b.interval = func(time.Duration) time.Duration { return 10 * time.Second }
+	var probes atomic.Int64
+	b.probeFn = func(context.Context) error { probes.Add(1); return refused }
+	defer b.close()
+	b.fail(tripSpan, refused)
+	if b.State() == BreakerClosed {
+		t.Fatal("the breaker did not open")
+	}
+	time.Sleep(2 * probeDemandMax) // the last probe's start (the opening) is over probeDemandMax ago
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	began := time.Now()
+	err := b.wait(ctx)
+	took := time.Since(began)
+	if !errors.Is(err, ErrCircuitOpen) {
+		t.Fatalf("want ErrCircuitOpen, got %v", err)
+	}
+	if probes.Load() != 1 || took >= breakerWaitMax {
+		t.Errorf("%d probes, call rejected after %v: want the call's demand to start a probe at once, and its outcome to end the wait", probes.Load(), took)
+	}
+	t.Logf("MEASURE wait/demand rejected_after=%s probes=%d", outageMS(took), probes.Load())
 }
