@@ -316,12 +316,16 @@ func TestConnectRetries(t *testing.T) {
 		wantPerm     bool
 		wantConnects int64
 		wantBreaker  BreakerState
+		connected    bool // the Connector had a working connection before
 	}{
-		{"transient then ok", "connect_retries=3&connect_backoff=1ms&connect_backoff_max=2ms&breaker_failures=1", []error{refused, refused}, false, false, 3, BreakerClosed},
-		{"retries exhausted", "connect_retries=2&connect_backoff=1ms&connect_backoff_max=2ms&breaker_failures=2", []error{refused, refused, refused, refused}, true, false, 3, BreakerClosed},
-		{"no retries", "connect_retries=0&breaker_failures=1", []error{refused}, true, false, 1, BreakerOpen},
-		{"starting up", "connect_retries=1&connect_backoff=1ms", []error{&pgconn.PgError{Severity: "FATAL", Code: "57P03"}}, false, false, 2, BreakerClosed},
-		{"auth failure is permanent", "connect_retries=5&connect_backoff=1ms&breaker_failures=1", []error{authFail}, true, true, 1, BreakerClosed},
+		{"transient then ok", "connect_retries=3&connect_backoff=1ms&connect_backoff_max=2ms&breaker_failures=1", []error{refused, refused}, false, false, 3, BreakerClosed, false},
+		{"retries exhausted", "connect_retries=2&connect_backoff=1ms&connect_backoff_max=2ms&breaker_failures=2", []error{refused, refused, refused, refused}, true, false, 3, BreakerClosed, true},
+		{"no retries", "connect_retries=0&breaker_failures=1", []error{refused}, true, false, 1, BreakerClosed, true},
+		// Before the first working connection, a refusal is a database
+		// that may still be starting: waited out, connect_retries or not.
+		{"before the first connection", "connect_retries=0&connect_backoff=1ms&connect_backoff_max=2ms&breaker_failures=1", []error{refused, refused, refused, refused}, false, false, 5, BreakerClosed, false},
+		{"starting up", "connect_retries=1&connect_backoff=1ms", []error{&pgconn.PgError{Severity: "FATAL", Code: "57P03"}}, false, false, 2, BreakerClosed, false},
+		{"auth failure is permanent", "connect_retries=5&connect_backoff=1ms&breaker_failures=1", []error{authFail}, true, true, 1, BreakerClosed, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -332,6 +336,7 @@ func TestConnectRetries(t *testing.T) {
 			}
 			db := sql.OpenDB(c)
 			defer db.Close()
+			c.connected.Store(tt.connected)
 			err = db.Ping()
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("Ping: %v, want error %v", err, tt.wantErr)

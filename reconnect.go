@@ -145,11 +145,12 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 			return nil, c.breaker.openError(&ConnectError{Attempts: attempt + 1, Err: err})
 		}
 		kind := refusalOf(err)
-		if !c.connected.Load() {
+		if kind == refusalNone && !c.connected.Load() {
 			// No connection has worked yet: the application may have
-			// started before its database. Whatever refused the attempt
-			// is waited out like a "not yet", within the caller's
-			// deadline (or notYetCeiling without one), not connect_retries.
+			// started before its database. A refused or reset dial is
+			// waited out like a "not yet", within the caller's deadline
+			// (or notYetCeiling without one), not connect_retries. (A
+			// proxy's accept-then-close keeps its own rule, refusalOf.)
 			kind = refusalNotYet
 		}
 		if timeout || bouncerError(err) == bouncerQueueTimeout {

@@ -523,12 +523,17 @@ func TestStatsBreaker(t *testing.T) {
 		}
 		outageStop(t, c)
 
-		err := outageSelect(db)
+		// The pool never connected: the call waits for a database that may
+		// be starting, within its deadline (1 s here), then fails, and
+		// counts once.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := db.ExecContext(ctx, "select 1")
+		cancel()
 		if !IsDisconnect(err) || errors.Is(err, ErrCircuitOpen) {
 			t.Fatalf("first call: want a connect failure, got %v", err)
 		}
 		tripped := cn.Stats()
-		checkStats(t, Stats{}, tripped, statsWant{"ConnectFailures": exactly(1), "BreakerTransitions": exactly(1),
+		checkStats(t, Stats{}, tripped, statsWant{"ConnectFailures": atLeast(1), "ConnectRetries": atLeast(0), "BreakerTransitions": exactly(1),
 			"Probes": atLeast(0), "ProbeFailures": atLeast(0)}) // the prober starts on the trip
 		if tripped.Breaker != BreakerOpen && tripped.Breaker != BreakerHalfOpen {
 			t.Errorf("Breaker = %v after the failure, want open", tripped.Breaker)
@@ -553,8 +558,10 @@ func TestStatsBreaker(t *testing.T) {
 		closed := cn.Stats()
 		checkStats(t, rejected, closed, statsWant{"BreakerTransitions": exactly(1),
 			"Probes": atLeast(1), "ProbeFailures": atLeast(0)})
-		if closed.Probes != closed.ProbeFailures+1 {
-			t.Errorf("Probes %d, ProbeFailures %d: want one successful probe", closed.Probes, closed.ProbeFailures)
+		// One successful probe closes it; hedged probes under way then
+		// (maxProbes at most) may succeed too.
+		if ok := closed.Probes - closed.ProbeFailures; ok < 1 || ok > maxProbes {
+			t.Errorf("Probes %d, ProbeFailures %d: want 1 to %d successful probes", closed.Probes, closed.ProbeFailures, maxProbes)
 		}
 		if closed.BreakerOpenDuration <= 0 || closed.BreakerOpenDuration > time.Minute {
 			t.Errorf("BreakerOpenDuration %v", closed.BreakerOpenDuration)
