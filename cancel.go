@@ -195,3 +195,29 @@ const codeQueryCanceled = "57014"
 func (c *baseConn) cancelPending() bool {
 	return c.wire != nil && c.wire.cancel.sent.Load()
 }
+
+// errCancelRaced is the cause of an operation that completed although its
+// context had ended and a cancel request was on its way.
+var errCancelRaced = errors.New("the deadline passed and the server was asked to cancel, but it completed the operation: " +
+	"if it committed, a synchronous standby may not have confirmed it (a cancel ends that wait, and the server then commits locally)")
+
+// raceAfterCancel returns nil, or, when a cancel request went out for the
+// operation that just succeeded, an error saying its outcome is unknown: the
+// success may be PostgreSQL's answer to the cancel itself. A COMMIT (or an
+// autocommit write) waiting for a synchronous standby, canceled, commits on
+// the primary alone, with a WARNING and a success; reported as a success,
+// it would be an acknowledged write that a failover to that standby loses
+// (TestRunTxSoak found 8 a run). The connection is not used again: the cancel
+// may still land on it.
+func (c *baseConn) raceAfterCancel(ctx context.Context, op Op) error {
+	if !c.cancelPending() {
+		return nil
+	}
+	c.markBroken(discardLost)
+	c.owner.stats.connLost.Add(1)
+	cause := errCancelRaced
+	if ctx.Err() != nil {
+		cause = errors.Join(ctx.Err(), errCancelRaced)
+	}
+	return &DisconnectError{Op: op, InTx: c.inTx.Load() || op == OpCommit, Err: cause}
+}

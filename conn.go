@@ -378,6 +378,9 @@ func (c *baseConn) exec(ctx context.Context, query string, args []driver.NamedVa
 	if err != nil {
 		return nil, c.failStmt(ctx, sctx, OpExec, query, err, m)
 	}
+	if err := c.raceAfterCancel(ctx, OpExec); err != nil {
+		return nil, err
+	}
 	return res, nil
 }
 
@@ -412,6 +415,12 @@ func (c *baseConn) query(ctx context.Context, query string, args []driver.NamedV
 		cancel()
 		c.busy(false)
 		return nil, c.failStmt(ctx, sctx, OpQuery, query, err, m)
+	}
+	if err := c.raceAfterCancel(ctx, OpQuery); err != nil {
+		_ = rows.Close()
+		cancel()
+		c.busy(false)
+		return nil, err
 	}
 	return wrapRows(ctx, sctx, cancel, c, rows), nil
 }

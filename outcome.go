@@ -71,6 +71,9 @@ const resolveQuery = `select r,
  case when r then null else concat_ws('/', substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8),
    extract(epoch from pg_postmaster_start_time())::text, pg_last_wal_replay_lsn()::text) = $2 end,
  case when r then null else coalesce(pg_last_wal_replay_lsn() >= $3::pg_lsn, false) end,
+ case when r then null else pg_last_wal_replay_lsn() is null
+   and substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) = split_part($2, '/', 1) end,
+ case when r then null else coalesce(pg_last_wal_replay_lsn() < $3::pg_lsn, false) end,
  case when r then null else txid_status($1::bigint) end
  from pg_is_in_recovery() r`
 
@@ -156,10 +159,10 @@ func resolveCommit(ctx context.Context, db *sql.DB, id TxID) (bool, error) {
 		ctx, cancel = context.WithTimeout(ctx, DefaultResolveWait)
 		defer cancel()
 	}
-	var why string
+	var why, target string
 	var last error
 	for try := 0; ; try++ {
-		committed, known, reason, err := resolveOnce(ctx, db, id)
+		committed, known, reason, err := resolveOnce(ctx, db, id, &target)
 		if known {
 			return committed, nil
 		}
@@ -188,15 +191,27 @@ const (
 	reasonInProgress  = "the transaction is still in progress"
 	reasonTooOld      = "its status is too old to be known (the id was truncated or wrapped around)"
 	reasonReused      = "the server restarted or was promoted since the transaction began, without having replayed its WAL: its answer may be about another transaction with the same id"
+	// reasonUnreplicated: committed on the primary, where a synchronous
+	// standby is configured that has not confirmed it. A COMMIT whose wait
+	// for the standby was canceled (a cancel request, a terminated
+	// backend) commits locally; a failover to the standby would lose it.
+	reasonUnreplicated = "it committed on the primary, but no synchronous standby has confirmed it yet (its wait for the standby was cut short)"
 )
 
 // resolveOnce asks once: known says whether committed is the answer;
 // otherwise reason (and err) say why not.
-func resolveOnce(ctx context.Context, db *sql.DB, id TxID) (committed, known bool, reason string, err error) {
+func resolveOnce(ctx context.Context, db *sql.DB, id TxID, target *string) (committed, known bool, reason string, err error) {
 	var inRecovery bool
-	var same, replayed sql.NullBool
+	// same: the server that ran the transaction, still up; replayed: one
+	// whose recovery went past the transaction's WAL; cleanStart: restarted
+	// on the same timeline without any recovery (a clean shutdown: its
+	// transaction ids went on where they were); endedBefore: one whose
+	// recovery ended before the transaction began (a standby promoted
+	// without it: the transaction is not in its history).
+	var same, replayed, cleanStart, endedBefore sql.NullBool
 	var status sql.NullString
-	err = db.QueryRowContext(ctx, resolveQuery, id.xid, id.incarnation, id.lsn).Scan(&inRecovery, &same, &replayed, &status)
+	err = db.QueryRowContext(ctx, resolveQuery, id.xid, id.incarnation, id.lsn).Scan(&inRecovery, &same, &replayed,
+		&cleanStart, &endedBefore, &status)
 	if err != nil {
 		if neverSeen(err) {
 			// A primary (the query asks nothing of a standby) whose
@@ -210,6 +225,11 @@ func resolveOnce(ctx context.Context, db *sql.DB, id TxID) (committed, known boo
 	switch {
 	case inRecovery:
 		return false, false, reasonStandby, nil
+	case endedBefore.Bool && !same.Bool:
+		// This primary's history stops before the transaction began: it
+		// never committed there, whatever the id says now (another
+		// transaction may have it).
+		return false, true, "", nil
 	case !status.Valid:
 		return false, false, reasonTooOld, nil
 	}
@@ -220,12 +240,38 @@ func resolveOnce(ctx context.Context, db *sql.DB, id TxID) (committed, known boo
 		// and the id would be its own.
 		return false, true, "", nil
 	case "committed":
-		if same.Bool || replayed.Bool {
-			return true, true, "", nil
+		if !same.Bool && !replayed.Bool && !cleanStart.Bool {
+			return false, false, reasonReused, nil
 		}
-		return false, false, reasonReused, nil
+		if ok, err := replicated(ctx, db, target); err != nil || !ok {
+			return false, false, reasonUnreplicated, err
+		}
+		return true, true, "", nil
 	}
 	return false, false, reasonInProgress, nil
+}
+
+// replicatedQuery: whether the primary's WAL, up to target (its flush
+// position when the transaction was first found committed; $1, "" the first
+// time), is on a synchronous standby; true when none is configured. It
+// returns the target it compared with.
+const replicatedQuery = `with t as (select coalesce(nullif($1, '')::pg_lsn, pg_current_wal_flush_lsn()) lsn)
+ select t.lsn::text, current_setting('synchronous_standby_names') = ''
+   or exists (select 1 from pg_stat_replication r where r.sync_state in ('sync', 'quorum') and r.flush_lsn >= t.lsn)
+ from t`
+
+// replicated reports whether a committed transaction is confirmed where
+// synchronous replication says it must be: on at least one synchronous
+// standby (an ANY n or FIRST n rule wanting more is not parsed), or
+// anywhere when none is configured. target keeps the WAL position compared
+// with across tries: at or past the transaction's commit record, since
+// the commit happened before the first try.
+func replicated(ctx context.Context, db *sql.DB, target *string) (bool, error) {
+	var ok bool
+	if err := db.QueryRowContext(ctx, replicatedQuery, *target).Scan(target, &ok); err != nil {
+		return false, err
+	}
+	return ok, nil
 }
 
 // neverSeen reports txid_status's error for an id beyond the server's next

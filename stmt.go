@@ -103,6 +103,9 @@ func (s *baseStmt) exec(ctx context.Context, args []driver.NamedValue) (driver.R
 	if err != nil {
 		return nil, s.conn.failStmt(ctx, sctx, OpExec, "", err, m)
 	}
+	if err := s.conn.raceAfterCancel(ctx, OpExec); err != nil {
+		return nil, err
+	}
 	return res, nil
 }
 
@@ -139,6 +142,12 @@ func (s *baseStmt) query(ctx context.Context, args []driver.NamedValue) (driver.
 		cancel()
 		s.conn.busy(false)
 		return nil, s.conn.failStmt(ctx, sctx, OpQuery, "", err, m)
+	}
+	if err := s.conn.raceAfterCancel(ctx, OpQuery); err != nil {
+		_ = rows.Close()
+		cancel()
+		s.conn.busy(false)
+		return nil, err
 	}
 	return wrapRows(ctx, sctx, cancel, s.conn, rows), nil
 }

@@ -302,7 +302,7 @@ func (t *baseTx) commit() error {
 		}
 		return t.conn.silencedCause(t.conn.failTimed(t.ctx, sctx, OpCommit, err, m))
 	}
-	return nil
+	return t.conn.raceAfterCancel(t.ctx, OpCommit)
 }
 
 // commitNotRun reports whether a COMMIT that failed with err, sent after
