@@ -205,14 +205,22 @@ func runBouncerFault(t *testing.T, cfg pgtest.BouncerConfig, prefix string,
 			}
 			waitNoStatement(t, c, table)
 			counts := idCounts(t, c, table)
+			// pgresilient must never run an insert twice or lose an
+			// acknowledged one; raw pgx's record is measured, not asserted
+			// (once in a full run, PgBouncer's "server conn crashed?" left
+			// 10 of raw pgx's acknowledged follow-ups absent).
+			report := t.Errorf
+			if name != DriverName {
+				report = t.Logf
+			}
 			for id, n := range counts {
 				if n > 1 {
-					t.Errorf("%s: id %d inserted %d times", name, id, n)
+					report("%s: id %d inserted %d times", name, id, n)
 				}
 			}
 			for id := range ok {
 				if counts[id] == 0 {
-					t.Errorf("%s: id %d acknowledged but not in the table", name, id)
+					report("%s: id %d acknowledged but not in the table", name, id)
 				}
 			}
 			hit := "-"
