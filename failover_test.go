@@ -43,9 +43,11 @@ const (
 	foAfter     = 3 * time.Second       // writing after the new primary accepts writes
 	// foGrace is how late after the probe saw the new primary accept
 	// writes a failure still counts as the outage's: the probe's own
-	// resolution (it writes every 10 ms) and a connection attempt that
-	// found the server still a standby just before.
-	foGrace = 100 * time.Millisecond
+	// resolution (it writes every 10 ms), a connection attempt that found
+	// the server still a standby just before, and, since issue 21, a call
+	// that found the breaker open and waited for its next probe (up to
+	// breakerWaitMax), which had begun before the new primary accepted.
+	foGrace = 100*time.Millisecond + breakerWaitMax
 	// foResumeBound is the generous bound on the first successful write
 	// after the new primary accepts writes; the target is 500 ms.
 	foResumeBound = 5 * time.Second
