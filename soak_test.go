@@ -426,7 +426,12 @@ func (o *soakOutages) excuse(tx soakTx, began time.Time) string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for _, sp := range o.spans {
-		if !unreachable && (sp.kind != soakStall || tx.reason != reasonInProgress) {
+		// While the synchronous standby streams no WAL, a COMMIT cannot be
+		// confirmed: "in progress" (still waiting) and "committed on the
+		// primary, not confirmed by the standby" (the wait cut short) are
+		// the truth, not a failure to ask.
+		stalled := tx.reason == reasonInProgress || tx.reason == reasonUnreplicated
+		if !unreachable && (sp.kind != soakStall || !stalled) {
 			continue
 		}
 		if tx.end.Before(sp.from) || !tx.end.Before(sp.to.Add(soakSlack)) {
