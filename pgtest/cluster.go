@@ -448,9 +448,16 @@ func (c *Cluster) Close() error {
 	untrack(c)
 	var errs []error
 	if _, err := os.Stat(filepath.Join(c.data, "postmaster.pid")); err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), defaultWait)
+		ctx, cancel := context.WithTimeout(context.Background(), closeStopWait)
 		_, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", ModeImmediate, "-w", "-t", waitSeconds(ctx))
 		cancel()
+		if err != nil && c.Running() {
+			// The immediate shutdown did not end in time (seen on a
+			// loaded machine with a server started by pg_ctl in a network
+			// namespace): the data is thrown away anyway, so kill the
+			// postmaster; its backends exit when they see it gone.
+			c.killPostmaster()
+		}
 		// A stale postmaster.pid (the server crashed) makes pg_ctl fail
 		// with nothing left to stop.
 		if err != nil && c.Running() {
@@ -465,6 +472,31 @@ func (c *Cluster) Close() error {
 		unwatch(c.dir)
 	}
 	return errors.Join(errs...)
+}
+
+// closeStopWait bounds Close's immediate shutdown before it kills the
+// postmaster.
+const closeStopWait = 15 * time.Second
+
+// killPostmaster sends SIGKILL to the process postmaster.pid names, and waits
+// up to 5 s for it to be gone.
+func (c *Cluster) killPostmaster() {
+	b, err := os.ReadFile(filepath.Join(c.data, "postmaster.pid"))
+	if err != nil {
+		return
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || pid <= 1 {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if syscall.Kill(pid, 0) != nil {
+			_ = os.Remove(filepath.Join(c.data, "postmaster.pid"))
+			return
+		}
+	}
 }
 
 // start starts the server and waits until it accepts connections.
