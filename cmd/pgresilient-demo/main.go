@@ -63,7 +63,6 @@ func defaultConfig() config {
 		accounts:  100,
 		interval:  20 * time.Millisecond,
 		opTimeout: 2 * time.Second,
-
 	}
 }
 
