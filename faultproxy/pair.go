@@ -4,6 +4,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // pair is one proxied connection: the client's socket, accepted by the Proxy,
@@ -15,6 +16,10 @@ type pair struct {
 	// blackholeClient is set by a forwarding CutOn: whatever the server sends
 	// from then on is discarded.
 	blackholeClient atomic.Bool
+	// resetAtEnd is set by a forwarding CutOn: it resets the client if the
+	// server has not ended its connection by then; serve resets the client
+	// when it has. Used by the pair's serve goroutine only.
+	resetAtEnd *time.Timer
 
 	mu     sync.Mutex
 	server *net.TCPConn // nil until dialled; then fixed

@@ -30,7 +30,10 @@ var ErrNotLoopback = errors.New("faultproxy: target is not a loopback address")
 const (
 	listenHost  = "127.0.0.1"
 	dialTimeout = 5 * time.Second
-	bufSize     = 32 << 10
+	// cutResetWait bounds how long a forwarding CutOn waits for the server
+	// to end before it resets the client.
+	cutResetWait = 5 * time.Second
+	bufSize      = 32 << 10
 )
 
 // Proxy forwards every TCP connection accepted on its address to one target
@@ -253,11 +256,15 @@ func (p *Proxy) Refuse(on bool) error {
 // one. The first read from a client that completes a match fires it, on that
 // connection only:
 //
-//   - forward true: the chunk read is sent to the server, then the client side
-//     is reset before it can get any reply, and the server side is
-//     half-closed: the server handles the chunk, then sees EOF; its replies are
-//     discarded. "The statement reached the server; the client does not know
-//     the outcome." What the server does with the chunk depends on the
+//   - forward true: the chunk read is sent to the server and the server side
+//     is half-closed: the server handles the chunk, then sees EOF; its replies
+//     are discarded. The client side is reset once the server has ended its
+//     connection (at the latest 5 s after the trigger fired), so the
+//     statement runs to its end even though the client, seeing the reset, may
+//     send a cancel request (pgx does as it closes a broken connection). "The
+//     statement reached the server and ran; the client does not know the
+//     outcome." A statement that blocks on the server blocks the client with
+//     it, for up to those 5 s. What the server does with the chunk depends on the
 //     protocol: PostgreSQL runs a simple-protocol Query message (pgx sends one
 //     for an Exec without arguments, and for a transaction's begin, commit and
 //     rollback), but a lone Parse, as pgx's statement cache sends before the
@@ -406,6 +413,11 @@ func (p *Proxy) serve(pr *pair) {
 	}()
 	p.copyToServer(pr)
 	<-toClient
+	if pr.resetAtEnd != nil {
+		pr.resetAtEnd.Stop()
+		pr.kill(true)
+		return
+	}
 	pr.closeBoth()
 }
 
@@ -553,10 +565,14 @@ func (p *Proxy) cut(pr *pair, t *trigger, chunk []byte) {
 		pr.kill(true)
 		return
 	}
-	pr.resetClient()
 	// The server reads the chunk, then EOF: it runs the statement and closes
-	// its side, which ends copyToClient.
+	// its side, which ends copyToClient. Only then does serve reset the
+	// client: a client whose connection breaks may ask the server to cancel
+	// what it sent (pgx v5.12 sends a cancel request as it closes), and a
+	// cancel arriving while the statement ran would make "forwarded" mean
+	// "maybe run".
 	_ = pr.server.CloseWrite()
+	pr.resetAtEnd = time.AfterFunc(cutResetWait, pr.resetClient)
 }
 
 // copyToClient copies server bytes to the client, applying Freeze. A server

@@ -398,6 +398,53 @@ func TestCutOn(t *testing.T) {
 	}
 }
 
+// TestCutOnForwardResetAfterServer: a forwarding CutOn resets the client
+// only once the server has ended its connection, so that nothing the
+// client does on seeing the reset (pgx sends a cancel request) can reach the
+// server while it still runs the statement.
+func TestCutOnForwardResetAfterServer(t *testing.T) {
+	checkGoroutines(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const runs = 300 * time.Millisecond
+	ended := make(chan time.Time, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.ReadAll(c) // the statement, then the proxy's half-close
+		time.Sleep(runs)     // "runs" it
+		ended <- time.Now()
+	}()
+	p := NewT(t, ln.Addr().String())
+	p.CutOn([]byte("COMMIT"), true)
+	a := dial(t, p.Addr())
+	if _, err := a.Write([]byte("COMMIT;")); err != nil {
+		t.Fatal(err)
+	}
+	expectSilence(t, a) // 200 ms: the server still runs it
+	a.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, err := a.Read(make([]byte, 64))
+	reset := time.Now()
+	if n != 0 || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read = %d, %v; want 0, ECONNRESET", n, err)
+	}
+	select {
+	case at := <-ended:
+		if reset.Before(at) {
+			t.Errorf("the client was reset %v before the server ended", at.Sub(reset))
+		}
+	case <-time.After(time.Second):
+		t.Fatal("the server never ended")
+	}
+	waitFor(t, "Live() == 0", func() bool { return p.Live() == 0 })
+}
+
 func TestCutOnDisarm(t *testing.T) {
 	checkGoroutines(t)
 	echo := newEcho(t)
