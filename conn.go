@@ -339,6 +339,9 @@ func (c *baseConn) usable(op Op) error {
 func (c *baseConn) Close() error {
 	c.owner.forget(c)
 	c.owner.stats.closed.Add(1)
+	if c.pooled.CompareAndSwap(poolIdle, poolBusy) {
+		c.owner.idle.taken() // database/sql closed it in its pool
+	}
 	err := c.inner.Close()
 	if c.pooled.Load() == poolSwept {
 		return nil // sweep closed its socket: pgx's goodbye could not be sent, as expected

@@ -228,7 +228,7 @@ var errPoolFree = errors.New("pgresilient: a pooled connection came free")
 
 // connectWait waits d before the next connection attempt, unless ctx ends,
 // the Connector is closed, the breaker opens (an error matching
-// ErrCircuitOpen) or, for a "not yet" (idle), a pooled connection comes free
+// ErrCircuitOpen) or, for a "not yet" (idle), a pooled connection is or comes free
 // and the call may take it (errPoolFree).
 func (c *Connector) connectWait(ctx context.Context, d time.Duration, idle bool) error {
 	var free <-chan struct{}
@@ -236,6 +236,12 @@ func (c *Connector) connectWait(ctx context.Context, d time.Duration, idle bool)
 		ch, done := c.idle.wait()
 		defer done()
 		free = ch
+		if c.idle.available() && c.idle.release(ctx) {
+			// One came back before this wait began (the call's
+			// refusal crossed it): database/sql has it in its pool
+			// by now, or within a moment.
+			return errPoolFree
+		}
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -248,10 +254,18 @@ func (c *Connector) connectWait(ctx context.Context, d time.Duration, idle bool)
 		case <-c.breaker.opened():
 			return ErrCircuitOpen
 		case <-free:
-			if c.idle.release(ctx) {
-				return errPoolFree
+			// IsValid just returned: database/sql has yet to pool it.
+			if err := c.idle.settle(ctx); err != nil {
+				return err
 			}
-			free = nil // this call used its releases: wait out d
+			switch {
+			case !c.idle.available():
+				free = c.idle.current() // another call took it: wait on
+			case c.idle.release(ctx):
+				return errPoolFree
+			default:
+				free = nil // this call used its releases: wait out d
+			}
 		case <-t.C:
 			return nil
 		}

@@ -20,7 +20,9 @@ import (
 // deadline if that comes first. A blackholed connection then costs that
 // much, not forever.
 func (c *baseConn) ResetSession(ctx context.Context) error {
-	if !c.pooled.CompareAndSwap(poolIdle, poolBusy) && c.pooled.Load() == poolSwept {
+	if c.pooled.CompareAndSwap(poolIdle, poolBusy) {
+		c.owner.idle.taken()
+	} else if c.pooled.Load() == poolSwept {
 		return driver.ErrBadConn // closed by a sweep while idle
 	}
 	if c.broken.Load() || c.innerClosed() {
@@ -216,8 +218,9 @@ func (c *baseConn) IsValid() bool {
 		return false
 	}
 	c.proveAlive()
-	c.pooled.Store(poolIdle) // back in the pool: a sweep may close it
-	c.owner.idle.pooled()    // calls waiting out a "not yet" may take it (wait.go)
+	if c.pooled.Swap(poolIdle) != poolIdle { // back in the pool: a sweep may close it
+		c.owner.idle.pooled() // calls waiting out a "not yet" may take it (wait.go)
+	}
 	return true
 }
 

@@ -274,6 +274,7 @@ func (c *Connector) sweepAddr(addr string, reason discardReason) {
 	var swept []*baseConn
 	for bc := range c.live {
 		if bc.wire != nil && bc.wire.addr == addr && bc.pooled.CompareAndSwap(poolIdle, poolSwept) {
+			c.idle.taken()
 			swept = append(swept, bc)
 		}
 	}

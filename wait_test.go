@@ -254,6 +254,48 @@ func TestConnectPoolFree(t *testing.T) {
 	}
 }
 
+// TestConnectPoolFreeCrossing: the pool's one connection comes back after
+// database/sql looked in the pool and before the call's refusal: the call
+// takes it on database/sql's next try instead of waiting out a backoff it
+// would have no signal to end (it waited out its deadline before).
+func TestConnectPoolFreeCrossing(t *testing.T) {
+	var full atomic.Bool
+	var held *sql.Conn
+	sc := &scriptConnector{}
+	sc.connect = func(context.Context) error {
+		if !full.Load() {
+			return nil
+		}
+		if c := held; c != nil {
+			held = nil
+			_ = c.Close() // back to the pool while this attempt is under way
+		}
+		return tooMany
+	}
+	c, err := NewConnector("fake?connect_backoff=2s&connect_backoff_max=2s", WithDriver(sc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	defer db.Close()
+	if held, err = db.Conn(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	full.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	began := time.Now()
+	if _, err := db.ExecContext(ctx, "a"); err != nil {
+		t.Fatalf("the call did not take the connection that came back: %v", err)
+	}
+	if d := time.Since(began); d > time.Second {
+		t.Errorf("served after %v, want at once (the backoff is 2s)", d)
+	}
+	if n := sc.opened.Load(); n != 1 {
+		t.Errorf("%d connections opened, want 1", n)
+	}
+}
+
 // TestConnectAttemptCap: 3*maxConnecting calls dial at once against a
 // server that takes 50ms to answer: at most maxConnecting attempts are under
 // way at any moment, and every call is served.
@@ -367,18 +409,19 @@ func TestBreakerWaitsForProbe(t *testing.T) {
 	waitBreaker(t, c, BreakerOpen)
 	time.Sleep(3 * time.Second) // a long outage: unattended, the probes back off (20ms + elapsed/30)
 
-	probes := c.Stats().Probes
+	failed := c.Stats().ProbeFailures
 	began := time.Now()
 	_, err = db.Exec("a")
 	took := time.Since(began)
 	if !errors.Is(err, ErrCircuitOpen) {
 		t.Fatalf("server down: want ErrCircuitOpen, got %v", err)
 	}
-	// Rejected once a probe made while it waited found the server down:
-	// at once if the last probe was over probeDemandMax ago, else within
-	// probeDemandMax of it.
-	if c.Stats().Probes == probes || took > breakerWaitMax+probeDemandMax+200*time.Millisecond {
-		t.Errorf("rejected after %v and %d probes, want after the next probe (within ~%v)", took, c.Stats().Probes-probes, probeDemandMax)
+	// Rejected once a probe's outcome, in while it waited, found the server
+	// down: the probe it pulled forward (within probeDemandMax of the last
+	// one's start), or one already under way when it came (counted in
+	// ProbeFailures, not Probes, which counts starts).
+	if c.Stats().ProbeFailures == failed || took > breakerWaitMax+probeDemandMax+200*time.Millisecond {
+		t.Errorf("rejected after %v and %d failed probes, want after the next probe (within ~%v)", took, c.Stats().ProbeFailures-failed, probeDemandMax)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
