@@ -22,6 +22,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgresilient/pgresilient/faultproxy"
 	"github.com/pgresilient/pgresilient/pgtest"
 )
 
@@ -330,4 +331,114 @@ func TestAvailabilityRecoveryHerd(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestAvailabilityRefusingAddress: the address refuses new connections (a
+// proxy or pooler that stopped accepting, an overflowing listen queue)
+// while the connections already open keep working, and half of a warm pool
+// of 8 is lost (its backends terminated). 8 workers per driver, both drivers
+// at once (each through its own fault proxy), so that they share the
+// machine; 2 s deadlines, for 3 s, bare DSN. Raw pgx serves on the 4
+// connections left and fails the calls that have to dial. pgresilient: a
+// call whose dial is refused takes a pooled connection that comes free, and
+// the breaker stays closed (the working connections' successes are evidence
+// that the database serves; refused dials alone would open it): at least as
+// many calls served as raw pgx, fewer failed, none past its deadline.
+func TestAvailabilityRefusingAddress(t *testing.T) {
+	const (
+		workers  = 8
+		lost     = 4
+		deadline = 2 * time.Second
+		runFor   = 3 * time.Second
+		pace     = 2 * time.Millisecond
+	)
+	c := needCluster(t)
+	ctx := context.Background()
+	res := map[string]*availPool{}
+	var proxies []*faultproxy.Proxy
+	for _, name := range drivers {
+		p := newProxy(t, c)
+		proxies = append(proxies, p)
+		dsn := c.DSNFor(p.Host(), p.Port()) + "&application_name=refusing_" + name
+		pool := &availPool{driver: name, n: workers, kinds: map[string]int{}}
+		if name == DriverName {
+			pool.db, pool.cn = outageDB(t, dsn)
+		} else {
+			pool.db = openDB(t, name, dsn)
+		}
+		res[name] = pool
+		warmPool(t, pool.db, workers)
+	}
+	for _, p := range proxies {
+		if err := p.Refuse(true); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = p.Refuse(false) }()
+	}
+	for _, name := range drivers {
+		n, err := pgtest.QueryValue[int](ctx, c, "select count(pg_terminate_backend(pid, 5000))::int from (select pid from pg_stat_activity where application_name = $1 limit $2) s", "refusing_"+name, lost)
+		if err != nil || n != lost {
+			t.Fatalf("%s: terminated %d backends (%v), want %d", name, n, err, lost)
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, pool := range res {
+		for range workers {
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					cctx, cancel := context.WithTimeout(ctx, deadline)
+					began := time.Now()
+					var one int
+					err := pool.db.QueryRowContext(cctx, "select 1").Scan(&one)
+					cancel()
+					pool.note(err, time.Since(began), deadline)
+					time.Sleep(pace)
+				}
+			})
+		}
+	}
+	time.Sleep(runFor)
+	close(stop)
+	wg.Wait()
+	for _, name := range drivers {
+		pool := res[name]
+		var kinds []string
+		for k, n := range pool.kinds {
+			kinds = append(kinds, fmt.Sprintf("%d× %s", n, k))
+		}
+		sort.Strings(kinds)
+		extra := ""
+		if pool.cn != nil {
+			st := pool.cn.Stats()
+			extra = fmt.Sprintf(" breaker=%v transitions=%d rejected=%d connect_failures=%d", st.Breaker, st.BreakerTransitions, st.BreakerRejected, st.ConnectFailures)
+		}
+		t.Logf("MEASURE availability/refusing %s served=%d failed=%d circuit_open=%d slowest=%s%s [%s]",
+			name, pool.served.Load(), pool.failed.Load(), pool.circuitOpen.Load(), outageMS(time.Duration(pool.slowest.Load())), extra, strings.Join(kinds, ", "))
+	}
+	raw, pgr := res["pgx"], res[DriverName]
+	if raw.failed.Load() == 0 {
+		t.Errorf("raw pgx failed no call: the fault did not happen")
+	}
+	// At least as many, within 5%, as in TestAvailabilityServerFull.
+	if pgr.served.Load()*100 < raw.served.Load()*95 {
+		t.Errorf("pgresilient served %d calls, raw pgx %d: the connections that still work must serve", pgr.served.Load(), raw.served.Load())
+	}
+	if pgr.failed.Load() >= raw.failed.Load() {
+		t.Errorf("pgresilient failed %d calls, raw pgx %d", pgr.failed.Load(), raw.failed.Load())
+	}
+	if n := pgr.late.Load(); n != 0 {
+		t.Errorf("%d calls outlived their %v deadline by over 100ms", n, deadline)
+	}
+	if st := pgr.cn.Stats(); st.BreakerTransitions != 0 || pgr.circuitOpen.Load() != 0 {
+		t.Errorf("the breaker moved %d times (%d ErrCircuitOpen) while the open connections served", st.BreakerTransitions, pgr.circuitOpen.Load())
+	}
+	if st := pgr.cn.Stats(); st.ConnectFailures == 0 {
+		t.Errorf("pgresilient dialled no refused connection: the fault did not reach it")
+	}
 }

@@ -91,14 +91,22 @@ func (c *Connector) connectOnce(ctx context.Context) (driver.Conn, error) {
 //     of the wrong role for target_session_attrs) is retried with backoff
 //     and full jitter until ctx's deadline less headroom for the statement
 //     (notYetCeiling without one), not within connect_retries, and never
-//     counts for the breaker. The wait ends early, with an error matching
-//     driver.ErrBadConn, when a pooled connection comes free (idleSignal);
+//     counts for the breaker;
 //   - a connection a proxy accepted and closed is retried soon
 //     (proxyBackoff), within the same bound and for proxyRetryFor at most,
 //     and counts;
 //   - any other transient failure is retried up to connect_retries times,
 //     or, before the Connector's first working connection (a database that
 //     starts after the application), waited out like a "not yet".
+//
+// A wait between attempts ends early, with an error matching
+// driver.ErrBadConn (nothing was sent), when a pooled connection is or
+// comes free (idleSignal): database/sql takes it on its next try. That is
+// so for a "not yet", and for any failure once the Connector has had a
+// working connection: an address that refuses new connections while the
+// open ones work (a proxy or pooler that stopped accepting) is served by
+// them, not failed after connect_retries while they wait in the pool
+// (TestAvailabilityRefusingAddress).
 //
 // Once the Connector has had a working connection, every counted failed
 // attempt counts against the breaker, and one that times out opens it at
@@ -203,7 +211,7 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 		c.stats.connectRetries.Add(1)
 		c.logger.LogAttrs(ctx, slog.LevelDebug, "pgresilient: connect failed, retrying",
 			slog.Int("attempt", attempt+1), slog.Duration("backoff", wait), slog.String("cause", logCause(err)))
-		if werr := c.connectWait(ctx, wait, kind == refusalNotYet); werr != nil {
+		if werr := c.connectWait(ctx, wait, kind == refusalNotYet || c.connected.Load()); werr != nil {
 			switch {
 			case errors.Is(werr, ErrCircuitOpen):
 				return nil, c.breaker.openError(&ConnectError{Attempts: attempt + 1, Err: err})
@@ -228,8 +236,8 @@ var errPoolFree = errors.New("pgresilient: a pooled connection came free")
 
 // connectWait waits d before the next connection attempt, unless ctx ends,
 // the Connector is closed, the breaker opens (an error matching
-// ErrCircuitOpen) or, for a "not yet" (idle), a pooled connection is or comes free
-// and the call may take it (errPoolFree).
+// ErrCircuitOpen) or, if idle, a pooled connection is or comes free and the
+// call may take it (errPoolFree).
 func (c *Connector) connectWait(ctx context.Context, d time.Duration, idle bool) error {
 	var free <-chan struct{}
 	if idle {
