@@ -103,6 +103,58 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	}
 }
 
+// TestBreakerProbeConnectionServes: the connection of the probe that closed
+// the breaker serves the first call that needs one, which then does not dial
+// again (a pool serves again one connection startup sooner after an
+// outage), and a probe's connection that no call takes is closed after
+// spareFor.
+func TestBreakerProbeConnectionServes(t *testing.T) {
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	fd := &fakeDriver{execErrs: []error{io.EOF}}
+	c, err := NewConnector("fake?breaker_failures=2&breaker_cooldown=50ms&connect_retries=0", WithDriver(fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	noMinSpan(c)
+	db := sql.OpenDB(c)
+	defer db.Close()
+	if _, err := db.Exec("a"); !errors.Is(err, ErrConnLost) { // failure 1
+		t.Fatalf("want ErrConnLost, got %v", err)
+	}
+	fd.setDown(refused)
+	if _, err := db.Exec("a"); !errors.Is(err, ErrCircuitOpen) { // failure 2
+		t.Fatalf("want ErrCircuitOpen, got %v", err)
+	}
+	fd.setDown(nil)
+	waitBreaker(t, c, BreakerClosed)
+	connects, opened := fd.connects.Load(), c.Stats().Opened
+	if _, err := db.Exec("a"); err != nil {
+		t.Fatalf("after the probe closed the breaker: %v", err)
+	}
+	if n := fd.connects.Load() - connects; n != 0 {
+		t.Errorf("the first call after the breaker closed dialled %d times, want 0: the probe's connection serves it", n)
+	}
+	if n := c.Stats().Opened - opened; n != 1 {
+		t.Errorf("Stats.Opened grew by %d, want 1 (the probe's connection, handed over)", n)
+	}
+	if got := fd.opened.Load() - fd.closed.Load(); got != 1 {
+		t.Errorf("%d connections open, want 1 (the pooled one)", got)
+	}
+
+	// A probe's connection no call takes is closed.
+	if err := c.probe(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if c.spare.Load() == nil {
+		t.Fatal("no spare kept after a successful probe")
+	}
+	closed := fd.closed.Load()
+	time.Sleep(spareFor + 200*time.Millisecond)
+	if c.spare.Load() != nil || fd.closed.Load() != closed+1 {
+		t.Errorf("after %v: spare %v, %d connections closed, want none kept and 1 closed", spareFor+200*time.Millisecond, c.spare.Load() != nil, fd.closed.Load()-closed)
+	}
+}
+
 // TestBreakerProbeFailureReopens: a probe that fails leaves the breaker
 // open (it was a user call in half-open before; now the background prober's),
 // and the next probes keep looking until one connects.

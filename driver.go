@@ -107,6 +107,10 @@ type Connector struct {
 	// cached statements (stale.go): new connections then use
 	// QueryExecModeExec instead of pgx's default statement cache.
 	execMode atomic.Bool
+
+	// spare is a probe's connection, for the first call after the
+	// breaker closed (keepSpare, takeSpare).
+	spare atomic.Pointer[spareConn]
 }
 
 // defaultVerifyTimeout bounds the ping that verifies a pooled connection
@@ -333,7 +337,10 @@ func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
 		return nil, err
 	}
 	counted := c.connected.Load()
-	inner, err := c.connect(ctx)
+	inner, err := c.takeSpare(), error(nil)
+	if inner == nil {
+		inner, err = c.connect(ctx)
+	}
 	if err != nil && counted && errors.Is(err, ErrCircuitOpen) {
 		// The breaker opened during this call's retries: it waits for the
 		// next probe once, as a call finding it open does.
@@ -367,7 +374,8 @@ func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
 }
 
 // probe is the breaker's check of the server while open: a real connection,
-// startup included, through the wrapped connector, closed at once. It is
+// startup included, through the wrapped connector, then kept as the spare
+// (keepSpare). It is
 // bounded like a reuse check, and counted in Stats.Probes, not in
 // ConnectFailures.
 func (c *Connector) probe(ctx context.Context) error {
@@ -377,8 +385,53 @@ func (c *Connector) probe(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_ = dc.Close()
+	c.keepSpare(dc)
 	return nil
+}
+
+// spareConn is a connection a successful probe opened, kept for the first
+// call that needs a new connection once the breaker closed (takeSpare):
+// that call, usually one that waited for the probe, need not dial again, and
+// a pool serves again one connection startup sooner after an outage. A
+// spare no call took within spareFor is closed.
+type spareConn struct{ dc driver.Conn }
+
+const spareFor = time.Second
+
+// keepSpare keeps dc as the spare, or closes it if there is one already or
+// the Connector is closed.
+func (c *Connector) keepSpare(dc driver.Conn) {
+	sp := &spareConn{dc: dc}
+	if c.life.Err() != nil || !c.spare.CompareAndSwap(nil, sp) {
+		_ = dc.Close()
+		return
+	}
+	time.AfterFunc(spareFor, func() {
+		if c.spare.CompareAndSwap(sp, nil) {
+			_ = dc.Close()
+		}
+	})
+}
+
+// takeSpare returns the spare and forgets it, or nil: one atomic load when
+// there is none.
+func (c *Connector) takeSpare() driver.Conn {
+	if c.spare.Load() == nil {
+		return nil
+	}
+	sp := c.spare.Swap(nil)
+	if sp == nil {
+		return nil
+	}
+	c.stats.opened.Add(1)
+	return sp.dc
+}
+
+// closeSpare closes the spare, if any (Close, once no probe runs).
+func (c *Connector) closeSpare() {
+	if sp := c.spare.Swap(nil); sp != nil {
+		_ = sp.dc.Close()
+	}
 }
 
 // Close stops the breaker's background prober and waits for it, and
@@ -391,6 +444,7 @@ func (c *Connector) probe(ctx context.Context) error {
 func (c *Connector) Close() error {
 	c.stop() // calls waiting (wait.go) return now
 	c.breaker.close()
+	c.closeSpare()
 	c.mon.close()
 	c.wg.Wait()
 	return nil

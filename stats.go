@@ -51,7 +51,7 @@ type counters struct {
 // but Breaker only grow, so the difference of two snapshots counts what
 // happened in between.
 type Stats struct {
-	Opened int64 // connections opened
+	Opened int64 // connections opened (a probe's once a call takes it)
 	Closed int64 // connections closed, by database/sql (SetConnMaxLifetime, SetMaxIdleConns, db.Close) or after a discard
 
 	// Discarded counts the connections pgresilient took out of use, each
@@ -104,7 +104,7 @@ type Stats struct {
 	BreakerTransitions int64 // breaker state changes
 	BreakerRejected    int64 // calls failed at once with ErrCircuitOpen
 
-	Probes              int64         // background probes of the server while the breaker was open (a connection, closed again)
+	Probes              int64         // background probes of the server while the breaker was open (a connection: the last one serves the next call, or is closed)
 	ProbeFailures       int64         // probes that found the server still unreachable
 	BreakerOpenDuration time.Duration // time the breaker has spent open (half-open included), the current period too
 }
