@@ -342,13 +342,13 @@ func (b *breaker) before() error {
 // writes failed after HAProxy routed in TestHAProxySwitchover); calls then
 // wait breakerWaitMax at most.
 const (
-	// probeDemandMax: 50 ms, so that a pool serves again within 100 ms of
-	// the server (its probe, then its calls' own connections): with 100 ms,
-	// 8 pools of 8 workers each served again 130 to 190 ms after the
-	// address accepted again (TestAvailabilityRecoveryHerd), raw pgx 10 to
-	// 36 ms. While calls wait, a Connector probes about 20 times a second:
-	// 8 pools dial ~160 times a second, raw pgx's ~3000.
-	probeDemandMax = 50 * time.Millisecond
+	// probeDemandMax: so that a pool serves again within 100 ms of the
+	// server (its probe, whose connection then serves a waiting call),
+	// however many pools recover at once (TestAvailabilityRecoveryHerd, 8
+	// pools of 8 workers), at a tenth of the connection attempts raw pgx
+	// makes meanwhile. While calls wait, a Connector probes about 30 times
+	// a second. The measurements behind it: docs/resilience.md.
+	probeDemandMax = 35 * time.Millisecond
 	breakerWaitMax = 250 * time.Millisecond
 	// maxProbes bounds the probes under way at once (run's hedges).
 	maxProbes = 3

@@ -251,7 +251,7 @@ const (
 	// soakSlack is how long after the primary answered again an unknown
 	// outcome still counts as the outage's: RunTx's lookup waits up to
 	// resolveBackoffMax between tries and does not start a wait its
-	// deadline would cut, and the breaker's probe (40-50 ms apart while
+	// deadline would cut, and the breaker's probe (at most probeDemandMax apart while
 	// calls wait) must find the server first.
 	soakSlack = resolveBackoffMax + 100*time.Millisecond
 )
