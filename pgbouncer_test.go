@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgresilient/pgresilient/pgtest"
 )
@@ -553,7 +554,8 @@ func TestPgBouncerStatementCache(t *testing.T) {
 // server_login_retry once its first login to the restarting server failed.
 // Raw pgx fails those; pgresilient holds them (nothing was forwarded) until
 // PgBouncer serves again, within their deadlines: at most the writes in
-// flight fail (ErrConnLost), nothing runs twice, nothing acknowledged is
+// flight fail (ErrConnLost), and the writes PgBouncer queued past
+// query_timeout (see below); nothing runs twice, nothing acknowledged is
 // lost.
 func TestPgBouncerServerRestartWriters(t *testing.T) {
 	const (
@@ -638,7 +640,7 @@ func TestPgBouncerServerRestartWriters(t *testing.T) {
 			}
 		}
 		kinds := map[string]int{}
-		inFlight, later := 0, 0
+		inFlight, later, terminated, held := 0, 0, 0, 0
 		var lastEnd time.Duration
 		for _, f := range bd.fails {
 			kinds[describe(f.err)]++
@@ -648,23 +650,39 @@ func TestPgBouncerServerRestartWriters(t *testing.T) {
 				later++
 			}
 			lastEnd = max(lastEnd, f.end.Sub(began))
-			if name == DriverName && !errors.Is(f.err, ErrConnLost) {
-				t.Errorf("a write failed other than in flight (ErrConnLost), begun %v after the restart began: %v", f.start.Sub(began).Round(time.Millisecond), f.err)
+			if name != DriverName {
+				continue
+			}
+			var pgErr *pgconn.PgError
+			switch {
+			case errors.Is(f.err, ErrConnLost) && errors.As(f.err, &pgErr) && pgErr.Code == "57P01":
+				terminated++ // in flight when the restart ended its backend
+			case errors.Is(f.err, ErrConnLost) && errors.Is(f.err, errCancelRaced), errors.Is(f.err, ErrCanceled):
+				held++ // query_timeout ended it while PgBouncer held it
+			default:
+				t.Errorf("a write failed other than in flight or by query_timeout, begun %v after the restart began: %v", f.start.Sub(began).Round(time.Millisecond), f.err)
 			}
 		}
-		t.Logf("MEASURE pgbouncer/server-restart %s writes=%d failed=%d (begun before the restart %d, after %d; last failure %s after it began) duplicated=%d acknowledged_lost=%d %v",
-			name, len(bd.acked)+len(bd.fails), len(bd.fails), inFlight, later, outageMS(lastEnd), dup, lost, kinds)
+		split := ""
+		if name == DriverName {
+			split = fmt.Sprintf("; in flight when the backends ended %d, query_timeout while PgBouncer held them %d", terminated, held)
+		}
+		t.Logf("MEASURE pgbouncer/server-restart %s writes=%d failed=%d (begun before the restart %d, after %d; last failure %s after it began%s) duplicated=%d acknowledged_lost=%d %v",
+			name, len(bd.acked)+len(bd.fails), len(bd.fails), inFlight, later, outageMS(lastEnd), split, dup, lost, kinds)
 		if name != DriverName {
 			return
 		}
-		// Issue 21's target is the writes in flight (8); 2 runs of 6
-		// had 9 and 10, every one ErrConnLost with 57P01, the last about
-		// 1.04 s after the restart began (PgBouncer's server_login_retry
-		// later): a second termination not yet understood. The bound
-		// asserted is twice that; every failure must still be an
-		// ErrConnLost (checked above), never a refusal.
-		if len(bd.fails) > 2*writers {
-			t.Errorf("%d writes failed, want at most %d (twice the %d in flight)", len(bd.fails), 2*writers, writers)
+		// At most the writes in flight fail, one per writer, each
+		// ErrConnLost (57P01). A write PgBouncer queued while its login
+		// to the restarting server failed waits there until
+		// server_login_retry (1 s) has passed, as long as query_timeout
+		// (1 s, issue21Params): some reach it first. Their cancel does
+		// not stop them (PgBouncer runs them once it serves): "outcome
+		// unknown" (errCancelRaced), honestly, since a cancel could have
+		// ended a synchronous standby's wait; at most one per writer.
+		// Raw pgx fails every write PgBouncer refuses meanwhile.
+		if terminated > writers || held > writers {
+			t.Errorf("%d writes failed in flight and %d by query_timeout, want at most %d each", terminated, held, writers)
 		}
 		if dup != 0 || lost != 0 {
 			t.Errorf("%d ids twice, %d acknowledged ids missing", dup, lost)
