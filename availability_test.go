@@ -68,6 +68,18 @@ func (p *availPool) note(err error, took time.Duration, deadline time.Duration) 
 	p.mu.Unlock()
 }
 
+// kindList says how many failures of each kind the pool saw, sorted.
+func (p *availPool) kindList() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	kinds := make([]string, 0, len(p.kinds))
+	for k, n := range p.kinds {
+		kinds = append(kinds, fmt.Sprintf("%d× %s", n, k))
+	}
+	sort.Strings(kinds)
+	return strings.Join(kinds, ", ")
+}
+
 // TestAvailabilityServerFull: a throwaway server with max_connections 34
 // (no superuser reserve), filled by six pools at once, three per driver:
 // 8, 8 and 1 connections. Each pool's 8 workers run a 5 ms statement under
@@ -161,13 +173,6 @@ func TestAvailabilityServerFull(t *testing.T) {
 	byKey := map[string]*availPool{}
 	for i, p := range pools {
 		byKey[fmt.Sprintf("%s/%d", p.driver, i%len(shares))] = p
-		var kinds []string
-		p.mu.Lock()
-		for k, n := range p.kinds {
-			kinds = append(kinds, fmt.Sprintf("%d× %s", n, k))
-		}
-		p.mu.Unlock()
-		sort.Strings(kinds)
 		extra := ""
 		if p.cn != nil {
 			st := p.cn.Stats()
@@ -175,7 +180,7 @@ func TestAvailabilityServerFull(t *testing.T) {
 		}
 		t.Logf("MEASURE availability/full %s pool%d(%d conns) served=%d failed=%d circuit_open=%d slowest=%s late=%d%s [%s]",
 			p.driver, i%len(shares)+1, p.n, p.served.Load(), p.failed.Load(), p.circuitOpen.Load(),
-			outageMS(time.Duration(p.slowest.Load())), p.late.Load(), extra, strings.Join(kinds, ", "))
+			outageMS(time.Duration(p.slowest.Load())), p.late.Load(), extra, p.kindList())
 	}
 	for i := range shares {
 		raw, pgr := byKey[fmt.Sprintf("pgx/%d", i)], byKey[fmt.Sprintf("%s/%d", DriverName, i)]
@@ -408,18 +413,13 @@ func TestAvailabilityRefusingAddress(t *testing.T) {
 	wg.Wait()
 	for _, name := range drivers {
 		pool := res[name]
-		var kinds []string
-		for k, n := range pool.kinds {
-			kinds = append(kinds, fmt.Sprintf("%d× %s", n, k))
-		}
-		sort.Strings(kinds)
 		extra := ""
 		if pool.cn != nil {
 			st := pool.cn.Stats()
 			extra = fmt.Sprintf(" breaker=%v transitions=%d rejected=%d connect_failures=%d", st.Breaker, st.BreakerTransitions, st.BreakerRejected, st.ConnectFailures)
 		}
 		t.Logf("MEASURE availability/refusing %s served=%d failed=%d circuit_open=%d slowest=%s%s [%s]",
-			name, pool.served.Load(), pool.failed.Load(), pool.circuitOpen.Load(), outageMS(time.Duration(pool.slowest.Load())), extra, strings.Join(kinds, ", "))
+			name, pool.served.Load(), pool.failed.Load(), pool.circuitOpen.Load(), outageMS(time.Duration(pool.slowest.Load())), extra, pool.kindList())
 	}
 	raw, pgr := res["pgx"], res[DriverName]
 	if raw.failed.Load() == 0 {

@@ -375,9 +375,8 @@ func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
 
 // probe is the breaker's check of the server while open: a real connection,
 // startup included, through the wrapped connector, then kept as the spare
-// (keepSpare). It is
-// bounded like a reuse check, and counted in Stats.Probes, not in
-// ConnectFailures.
+// (keepSpare). It is bounded like a reuse check, and counted in
+// Stats.Probes, not in ConnectFailures.
 func (c *Connector) probe(ctx context.Context) error {
 	ctx, cancel := within(ctx, c.verifyTimeout)
 	defer cancel()
