@@ -308,14 +308,16 @@ func (s *idleSignal) available() bool { return s.idle.Load() > 0 }
 
 // poolSettle is how long after IsValid a call released by it waits before
 // database/sql's next try. IsValid runs just before database/sql puts the
-// connection in its pool: a call released at once often looks there first,
-// finds nothing, and dials again, spending its try (1 run in 4 of
-// TestConnectPoolFree under the race detector; none in 100 with 3 ms). The
-// connection waits unused meanwhile unless a call not waiting takes it, and
-// a call that finds it taken by then waits on, its release unspent: the
-// pool of a full server still serves as many calls as raw pgx's, and fails
-// far fewer (TestAvailabilityServerFull).
-const poolSettle = 3 * time.Millisecond
+// connection in its pool: a call released at once can look there first,
+// find nothing, and dial again, spending its try (TestConnectPoolFree under
+// the race detector, without a settle). The connection waits unused
+// meanwhile unless a call not waiting takes it, so the settle is every
+// hand-over's idle time on a full server: it must stay well under the time
+// a caller takes to come back (with 3 ms, the pool of 1 connection in
+// TestAvailabilityServerFull served fewer calls than raw pgx's, whose
+// callers retry at once; with 1 ms, more: docs/resilience.md). A call that
+// finds the connection taken by then waits on, its release unspent.
+const poolSettle = 1 * time.Millisecond
 
 // settle waits until poolSettle after the last connection went back, within
 // ctx.
