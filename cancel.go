@@ -173,8 +173,7 @@ func (c *baseConn) canceledByServer(ctx, stmtCtx context.Context, op Op, err err
 	if c.wire == nil || !c.wire.cancel.sent.Load() || c.innerClosed() {
 		return nil, false
 	}
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != codeQueryCanceled {
+	if _, st, ok := serverState(err); !ok || !st.canceled {
 		return nil, false
 	}
 	c.wire.cancel.sent.Store(false) // it landed: nothing of it is still on its way
@@ -186,9 +185,6 @@ func (c *baseConn) canceledByServer(ctx, stmtCtx context.Context, op Op, err err
 	}
 	return e, true
 }
-
-// codeQueryCanceled is query_canceled: a cancel request, or statement_timeout.
-const codeQueryCanceled = "57014"
 
 // cancelPending reports whether a cancel request went out that no 57014
 // answered: it may still land on the backend's next statement.

@@ -15,8 +15,10 @@ import (
 )
 
 // This file holds every decision about what an error means: the error
-// classes, the SQLSTATE table, and the classifiers of statement and
-// connection errors. errors.go holds what callers see.
+// classes, the one table of SQLSTATEs, the server's and PgBouncer's messages
+// that pgresilient tells apart, and the classifiers of statement and
+// connection errors. What is done about each lives with the operation that
+// failed; errors.go holds what callers see.
 
 // errClass is what the classifier decides about an error.
 type errClass uint8
@@ -112,12 +114,28 @@ func classify(ctx context.Context, err error) errClass {
 	return classOther
 }
 
+// The SQLSTATEs that pgresilient decides on, named where code or tests
+// read them; what each means is in sqlstates.
+const (
+	codeReadOnlyTx          = "25006" // read_only_sql_transaction: "cannot execute ... in a read-only transaction"
+	codeFeatureNotSupported = "0A000" // with RevalidateCachedQuery: "cached plan must not change result type"
+	codeNoPreparedStatement = "26000" // invalid_sql_statement_name: "prepared statement ... does not exist"
+	codeDuplicatePrepared   = "42P05" // duplicate_prepared_statement: "prepared statement ... already exists"
+	codeQueryCanceled       = "57014" // query_canceled: a cancel request, or statement_timeout
+	codeSyntaxError         = "42601" // syntax_error
+	codeInvalidParameter    = "22023" // invalid_parameter_value
+	codeProtocolViolation   = "08P01" // protocol_violation: every error of PgBouncer's own
+)
+
 // The SQLSTATEs that decide what pgresilient does with a server's error,
 // in one table that every decision reads: serverGone (a statement's error
 // ends the session), connectClass (a connection attempt's error may clear up
-// by itself, so it is retried and counts against the breaker). A code not
-// listed is the server answering: the connection is healthy and the error
-// is the caller's (a constraint, a syntax error, a refused password).
+// by itself, so it is retried and counts against the breaker), notYet (the
+// server is up but not for this client now: waited out, never outage
+// evidence), and the statement's own fate (refused before it ran, canceled,
+// worth running the transaction again). A code not listed is the server
+// answering: the connection is healthy and the error is the caller's (a
+// constraint, a refused password).
 //
 // A two-character key is a whole class; a five-character code overrides it.
 var sqlstates = map[string]sqlstate{
@@ -125,17 +143,28 @@ var sqlstates = map[string]sqlstate{
 
 	"57P01": {gone: true, transient: true, uncommitted: true}, // admin_shutdown: pg_terminate_backend, fast shutdown
 	"57P02": {gone: true, transient: true},                    // crash_shutdown
-	"57P03": {gone: true, transient: true},                    // cannot_connect_now: starting up, shutting down, in recovery
+	"57P03": {gone: true, transient: true, notYet: true},      // cannot_connect_now: starting up, shutting down, in recovery, not yet consistent
 	"57P04": {gone: true},                                     // database_dropped
 	"57P05": {gone: true},                                     // idle_session_timeout
 	"25P03": {gone: true, uncommitted: true},                  // idle_in_transaction_session_timeout
 
-	"53300": {transient: true}, // too_many_connections
-	"53000": {transient: true}, // insufficient_resources
-	"53100": {transient: true}, // disk_full
-	"53200": {transient: true}, // out_of_memory
-	"58000": {transient: true}, // system_error
-	"58030": {transient: true}, // io_error
+	"53300": {transient: true, notYet: true}, // too_many_connections: max_connections reached, or only superuser slots left
+	"53000": {transient: true},               // insufficient_resources
+	"53100": {transient: true},               // disk_full
+	"53200": {transient: true},               // out_of_memory
+	"58000": {transient: true},               // system_error
+	"58030": {transient: true},               // io_error
+
+	codeReadOnlyTx:       {readOnly: true},  // a write refused before it ran: refusedForRole
+	"40001":              {retryTx: true},   // serialization_failure: txRetryableServerError
+	"40P01":              {retryTx: true},   // deadlock_detected: txRetryableServerError
+	codeQueryCanceled:    {canceled: true},  // canceledByServer
+	codeSyntaxError:      {syntax: true},    // placeholderHint
+	codeInvalidParameter: {xidFuture: true}, // with "in the future", from txid_status: neverSeen
+
+	codeNoPreparedStatement: {prepared: preparedMissing},     // staleStatement, cachedRefused
+	codeDuplicatePrepared:   {prepared: preparedDuplicate},   // staleStatement, cachedRefused
+	codeFeatureNotSupported: {prepared: preparedPlanChanged}, // staleStatement, with the routine or message
 }
 
 // sqlstate is what one SQLSTATE means to pgresilient.
@@ -145,6 +174,39 @@ type sqlstate struct {
 	// uncommitted: as a FATAL in reply to COMMIT, before its CommandComplete,
 	// the transaction did not commit (refusedCommit).
 	uncommitted bool
+	notYet      bool // "not yet" or "busy": the server is up, nothing ran (notYet)
+	readOnly    bool // a write refused by a read-only session, before it ran
+	retryTx     bool // the transaction was rolled back and may succeed if run again
+	canceled    bool // the statement ended by a cancel request or statement_timeout
+	syntax      bool // the statement's text did not parse
+	xidFuture   bool // with its message, a transaction id the server never assigned
+	prepared    preparedFault
+}
+
+// preparedFault is why the server refused a prepared statement before
+// running anything of it.
+type preparedFault uint8
+
+const (
+	preparedNone        preparedFault = iota
+	preparedMissing                   // the session has no statement of that name
+	preparedDuplicate                 // the session has one of that name already
+	preparedPlanChanged               // its cached plan's result type changed (0A000, only with its routine or message)
+)
+
+// serverState returns the server's error in err and what its SQLSTATE
+// means, or ok false when err holds no server error.
+func serverState(err error) (pgErr *pgconn.PgError, st sqlstate, ok bool) {
+	if !errors.As(err, &pgErr) {
+		return nil, sqlstate{}, false
+	}
+	return pgErr, lookupSQLState(pgErr.Code), true
+}
+
+// isCode reports whether err is a server error with SQLSTATE code.
+func isCode(err error, code string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == code
 }
 
 // lookupSQLState returns what code means: its own entry, else its class's,
@@ -292,7 +354,7 @@ const (
 // 08P01 errors, and "" otherwise.
 func bouncerError(err error) string {
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "08P01" || pgErr.Severity != "FATAL" {
+	if !errors.As(err, &pgErr) || pgErr.Code != codeProtocolViolation || pgErr.Severity != "FATAL" {
 		return ""
 	}
 	return pgErr.Message
@@ -309,4 +371,92 @@ func bouncerNotForwarded(err error) bool {
 		return true
 	}
 	return false
+}
+
+// bouncerNotYet are PgBouncer's FATAL 08P01 messages (classify.go's
+// bouncerError) that say it is up but cannot serve this client yet: its
+// login to PostgreSQL is failing (server_login_retry), it is full
+// (max_client_conn), or a client waited too long for a server connection.
+// Prefixes: PgBouncer appends the setting's name in parentheses.
+var bouncerNotYet = []string{
+	bouncerLoginFailing,
+	"pgbouncer cannot connect to server", // before PgBouncer 1.17
+	"no more connections allowed",        // (max_client_conn)
+	bouncerQueueTimeout,                  // query_wait_timeout
+	"client_login_timeout",               // (server down): PgBouncer never reached the server
+}
+
+// notYet reports a refusal that says "not yet" or "busy", where nothing
+// ran: a server starting up or full (notYet in sqlstates), PgBouncer's refusals
+// (bouncerNotYet), pgx's target_session_attrs rejection (errWrongRole: a
+// change of primary under way). None of them is evidence that the database
+// cannot serve anyone, so none counts for the breaker.
+func notYet(err error) bool {
+	if errors.Is(err, errWrongRole) {
+		return true
+	}
+	_, st, ok := serverState(err)
+	if !ok {
+		return false
+	}
+	if st.notYet {
+		return true
+	}
+	if msg := bouncerError(err); msg != "" {
+		for _, p := range bouncerNotYet {
+			if strings.HasPrefix(msg, p) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// pgxCachedName starts the name of every statement pgx's statement cache
+// prepares (stmtcache_ and a hash of the text), as PostgreSQL quotes it in
+// its messages.
+const pgxCachedName = `"stmtcache_`
+
+// cachedRefused reports a refusal of one of pgx's own cached statements
+// that a transaction pooler explains (26000 or 42P05 naming stmtcache_...):
+// refused at Parse or Bind, before anything ran.
+func cachedRefused(err error) bool {
+	pgErr, st, ok := serverState(err)
+	if !ok || serverGone(pgErr) {
+		return false
+	}
+	switch st.prepared {
+	case preparedMissing, preparedDuplicate:
+		return strings.Contains(pgErr.Message, pgxCachedName)
+	}
+	return false
+}
+
+// staleStatement reports whether err is the server refusing a stale
+// prepared statement before running anything of it. 0A000 is the class
+// feature_not_supported, raised for much else: only the cached plan's
+// refusal counts, known by the server's routine name (not translated) or
+// else its English message.
+func staleStatement(err error) bool {
+	pgErr, st, ok := serverState(err)
+	if !ok || serverGone(pgErr) {
+		return false
+	}
+	switch st.prepared {
+	case preparedMissing:
+		return true
+	case preparedDuplicate:
+		return strings.Contains(pgErr.Message, pgxCachedName)
+	case preparedPlanChanged:
+		return pgErr.Routine == "RevalidateCachedQuery" ||
+			strings.Contains(pgErr.Message, "cached plan must not change result type")
+	}
+	return false
+}
+
+// neverSeen reports txid_status's error for an id beyond the server's next
+// transaction id: "transaction ID ... is in the future" (22023).
+func neverSeen(err error) bool {
+	pgErr, st, ok := serverState(err)
+	return ok && st.xidFuture && strings.Contains(pgErr.Message, "in the future")
 }

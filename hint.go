@@ -1,14 +1,8 @@
 package pgresilient
 
 import (
-	"errors"
 	"strings"
-
-	"github.com/jackc/pgx/v5/pgconn"
 )
-
-// codeSyntaxError is syntax_error.
-const codeSyntaxError = "42601"
 
 // PlaceholderError is a syntax error (SQLSTATE 42601) of a statement that
 // holds '?' but no $1: most likely written for a driver whose placeholders
@@ -32,8 +26,7 @@ func (e *PlaceholderError) Unwrap() error { return e.Err }
 // syntax error for a query with '?' placeholders; it returns err otherwise.
 // It runs on the error path only.
 func placeholderHint(err error, query string) error {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != codeSyntaxError ||
+	if _, st, ok := serverState(err); !ok || !st.syntax ||
 		!strings.Contains(query, "?") || strings.Contains(query, "$1") {
 		return err
 	}

@@ -3,11 +3,7 @@ package pgresilient
 import (
 	"context"
 	"database/sql"
-	"errors"
-	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Resolving a lost COMMIT: the transaction's id, read inside the
@@ -272,13 +268,6 @@ func replicated(ctx context.Context, db *sql.DB, target *string) (bool, error) {
 		return false, err
 	}
 	return ok, nil
-}
-
-// neverSeen reports txid_status's error for an id beyond the server's next
-// transaction id: "transaction ID ... is in the future" (22023).
-func neverSeen(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "22023" && strings.Contains(pgErr.Message, "in the future")
 }
 
 // resolvedNotCommitted is the error of an attempt whose COMMIT lost its

@@ -131,8 +131,7 @@ func (c *baseConn) roleChanged() bool {
 // (a string of several, sent by the simple protocol, could have committed
 // a part before the refused one).
 func (c *baseConn) refusedForRole(err error, query string) bool {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != codeReadOnlyTx {
+	if _, st, ok := serverState(err); !ok || !st.readOnly {
 		return false
 	}
 	return c.roleChanged() && singleStatement(query)
@@ -160,10 +159,6 @@ func (c *baseConn) failStmt(ctx, stmtCtx context.Context, op Op, query string, e
 		slog.String("op", string(op)), slog.Bool("in_tx", inTx), slog.String("cause", logCause(err)))
 	return rerr
 }
-
-// codeReadOnlyTx is read_only_sql_transaction: "cannot execute ... in a
-// read-only transaction".
-const codeReadOnlyTx = "25006"
 
 // singleStatement reports whether query holds at most one statement: no ';'
 // but trailing ones. A ';' inside a literal or a comment counts too, which
@@ -221,68 +216,6 @@ func (h hostOrder) before(ctx context.Context, cfg *pgx.ConnConfig) error {
 	cfg.Host, cfg.Port, cfg.TLSConfig = first.fb.Host, first.fb.Port, first.fb.TLSConfig
 	cfg.Fallbacks = rest
 	return nil
-}
-
-// A connection's place, for sweep: database/sql holds it (busy, from
-// ResetSession or its opening), or it waits in the pool (idle, from
-// IsValid), or a sweep closed it while it waited.
-const (
-	poolBusy int32 = iota
-	poolIdle
-	poolSwept
-)
-
-// track registers a connection of c's, for sweep.
-func (c *Connector) track(bc *baseConn) {
-	c.liveMu.Lock()
-	if c.live == nil {
-		c.live = map[*baseConn]struct{}{}
-	}
-	c.live[bc] = struct{}{}
-	c.liveMu.Unlock()
-}
-
-// forget removes a closed connection from the registry.
-func (c *Connector) forget(bc *baseConn) {
-	c.liveMu.Lock()
-	delete(c.live, bc)
-	c.liveMu.Unlock()
-}
-
-// sweep closes, now, every idle pooled connection to the server that wire
-// is connected to: a server that changed role, whose idle connections
-// would otherwise stay there, and hold its backends, until each is next
-// taken from the pool (or forever, while the pool keeps reusing the
-// connections opened on the new primary). A connection database/sql holds
-// is left alone: it is checked at its next reuse. Closing the socket of an
-// idle connection is safe: nothing uses it until database/sql takes it
-// again, and ResetSession then refuses it, so it is dropped unused.
-func (c *Connector) sweep(wire *countingConn) {
-	if wire != nil {
-		c.sweepAddr(wire.addr, discardRole)
-	}
-}
-
-// sweepAddr closes every idle pooled connection to addr now, discarded for
-// reason: a server that changed role (sweep), or that the host monitor found
-// silent.
-func (c *Connector) sweepAddr(addr string, reason discardReason) {
-	if addr == "" {
-		return
-	}
-	c.liveMu.Lock()
-	var swept []*baseConn
-	for bc := range c.live {
-		if bc.wire != nil && bc.wire.addr == addr && bc.pooled.CompareAndSwap(poolIdle, poolSwept) {
-			c.idle.taken()
-			swept = append(swept, bc)
-		}
-	}
-	c.liveMu.Unlock()
-	for _, bc := range swept {
-		bc.markBroken(reason)
-		_ = bc.wire.Conn.Close()
-	}
 }
 
 // errWrongRole is matched by a connection attempt's error when a server

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // This file makes a schema change under traffic invisible to statements
@@ -60,56 +58,6 @@ import (
 // and database/sql's last try is on a new one. Recognising PgBouncer at
 // connect was not possible: it relays the server's ParameterStatus and
 // says nothing of its own, and under session pooling the cache works.
-
-// The SQLSTATEs of a statement the server refused before running it because
-// its prepared form is stale.
-const (
-	codeFeatureNotSupported = "0A000" // with RevalidateCachedQuery: "cached plan must not change result type"
-	codeNoPreparedStatement = "26000" // invalid_sql_statement_name: "prepared statement ... does not exist"
-	codeDuplicatePrepared   = "42P05" // duplicate_prepared_statement: "prepared statement ... already exists"
-)
-
-// pgxCachedName starts the name of every statement pgx's statement cache
-// prepares (stmtcache_ and a hash of the text), as PostgreSQL quotes it in
-// its messages.
-const pgxCachedName = `"stmtcache_`
-
-// cachedRefused reports a refusal of one of pgx's own cached statements
-// that a transaction pooler explains (26000 or 42P05 naming stmtcache_...):
-// refused at Parse or Bind, before anything ran.
-func cachedRefused(err error) bool {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || serverGone(pgErr) {
-		return false
-	}
-	switch pgErr.Code {
-	case codeNoPreparedStatement, codeDuplicatePrepared:
-		return strings.Contains(pgErr.Message, pgxCachedName)
-	}
-	return false
-}
-
-// staleStatement reports whether err is the server refusing a stale
-// prepared statement before running anything of it. 0A000 is the class
-// feature_not_supported, raised for much else: only the cached plan's
-// refusal counts, known by the server's routine name (not translated) or
-// else its English message.
-func staleStatement(err error) bool {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || serverGone(pgErr) {
-		return false
-	}
-	switch pgErr.Code {
-	case codeNoPreparedStatement:
-		return true
-	case codeDuplicatePrepared:
-		return strings.Contains(pgErr.Message, pgxCachedName)
-	case codeFeatureNotSupported:
-		return pgErr.Routine == "RevalidateCachedQuery" ||
-			strings.Contains(pgErr.Message, "cached plan must not change result type")
-	}
-	return false
-}
 
 // StaleStatementError is what a transaction's TxAbortedError wraps when the
 // server refused one of its cached statements because the schema changed
@@ -232,12 +180,6 @@ func (c *baseConn) restartTx(ctx, stmtCtx context.Context) error {
 func isStaleAbort(err error) bool {
 	var se *StaleStatementError
 	return errors.Is(err, ErrTxAborted) && errors.As(err, &se)
-}
-
-// isCode reports whether err is a server error with SQLSTATE code.
-func isCode(err error, code string) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == code
 }
 
 // useExecMode switches the Connector, once, to QueryExecModeExec for its new

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"reflect"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -44,28 +43,6 @@ const (
 	refusalProxyClosed                // a proxy accepted the connection and closed it before any server spoke
 )
 
-// notYetCodes are the SQLSTATEs that say "not yet" or "busy": the server is
-// up and answering, but not for this client now. They join classify.go's
-// table (a notYet column beside transient) when the two files are
-// consolidated; classify.go is edited separately meanwhile.
-var notYetCodes = map[string]bool{
-	"53300": true, // too_many_connections: max_connections reached, or only superuser slots left
-	"57P03": true, // cannot_connect_now: starting up, shutting down, in recovery, not yet consistent
-}
-
-// bouncerNotYet are PgBouncer's FATAL 08P01 messages (classify.go's
-// bouncerError) that say it is up but cannot serve this client yet: its
-// login to PostgreSQL is failing (server_login_retry), it is full
-// (max_client_conn), or a client waited too long for a server connection.
-// Prefixes: PgBouncer appends the setting's name in parentheses.
-var bouncerNotYet = []string{
-	bouncerLoginFailing,
-	"pgbouncer cannot connect to server", // before PgBouncer 1.17
-	"no more connections allowed",        // (max_client_conn)
-	bouncerQueueTimeout,                  // query_wait_timeout
-	"client_login_timeout",               // (server down): PgBouncer never reached the server
-}
-
 // refusalOf sorts err, the error of a connection attempt or of a statement
 // PgBouncer refused, by the waiting rules.
 func refusalOf(err error) refusal {
@@ -78,32 +55,6 @@ func refusalOf(err error) refusal {
 		return refusalProxyClosed
 	}
 	return refusalNone
-}
-
-// notYet reports a refusal that says "not yet" or "busy", where nothing
-// ran: a server starting up or full (notYetCodes), PgBouncer's refusals
-// (bouncerNotYet), pgx's target_session_attrs rejection (errWrongRole: a
-// change of primary under way). None of them is evidence that the database
-// cannot serve anyone, so none counts for the breaker.
-func notYet(err error) bool {
-	if errors.Is(err, errWrongRole) {
-		return true
-	}
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) {
-		return false
-	}
-	if notYetCodes[pgErr.Code] {
-		return true
-	}
-	if msg := bouncerError(err); msg != "" {
-		for _, p := range bouncerNotYet {
-			if strings.HasPrefix(msg, p) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // proxyClosed reports a connection attempt that reached something that

@@ -406,15 +406,8 @@ func txRetryableServerError(err error) bool {
 	if errors.Is(err, ErrRoleChanged) || isStaleAbort(err) {
 		return true
 	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code {
-		case "40001", // serialization_failure
-			"40P01": // deadlock_detected
-			return true
-		}
-	}
-	return false
+	_, st, ok := serverState(err)
+	return ok && st.retryTx
 }
 
 // txCommitUnknown reports whether a COMMIT that failed with err may have
