@@ -129,16 +129,13 @@ var (
 // breakerMinSpan is how long the breaker_failures counted failures must span
 // before they open the breaker, once the Connector has had a working
 // connection: a fast restart ends every session and refuses connections for a
-// moment, and must open nothing. Measured here (TestBreakerRestartUnderLoad: 2
-// shared cores, PostgreSQL 15, 8 workers querying): `pg_ctl restart -m fast`
-// took 208-243 ms in 13 runs of 14 (the server refused connections for
-// 105-175 ms of it), and 471 ms (refusing for 400 ms) in one run on a machine
-// busy with other work; the failures a restart causes span from the sessions'
-// termination to the last refused attempt, so at most the restart's length.
-// 500 ms is above every restart measured, and a server that stays down still
-// opens the breaker ~0.5 s after its first failure (connect shortens its
-// backoff to make the attempt that opens it on time: tripDue). A timeout
-// opens it at once, whatever the span.
+// moment, and must open nothing. The failures a restart causes span from the
+// sessions' termination to the last refused attempt, so at most the
+// restart's length; 500 ms is above every restart measured
+// (TestBreakerRestartUnderLoad; docs/resilience.md has the numbers), and a
+// server that stays down still opens the breaker ~0.5 s after its first
+// failure (connect shortens its backoff to make the attempt that opens it on
+// time: tripDue). A timeout opens it at once, whatever the span.
 const breakerMinSpan = 500 * time.Millisecond
 
 // How the failure being recorded may open the breaker.

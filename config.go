@@ -77,9 +77,9 @@ type Config struct {
 	// BreakerCooldown is the longest wait between two background probes of
 	// the server while the breaker is open; they start every ~20ms and back
 	// off toward it in a long outage (DSN breaker_cooldown). While calls
-	// wait for a probe, probes come every 40-50ms whatever it says, so that
-	// the breaker closes soon after the server serves again. Zero value: the
-	// default, 1s.
+	// wait for a probe, probes come at most 35ms apart whatever it says, so
+	// that the breaker closes soon after the server serves again. Zero
+	// value: the default, 1s.
 	BreakerCooldown time.Duration
 
 	// ConnectRetries is the number of extra attempts made when opening a

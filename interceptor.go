@@ -22,12 +22,11 @@ import (
 //     of our own anyway.
 //   - Beneath the chain, user interceptors see the errors pgresilient
 //     returns (ErrConnLost, ErrCircuitOpen), which is what they log or trace.
-//   - Cost. Each sqlmw layer costs allocations on every statement: measured
-//     with docs/performance.md's command, a chain of one interceptor that
-//     does nothing (sqlmw.NullInterceptor) takes QueryRow from 15 to 18
-//     allocations (+176 B) and a four-statement transaction from 37 to 44.
+//   - Cost. Each sqlmw layer costs allocations on every statement (a chain
+//     of one interceptor that does nothing adds a few to QueryRow:
+//     docs/performance.md has the numbers and the command).
 //     The breaker was an interceptor once: taking it out of the chain was
-//     part of taking QueryRow from 18 allocations to 15 (the history in
+//     part of taking QueryRow's allocations down (the history in
 //     docs/performance.md). Without WithInterceptor there is no chain at all.
 
 // WithInterceptor adds sqlmw interceptors. They run in the order given, the
