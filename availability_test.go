@@ -193,6 +193,14 @@ func TestAvailabilityServerFull(t *testing.T) {
 		if pgr.served.Load()*100 < raw.served.Load()*95 {
 			t.Errorf("pool %d (%d connections): pgresilient served %d calls, raw pgx %d", i+1, shares[i], pgr.served.Load(), raw.served.Load())
 		}
+		// Fewer failed: a call that meets 53300 waits, within its deadline,
+		// for a connection that comes free; raw pgx's fails at once.
+		if pgr.failed.Load() > raw.failed.Load() {
+			t.Errorf("pool %d (%d connections): pgresilient failed %d calls, raw pgx %d", i+1, shares[i], pgr.failed.Load(), raw.failed.Load())
+		}
+		if i == len(shares)-1 && raw.failed.Load() == 0 {
+			t.Errorf("pool %d: raw pgx failed no call: the server was not full", i+1)
+		}
 		if n := pgr.late.Load(); n != 0 {
 			t.Errorf("pool %d: %d calls outlived their %v deadline by over 100ms (slowest %v)", i+1, n, deadline, time.Duration(pgr.slowest.Load()))
 		}

@@ -148,6 +148,15 @@ func TestPgBouncerExecModes(t *testing.T) {
 				r := results[name][mode]
 				t.Logf("%s %-15s: per query: session %v, transaction %v (%d errors while timing)", name, mode,
 					r.perQuery[pgtest.PoolSession].Round(time.Microsecond), r.perQuery[pgtest.PoolTransaction].Round(time.Microsecond), r.timedErrs)
+				// pgresilient's timings are of served queries only: a
+				// refused cached statement switches the pool's Connector
+				// to exec mode and runs again, so every mode serves one
+				// client's sequential queries without an error.
+				// (describe_exec's second round trip may land on another
+				// server connection, by luck, as above.)
+				if name == DriverName && mode != "describe_exec" && r.timedErrs != 0 {
+					t.Errorf("%s %s: %d of %d timed queries failed", name, mode, r.timedErrs, 2*(rounds+1)*timed)
+				}
 			}
 		})
 	}
