@@ -113,7 +113,7 @@ func TestAvailabilityServerFull(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := c.Restart(pgtest.ModeFast); err != nil {
+	if err := c.Restart(context.Background(), pgtest.ModeFast); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := pgtest.QueryValue[string](ctx, c, "show max_connections"); err != nil || got != fmt.Sprint(total) {
@@ -237,7 +237,7 @@ func TestAvailabilityRecoveryHerd(t *testing.T) {
 		var dbs []*sql.DB
 		var cns []*Connector
 		for range pools {
-			dsn := c.DSNFor(p.Host(), p.Port())
+			dsn := c.DSNAt(p.Addr())
 			var db *sql.DB
 			if name == DriverName {
 				var cn *Connector
@@ -372,7 +372,7 @@ func TestAvailabilityRefusingAddress(t *testing.T) {
 	for _, name := range drivers {
 		p := newProxy(t, c)
 		proxies = append(proxies, p)
-		dsn := c.DSNFor(p.Host(), p.Port()) + "&application_name=refusing_" + name
+		dsn := c.DSNAt(p.Addr()) + "&application_name=refusing_" + name
 		pool := &availPool{driver: name, n: workers, kinds: map[string]int{}}
 		if name == DriverName {
 			pool.db, pool.cn = outageDB(t, dsn)

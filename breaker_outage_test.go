@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgresilient/pgresilient/pgtest"
 )
 
 // issue13Params are the settings of the issue's measurements.
@@ -108,9 +109,9 @@ func TestBreakerOutageBlackhole(t *testing.T) {
 	)
 	c := needCluster(t)
 	p := newProxy(t, c)
-	db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port())+issue13Params)
+	db, cn := outageDB(t, c.DSNAt(p.Addr())+issue13Params)
 	warmPool(t, db, 4)
-	raw := openDB(t, "pgx", c.DSNFor(p.Host(), p.Port()))
+	raw := openDB(t, "pgx", c.DSNAt(p.Addr()))
 	warmPool(t, raw, 4)
 	p.Freeze()
 	defer p.Thaw()
@@ -158,7 +159,7 @@ func TestBreakerOffBlackholeBudget(t *testing.T) {
 	const queryTimeout = 500 * time.Millisecond
 	c := needCluster(t)
 	p := newProxy(t, c)
-	db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port())+"&breaker=off&query_timeout="+queryTimeout.String())
+	db, cn := outageDB(t, c.DSNAt(p.Addr())+"&breaker=off&query_timeout="+queryTimeout.String())
 	warmPool(t, db, 3)
 	time.Sleep(idlePingAfter + 100*time.Millisecond) // every pooled connection is verified on reuse
 	p.Freeze()
@@ -184,8 +185,8 @@ func TestBreakerOutageRecovery(t *testing.T) {
 	const pace = 20 * time.Millisecond
 	c := needCluster(t)
 	p := newProxy(t, c)
-	db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port())+issue13Params)
-	raw := openDB(t, "pgx", c.DSNFor(p.Host(), p.Port()))
+	db, cn := outageDB(t, c.DSNAt(p.Addr())+issue13Params)
+	raw := openDB(t, "pgx", c.DSNAt(p.Addr()))
 	// A working connection first (attempts count from then on), then an
 	// empty pool: every call must connect.
 	if _, err := issue13Call(db); err != nil {
@@ -327,7 +328,7 @@ func TestBreakerRestartUnderLoad(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	before := cn.Stats()
 	began := time.Now()
-	if err := c.Restart("fast"); err != nil {
+	if err := c.Restart(context.Background(), pgtest.ModeFast); err != nil {
 		stop.Store(true)
 		wg.Wait()
 		t.Fatal(err)

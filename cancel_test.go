@@ -29,11 +29,11 @@ func TestCancelBeforeClose(t *testing.T) {
 	paths := []func(t *testing.T) path{
 		func(*testing.T) path { return path{"direct", c.DSN()} },
 		func(t *testing.T) path {
-			b := pgtest.RequireBouncer(t, c, pgtest.BouncerConfig{PoolMode: pgtest.PoolSession})
+			b := pgtest.NewBouncerT(t, c, pgtest.BouncerConfig{PoolMode: pgtest.PoolSession})
 			return path{"pgbouncer-session", b.DSN()}
 		},
 		func(t *testing.T) path {
-			b := pgtest.RequireBouncer(t, c, pgtest.BouncerConfig{PoolMode: pgtest.PoolTransaction})
+			b := pgtest.NewBouncerT(t, c, pgtest.BouncerConfig{PoolMode: pgtest.PoolTransaction})
 			return path{"pgbouncer-transaction", b.DSN() + "&default_query_exec_mode=exec"}
 		},
 	}

@@ -428,7 +428,7 @@ func TestFailoverPromotion(t *testing.T) {
 		candidate:     s.DSN(),
 		candidatePort: s.Port(),
 		fault: func(t *testing.T) {
-			if err := p.Stop(pgtest.ModeImmediate); err != nil {
+			if err := p.Stop(context.Background(), pgtest.ModeImmediate); err != nil {
 				t.Fatal(err)
 			}
 			if err := s.Promote(ctx); err != nil {
@@ -441,7 +441,7 @@ func TestFailoverPromotion(t *testing.T) {
 // patroniBed is a 2-node Patroni cluster's bed: the leader and the other
 // node, the candidate.
 func patroniBed(t *testing.T) (*pgtest.Patroni, string, *pgtest.PatroniNode, failoverBed) {
-	p := pgtest.RequirePatroni(t, 2)
+	p := pgtest.NewPatroniT(t, 2)
 	leader, err := p.Leader(t.Context())
 	if err != nil {
 		t.Fatal(err)

@@ -264,13 +264,13 @@ func runHAProxy(t *testing.T, scenario string, pat *pgtest.Patroni, px *haproxy.
 }
 
 func hxBed(t *testing.T) (*pgtest.Patroni, *haproxy.Proxy, string) {
-	pat := pgtest.RequirePatroni(t, 2)
+	pat := pgtest.NewPatroniT(t, 2)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	if err := pat.WaitHealthy(ctx); err != nil {
 		t.Fatal(err)
 	}
-	px := haproxy.RequirePatroni(t, pat, haproxy.Config{Check: haproxy.FastCheck})
+	px := haproxy.NewPatroniT(t, pat, haproxy.Config{Check: haproxy.FastCheck})
 	leader, err := pat.Leader(ctx)
 	if err != nil {
 		t.Fatal(err)

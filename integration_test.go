@@ -85,7 +85,7 @@ func TestRestartWarmPool(t *testing.T) {
 		db := openDB(t, name, c.DSN())
 		warmPool(t, db, 8)
 		began := time.Now()
-		if err := c.Restart("fast"); err != nil {
+		if err := c.Restart(context.Background(), pgtest.ModeFast); err != nil {
 			t.Fatal(err)
 		}
 		took := time.Since(began)
@@ -194,7 +194,7 @@ func TestCutMidQuery(t *testing.T) {
 	sideBySide(t, func(t *testing.T, name string) {
 		table := freshTable(t, c, "tcut", name, "(id int)", "")
 		p := newProxy(t, c)
-		db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+		db := openDB(t, name, c.DSNAt(p.Addr()))
 		if err := db.Ping(); err != nil {
 			t.Fatal(err)
 		}
@@ -247,7 +247,7 @@ func TestCutDuringCommit(t *testing.T) {
 	sideBySide(t, func(t *testing.T, name string) {
 		table := freshTable(t, c, "tcommit", name, "(id int)", "")
 		p := newProxy(t, c)
-		db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+		db := openDB(t, name, c.DSNAt(p.Addr()))
 		tx, err := db.Begin()
 		if err != nil {
 			t.Fatal(err)
@@ -301,7 +301,7 @@ func TestCutIdlePool(t *testing.T) {
 	c := needCluster(t)
 	sideBySide(t, func(t *testing.T, name string) {
 		p := newProxy(t, c)
-		db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+		db := openDB(t, name, c.DSNAt(p.Addr()))
 		warmPool(t, db, 4)
 		p.Cut()
 		time.Sleep(20 * time.Millisecond) // let the resets arrive
@@ -480,7 +480,7 @@ var _ = fmt.Sprintf
 func TestPoolInvalidation(t *testing.T) {
 	c := needCluster(t)
 	p := newProxy(t, c)
-	cn, err := NewConnector(c.DSNFor(p.Host(), p.Port()) + "&query_timeout=300ms&breaker=off&connect_retries=0")
+	cn, err := NewConnector(c.DSNAt(p.Addr()) + "&query_timeout=300ms&breaker=off&connect_retries=0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -517,7 +517,7 @@ func TestPoolInvalidation(t *testing.T) {
 func TestConnectHooks(t *testing.T) {
 	c := needCluster(t)
 	var before, after int
-	cn, err := NewConnector(c.PasswordDSN(c.Host(), c.Port(), "not-the-password"),
+	cn, err := NewConnector(c.PasswordDSN(c.Addr(), "not-the-password"),
 		WithBeforeConnect(func(_ context.Context, cfg *pgx.ConnConfig) error {
 			before++
 			cfg.Password = pgtest.Password
@@ -550,7 +550,7 @@ func TestCutAfterBegin(t *testing.T) {
 	c := needCluster(t)
 	sideBySide(t, func(t *testing.T, name string) {
 		p := newProxy(t, c)
-		db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+		db := openDB(t, name, c.DSNAt(p.Addr()))
 		if err := db.Ping(); err != nil {
 			t.Fatal(err)
 		}

@@ -102,7 +102,7 @@ func wantEvent(t *testing.T, logs *logCapture, msg string, level slog.Level, att
 func TestLogEvents(t *testing.T) {
 	c := needCluster(t)
 	proxy := newProxy(t, c)
-	dsn := c.PasswordDSN(proxy.Host(), proxy.Port(), pgtest.Password)
+	dsn := c.PasswordDSN(proxy.Addr(), pgtest.Password)
 	logs := new(logCapture)
 	logger := slog.New(logs)
 	ctx := context.Background()
@@ -249,7 +249,7 @@ func TestLogSilentByDefault(t *testing.T) {
 	slog.SetDefault(slog.New(logs))
 	t.Cleanup(func() { slog.SetDefault(prev) })
 
-	cn, err := NewConnector(c.DSNFor(proxy.Host(), proxy.Port()) + "&breaker_failures=1")
+	cn, err := NewConnector(c.DSNAt(proxy.Addr()) + "&breaker_failures=1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -85,7 +85,7 @@ func TestMonitorSilentServer(t *testing.T) {
 		func(t *testing.T) bed {
 			c := needCluster(t)
 			p1, p2 := newProxy(t, c), newProxy(t, c)
-			return bed{"proxy freeze", c.DSNFor(p1.Host(), p1.Port()), c.DSNFor(p2.Host(), p2.Port()),
+			return bed{"proxy freeze", c.DSNAt(p1.Addr()), c.DSNAt(p2.Addr()),
 				func() { p1.Freeze(); p2.Freeze() }, func() { p1.Thaw(); p2.Thaw() }}
 		},
 		func(t *testing.T) bed {

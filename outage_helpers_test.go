@@ -46,7 +46,7 @@ func outageStop(t *testing.T, c *pgtest.Cluster) {
 			t.Errorf("start the cluster again: %v", err)
 		}
 	})
-	if err := c.Stop(pgtest.ModeFast); err != nil {
+	if err := c.Stop(context.Background(), pgtest.ModeFast); err != nil {
 		t.Fatalf("stop the cluster: %v", err)
 	}
 }

@@ -40,14 +40,14 @@ func TestOutageServerStopped(t *testing.T) {
 	p := newProxy(t, c)
 	params := "&breaker_failures=" + strconv.Itoa(failures) + "&breaker_cooldown=" + cooldown.String() +
 		"&connect_retries=1&connect_backoff=5ms&connect_backoff_max=10ms"
-	db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port())+params)
-	raw := openDB(t, "pgx", c.DSNFor(p.Host(), p.Port()))
+	db, cn := outageDB(t, c.DSNAt(p.Addr())+params)
+	raw := openDB(t, "pgx", c.DSNAt(p.Addr()))
 	rawDirect := openDB(t, "pgx", c.DSN())
 
 	// The path through the proxy works before the outage.
 	ctx, cancel := context.WithTimeout(context.Background(), outageCallTimeout)
 	defer cancel()
-	pc, err := pgx.Connect(ctx, c.DSNFor(p.Host(), p.Port()))
+	pc, err := pgx.Connect(ctx, c.DSNAt(p.Addr()))
 	if err != nil {
 		t.Fatalf("through the proxy before the outage: %v", err)
 	}
@@ -297,7 +297,7 @@ func TestOutageWrongPassword(t *testing.T) {
 	const calls = 10
 	c := needCluster(t)
 	password := "wrong-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	dsn := c.PasswordDSN(c.Host(), c.Port(), password)
+	dsn := c.PasswordDSN(c.Addr(), password)
 	params := "&connect_retries=5&connect_backoff=200ms&breaker_failures=2"
 	logs := new(outageLogBuffer)
 	db, cn := outageDB(t, dsn+params, WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
@@ -373,7 +373,7 @@ func TestOutageWrongPassword(t *testing.T) {
 	})
 
 	t.Run("right password", func(t *testing.T) {
-		good, _ := outageDB(t, c.PasswordDSN(c.Host(), c.Port(), pgtest.Password)+params)
+		good, _ := outageDB(t, c.PasswordDSN(c.Addr(), pgtest.Password)+params)
 		ctx, cancel := context.WithTimeout(context.Background(), outageCallTimeout)
 		defer cancel()
 		var user string
@@ -446,7 +446,7 @@ func TestOutageRefused(t *testing.T) {
 	const reopenAfter = 100 * time.Millisecond
 	c := needCluster(t)
 	p := newProxy(t, c)
-	dsn := c.DSNFor(p.Host(), p.Port())
+	dsn := c.DSNAt(p.Addr())
 	db, cn := outageDB(t, dsn+"&connect_retries=20&connect_backoff=20ms&connect_backoff_max=50ms")
 	raw := openDB(t, "pgx", dsn)
 	if err := p.Refuse(true); err != nil {
@@ -565,7 +565,7 @@ func TestOutageCountedOnce(t *testing.T) {
 	const conns = 4
 	c := needCluster(t)
 	proxy := newProxy(t, c)
-	db, cn := outageDB(t, c.DSNFor(proxy.Host(), proxy.Port())+"&breaker_failures=2&breaker_cooldown=1h&connect_retries=0")
+	db, cn := outageDB(t, c.DSNAt(proxy.Addr())+"&breaker_failures=2&breaker_cooldown=1h&connect_retries=0")
 	noMinSpan(cn) // what counts is the point: two failures open it
 	ctx := context.Background()
 

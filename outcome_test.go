@@ -156,7 +156,7 @@ func TestCommitNotWritten(t *testing.T) {
 	sideBySide(t, func(t *testing.T, name string) {
 		table := freshTable(t, c, "tcnowrite", name, "(id int)", "")
 		p := newProxy(t, c)
-		db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+		db := openDB(t, name, c.DSNAt(p.Addr()))
 		var before Stats
 		if cn, ok := ConnectorOf(db); ok {
 			before = cn.Stats()
@@ -332,7 +332,7 @@ func TestResolveAfterPromotion(t *testing.T) {
 				t.Fatal(err)
 			}
 			if mode == "asynchronous" {
-				if err := s.Stop(pgtest.ModeFast); err != nil {
+				if err := s.Stop(context.Background(), pgtest.ModeFast); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -356,7 +356,7 @@ func TestResolveAfterPromotion(t *testing.T) {
 			if mode == "asynchronous" {
 				stop = pgtest.ModeImmediate
 			}
-			if err := p.Stop(stop); err != nil {
+			if err := p.Stop(context.Background(), stop); err != nil {
 				t.Fatal(err)
 			}
 			if mode == "asynchronous" {

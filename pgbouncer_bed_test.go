@@ -173,7 +173,7 @@ func runBouncerFault(t *testing.T, cfg pgtest.BouncerConfig, prefix string,
 	outcomes := map[string]faultOutcome{}
 	for _, name := range drivers {
 		t.Run(name, func(t *testing.T) {
-			b := pgtest.RequireBouncer(t, c, cfg)
+			b := pgtest.NewBouncerT(t, c, cfg)
 			table := idsTable(t, c, prefix, name)
 			db := openDB(t, name, bouncerDSN(b, bouncerExecMode))
 			e := &faultEnv{t: t, c: c, b: b, db: db, driver: name, table: table}
@@ -272,7 +272,7 @@ func wantPgError(t *testing.T, who string, err error, code, severity, msg string
 // starts the server again and returns the last insert's outcome.
 func serverDown(e *faultEnv, n int) faultOutcome {
 	warmPool(e.t, e.db, 2)
-	if err := e.c.Stop(pgtest.ModeFast); err != nil {
+	if err := e.c.Stop(context.Background(), pgtest.ModeFast); err != nil {
 		e.t.Fatal(err)
 	}
 	defer func() {

@@ -41,19 +41,19 @@ func TestPgBouncerExecModes(t *testing.T) {
 	type result struct {
 		errs      int
 		codes     map[string]int
-		perQuery  map[string]time.Duration // by pool mode
+		perQuery  map[pgtest.PoolMode]time.Duration // by pool mode
 		timedErrs int
 	}
 	results := map[string]map[string]*result{} // driver -> mode
 	for _, name := range drivers {
 		results[name] = map[string]*result{}
 		t.Run(name, func(t *testing.T) {
-			bs := map[string]*pgtest.Bouncer{
-				pgtest.PoolSession:     pgtest.RequireBouncer(t, c, pgtest.BouncerConfig{PoolMode: pgtest.PoolSession}),
-				pgtest.PoolTransaction: pgtest.RequireBouncer(t, c, pgtest.BouncerConfig{PoolMode: pgtest.PoolTransaction, DefaultPoolSize: 2}),
+			bs := map[pgtest.PoolMode]*pgtest.Bouncer{
+				pgtest.PoolSession:     pgtest.NewBouncerT(t, c, pgtest.BouncerConfig{PoolMode: pgtest.PoolSession}),
+				pgtest.PoolTransaction: pgtest.NewBouncerT(t, c, pgtest.BouncerConfig{PoolMode: pgtest.PoolTransaction, DefaultPoolSize: 2}),
 			}
 			for _, mode := range modes {
-				r := &result{codes: map[string]int{}, perQuery: map[string]time.Duration{}}
+				r := &result{codes: map[string]int{}, perQuery: map[pgtest.PoolMode]time.Duration{}}
 				results[name][mode] = r
 				// Correctness: concurrent clients sharing 2 server
 				// connections, so each client's statements hop between them.
@@ -113,10 +113,13 @@ func TestPgBouncerExecModes(t *testing.T) {
 			// Cost: one connection per (pool mode, exec mode), sequential
 			// parameterized queries, rounds interleaved so that the other
 			// load on the machine spreads over all; the median round counts.
-			type key struct{ pool, mode string }
+			type key struct {
+				pool pgtest.PoolMode
+				mode string
+			}
 			dbs := map[key]*sql.DB{}
 			samples := map[key][]time.Duration{}
-			for _, pool := range []string{pgtest.PoolSession, pgtest.PoolTransaction} {
+			for _, pool := range []pgtest.PoolMode{pgtest.PoolSession, pgtest.PoolTransaction} {
 				for _, mode := range modes {
 					tdb := openDB(t, name, bouncerDSN(bs[pool], mode))
 					tdb.SetMaxOpenConns(1)
@@ -286,7 +289,7 @@ func TestPgBouncerServerRestart(t *testing.T) {
 	res, out := runBouncerFault(t, txPooling, "tpgb_srvrestart", func(e *faultEnv) faultOutcome {
 		warmPool(e.t, e.db, 4)
 		err := inFlight(e.t, e.db, e.table, 1, 1, 200*time.Millisecond, func() {
-			if err := e.c.Restart(pgtest.ModeFast); err != nil {
+			if err := e.c.Restart(context.Background(), pgtest.ModeFast); err != nil {
 				e.t.Fatal(err)
 			}
 		})
@@ -449,14 +452,14 @@ func TestPgBouncerServerConnCrashed(t *testing.T) {
 // trips, see TestPgBouncerExecModes) and is left out of it too.
 func BenchmarkPgBouncerExecMode(b *testing.B) {
 	c := pgtest.Require(b, cluster)
-	for _, pool := range []string{pgtest.PoolSession, pgtest.PoolTransaction} {
-		bouncer := pgtest.RequireBouncer(b, c, pgtest.BouncerConfig{PoolMode: pool})
+	for _, pool := range []pgtest.PoolMode{pgtest.PoolSession, pgtest.PoolTransaction} {
+		bouncer := pgtest.NewBouncerT(b, c, pgtest.BouncerConfig{PoolMode: pool})
 		for _, mode := range []string{"cache_statement", "cache_describe", "describe_exec", "exec", "simple_protocol"} {
 			if pool == pgtest.PoolTransaction && (mode == "cache_statement" || mode == "describe_exec") {
 				continue
 			}
 			for _, name := range drivers {
-				b.Run("pool="+pool+"/exec="+mode+"/driver="+name, func(b *testing.B) {
+				b.Run("pool="+string(pool)+"/exec="+mode+"/driver="+name, func(b *testing.B) {
 					db, err := sql.Open(name, bouncerDSN(bouncer, mode))
 					if err != nil {
 						b.Fatal(err)
@@ -491,7 +494,7 @@ func BenchmarkPgBouncerExecMode(b *testing.B) {
 func TestPgBouncerStatementCache(t *testing.T) {
 	const clients, statements = 6, 400
 	c := needCluster(t)
-	b := pgtest.RequireBouncer(t, c, pgtest.BouncerConfig{PoolMode: pgtest.PoolTransaction, DefaultPoolSize: 2})
+	b := pgtest.NewBouncerT(t, c, pgtest.BouncerConfig{PoolMode: pgtest.PoolTransaction, DefaultPoolSize: 2})
 	run := func(db *sql.DB) (errs int, codes map[string]int) {
 		db.SetMaxOpenConns(clients)
 		var mu sync.Mutex
@@ -572,7 +575,7 @@ func TestPgBouncerServerRestartWriters(t *testing.T) {
 		deadline = 2 * time.Second
 	)
 	c := needCluster(t)
-	b := pgtest.RequireBouncer(t, c, pgtest.BouncerConfig{PoolMode: pgtest.PoolTransaction, ServerLoginRetry: time.Second})
+	b := pgtest.NewBouncerT(t, c, pgtest.BouncerConfig{PoolMode: pgtest.PoolTransaction, ServerLoginRetry: time.Second})
 	type fail struct {
 		start, end time.Time
 		err        error
@@ -625,7 +628,7 @@ func TestPgBouncerServerRestartWriters(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	began := time.Now()
-	err := c.Restart(pgtest.ModeFast)
+	err := c.Restart(context.Background(), pgtest.ModeFast)
 	restarted := time.Now()
 	time.Sleep(3 * time.Second)
 	close(stop)

@@ -236,7 +236,7 @@ func TestRunTxCutDuringCommit(t *testing.T) {
 				t.Run(fmt.Sprintf("RunTx/resolve=%v/COMMIT %s/%s", resolve, reached, name), func(t *testing.T) {
 					table := freshTable(t, c, "trcut", name, "(id int)", "")
 					p := newProxy(t, c)
-					db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+					db := openDB(t, name, c.DSNAt(p.Addr()))
 					var attempts atomic.Int32
 					start := time.Now()
 					rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -295,7 +295,7 @@ func TestRunTxCutDuringCommit(t *testing.T) {
 	t.Run("naive loop over pgx", func(t *testing.T) {
 		table := freshTable(t, c, "trcut", "naive", "(id int)", "")
 		p := newProxy(t, c)
-		db := openDB(t, "pgx", c.DSNFor(p.Host(), p.Port()))
+		db := openDB(t, "pgx", c.DSNAt(p.Addr()))
 		var attempts atomic.Int32
 		fn := insertOnce(p, true, table, &attempts)
 		var errs []string
@@ -337,7 +337,7 @@ func TestRunTxCutInsideTx(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			table := freshTable(t, c, "trin", name, "(id int)", "")
 			p := newProxy(t, c)
-			db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+			db := openDB(t, name, c.DSNAt(p.Addr()))
 			insert := "insert into " + table + " values (1)"
 			var attempts atomic.Int32
 			var first error
@@ -387,7 +387,7 @@ func TestRunTxCutAtBegin(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			table := freshTable(t, c, "trbegin", name, "(id int)", "")
 			p := newProxy(t, c)
-			db := openDB(t, name, c.DSNFor(p.Host(), p.Port()))
+			db := openDB(t, name, c.DSNAt(p.Addr()))
 			if err := db.Ping(); err != nil {
 				t.Fatal(err)
 			}

@@ -121,7 +121,7 @@ func TestRunTxSoak(t *testing.T) {
 	began := time.Now()
 	restart := func() error {
 		from := time.Now()
-		if err := p.Restart(pgtest.ModeFast); err != nil {
+		if err := p.Restart(context.Background(), pgtest.ModeFast); err != nil {
 			return err
 		}
 		back := time.Now()
@@ -168,7 +168,7 @@ func TestRunTxSoak(t *testing.T) {
 	time.Sleep(time.Until(began.Add(soakSteady + time.Duration(len(faults)-1)*soakEvery + soakFailover)))
 	from := time.Now()
 	endStalls()
-	if err := p.Stop(pgtest.ModeImmediate); err != nil {
+	if err := p.Stop(context.Background(), pgtest.ModeImmediate); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Promote(ctx); err != nil {

@@ -88,7 +88,7 @@ func TestPeekWithParkedBackgroundReader(t *testing.T) {
 func TestFirstReuseOnFrozenNetwork(t *testing.T) {
 	cl := needCluster(t)
 	p := newProxy(t, cl)
-	db := openDB(t, DriverName, cl.DSNFor(p.Host(), p.Port())+"&query_timeout=300ms&breaker=off&connect_retries=0")
+	db := openDB(t, DriverName, cl.DSNAt(p.Addr())+"&query_timeout=300ms&breaker=off&connect_retries=0")
 	db.SetMaxOpenConns(1)
 	if err := db.Ping(); err != nil { // dialled, used once, back in the pool
 		t.Fatal(err)

@@ -173,7 +173,7 @@ func TestStatsConnLost(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newProxy(t, c)
-			db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port()))
+			db, cn := outageDB(t, c.DSNAt(p.Addr()))
 			statsWarm(t, db)
 			before := cn.Stats()
 			err := tc.fault(t, db, p)
@@ -195,7 +195,7 @@ func TestStatsBadConnRetries(t *testing.T) {
 		p.Cut()
 		statsWaitDead(t, bc)
 	}}
-	db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port()), WithInterceptor(reset))
+	db, cn := outageDB(t, c.DSNAt(p.Addr()), WithInterceptor(reset))
 	statsWarm(t, db)
 	bc = statsBase(t, db)
 	before := cn.Stats()
@@ -222,7 +222,7 @@ func TestStatsBadConnRetries(t *testing.T) {
 func TestStatsDiscardedIdle(t *testing.T) {
 	c := needCluster(t)
 	p := newProxy(t, c)
-	db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port()))
+	db, cn := outageDB(t, c.DSNAt(p.Addr()))
 	db.SetMaxOpenConns(2)
 	var bcs []*baseConn
 	held := holdConns(t, db, 2) // two distinct connections
@@ -289,7 +289,7 @@ func TestStatsDiscardedVerify(t *testing.T) {
 	// out against the frozen network.
 	t.Run("frozen after a pool invalidation", func(t *testing.T) {
 		p := newProxy(t, c)
-		db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port())+"&query_timeout=300ms&breaker=off&connect_retries=0")
+		db, cn := outageDB(t, c.DSNAt(p.Addr())+"&query_timeout=300ms&breaker=off&connect_retries=0")
 		warmPool(t, db, 2)
 		before := cn.Stats()
 		p.Freeze()
@@ -333,7 +333,7 @@ func TestStatsVerifications(t *testing.T) {
 
 	t.Run("after a pool invalidation", func(t *testing.T) {
 		p := newProxy(t, c)
-		db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port()))
+		db, cn := outageDB(t, c.DSNAt(p.Addr()))
 		warmPool(t, db, 2)
 		before := cn.Stats()
 		p.CutOn([]byte("stats_invalidate"), true)
@@ -375,7 +375,7 @@ func TestStatsRollbacks(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newProxy(t, c)
-			db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port())+"&query_timeout=300ms")
+			db, cn := outageDB(t, c.DSNAt(p.Addr())+"&query_timeout=300ms")
 			statsWarm(t, db)
 			ctx := context.Background()
 			before := cn.Stats()
@@ -438,7 +438,7 @@ func TestStatsConnect(t *testing.T) {
 
 	t.Run("refused, retries exhausted", func(t *testing.T) {
 		p := newProxy(t, c)
-		db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port())+"&connect_retries=2&connect_backoff=1ms&connect_backoff_max=2ms")
+		db, cn := outageDB(t, c.DSNAt(p.Addr())+"&connect_retries=2&connect_backoff=1ms&connect_backoff_max=2ms")
 		// Connected once: before that, a refusal is waited out within the
 		// deadline (a database starting after the application), not
 		// counted against connect_retries (TestOutageStartup).
@@ -460,7 +460,7 @@ func TestStatsConnect(t *testing.T) {
 
 	t.Run("refused, then listening again", func(t *testing.T) {
 		p := newProxy(t, c)
-		db, cn := outageDB(t, c.DSNFor(p.Host(), p.Port())+"&connect_retries=100&connect_backoff=5ms&connect_backoff_max=20ms")
+		db, cn := outageDB(t, c.DSNAt(p.Addr())+"&connect_retries=100&connect_backoff=5ms&connect_backoff_max=20ms")
 		if err := p.Refuse(true); err != nil {
 			t.Fatal(err)
 		}
@@ -489,7 +489,7 @@ func TestStatsConnect(t *testing.T) {
 	})
 
 	t.Run("wrong password, not retried", func(t *testing.T) {
-		db, cn := outageDB(t, c.PasswordDSN(c.Host(), c.Port(), "not-the-password")+"&connect_retries=3")
+		db, cn := outageDB(t, c.PasswordDSN(c.Addr(), "not-the-password")+"&connect_retries=3")
 		var ce *ConnectError
 		if err := db.Ping(); !errors.As(err, &ce) || !ce.Permanent {
 			t.Fatalf("want a permanent *ConnectError, got %v", err)

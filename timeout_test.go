@@ -16,7 +16,7 @@ import (
 func TestQueryTimeoutUnderCallerDeadline(t *testing.T) {
 	c := needCluster(t)
 	proxy := newProxy(t, c)
-	db, cn := outageDB(t, c.DSNFor(proxy.Host(), proxy.Port())+"&query_timeout=300ms&breaker_failures=1&breaker_cooldown=1h")
+	db, cn := outageDB(t, c.DSNAt(proxy.Addr())+"&query_timeout=300ms&breaker_failures=1&breaker_cooldown=1h")
 	db.SetMaxOpenConns(1)
 	for range 2 { // the second use is the first reuse, which verifies: the statement below will not
 		if err := db.Ping(); err != nil {

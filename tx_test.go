@@ -380,7 +380,7 @@ func TestQueryTimeoutBlackhole(t *testing.T) {
 		// Raw pgx, no deadline: the call waits as long as the network
 		// stays silent. Watched for 3 s, then the network comes back.
 		p := newProxy(t, c)
-		db := openDB(t, "pgx", c.DSNFor(p.Host(), p.Port()))
+		db := openDB(t, "pgx", c.DSNAt(p.Addr()))
 		if failed, first := runQueries(db, 2); failed != 0 {
 			t.Fatal(first)
 		}
@@ -406,7 +406,7 @@ func TestQueryTimeoutBlackhole(t *testing.T) {
 
 func testBlackholePgresilient(t *testing.T, c *pgtest.Cluster) {
 	p := newProxy(t, c)
-	db := openDB(t, DriverName, c.DSNFor(p.Host(), p.Port())+"&query_timeout=500ms&breaker_failures=3&breaker_cooldown=1s")
+	db := openDB(t, DriverName, c.DSNAt(p.Addr())+"&query_timeout=500ms&breaker_failures=3&breaker_cooldown=1s")
 	db.SetMaxOpenConns(1)
 	if failed, first := runQueries(db, 2); failed != 0 { // dialled, then reused: pgx will not ping it again
 		t.Fatal(first)

@@ -42,7 +42,7 @@ func cutProxy(t *testing.T, c *pgtest.Cluster) (dsn string, arm func()) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	return c.DSNFor(p.Host(), p.Port()), func() { p.CutOn([]byte(cutMark), true) }
+	return c.DSNAt(p.Addr()), func() { p.CutOn([]byte(cutMark), true) }
 }
 
 // refusingDSN returns a DSN through a fault proxy that refuses every
@@ -59,7 +59,7 @@ func refusingDSN(t *testing.T, c *pgtest.Cluster) string {
 	if err := p.Refuse(true); err != nil {
 		t.Fatal(err)
 	}
-	return c.DSNFor(p.Host(), p.Port()) + "&breaker_failures=1&breaker_cooldown=1h&connect_retries=0"
+	return c.DSNAt(p.Addr()) + "&breaker_failures=1&breaker_cooldown=1h&connect_retries=0"
 }
 
 // openDB opens name on dsn and closes it at the end of the test.

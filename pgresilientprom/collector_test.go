@@ -446,7 +446,7 @@ func TestRealFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	cn, err := pgresilient.NewConnector(c.DSNFor(p.Host(), p.Port()) + "&breaker_failures=3&breaker_cooldown=1m&connect_retries=0")
+	cn, err := pgresilient.NewConnector(c.DSNAt(p.Addr()) + "&breaker_failures=3&breaker_cooldown=1m&connect_retries=0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -492,7 +492,7 @@ func TestRealFaults(t *testing.T) {
 			}
 		}
 	})
-	if err := c.Stop(pgtest.ModeFast); err != nil {
+	if err := c.Stop(context.Background(), pgtest.ModeFast); err != nil {
 		t.Fatal(err)
 	}
 	// Every failed connection attempt counts now; the breaker opens once

@@ -329,12 +329,12 @@ func (b *Blackholeable) Addr() string { return net.JoinHostPort(b.host, strconv.
 // DSN returns a URL connecting through the namespace, as Cluster.DSN does
 // (the postgres superuser, trusted, no TLS): the connections Blackhole
 // silences.
-func (b *Blackholeable) DSN() string { return b.Cluster.DSNFor(b.host, b.Cluster.port) }
+func (b *Blackholeable) DSN() string { return b.Cluster.DSNAt(b.Addr()) }
 
 // PasswordDSN returns a URL connecting through the namespace as
 // PasswordUser with password, as Cluster.PasswordDSN does.
 func (b *Blackholeable) PasswordDSN(password string) string {
-	return b.Cluster.PasswordDSN(b.host, b.Cluster.port, password)
+	return b.Cluster.PasswordDSN(b.Addr(), password)
 }
 
 // Blackhole makes the kernel drop every packet between the test process and
@@ -396,7 +396,7 @@ func (b *Blackholeable) setBlackhole(on bool) error {
 // Restart restarts the server as Cluster.Restart does, inside the namespace.
 // It works while blackholed too: pg_ctl and the readiness check do not go
 // through the veth pair.
-func (b *Blackholeable) Restart(mode string) error {
+func (b *Blackholeable) Restart(ctx context.Context, mode ShutdownMode) error {
 	if err := checkMode(mode); err != nil {
 		return err
 	}
@@ -406,9 +406,9 @@ func (b *Blackholeable) Restart(mode string) error {
 	if c.closed {
 		return errClosed
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*defaultWait)
+	ctx, cancel := withDefaultTimeout(ctx, 2*defaultWait)
 	defer cancel()
-	return b.pgctl(ctx, "restart", "-m", mode)
+	return b.pgctl(ctx, "restart", "-m", string(mode))
 }
 
 // Close stops the server, removes its directory, the veth pair and the

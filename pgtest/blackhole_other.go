@@ -59,7 +59,7 @@ func (b *Blackholeable) Restore() error { return errNoNetns }
 func (b *Blackholeable) Blackholed() bool { return false }
 
 // Restart fails: it needs Linux.
-func (b *Blackholeable) Restart(string) error { return errNoNetns }
+func (b *Blackholeable) Restart(context.Context, ShutdownMode) error { return errNoNetns }
 
 // Close does nothing.
 func (b *Blackholeable) Close() error { return nil }

@@ -177,7 +177,7 @@ func TestBlackhole(t *testing.T) {
 	})
 
 	t.Run("Restart keeps the server in the namespace", func(t *testing.T) {
-		if err := b.Restart(ModeFast); err != nil {
+		if err := b.Restart(context.Background(), ModeFast); err != nil {
 			t.Fatal(err)
 		}
 		conn := connect(t, b.DSN())

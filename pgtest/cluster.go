@@ -60,11 +60,15 @@ const (
 	Database = "postgres"
 )
 
-// Modes accepted by Stop and Restart, as pg_ctl names them.
+// ShutdownMode is how Stop and Restart shut the server down, as pg_ctl's -m
+// names it.
+type ShutdownMode string
+
+// The shutdown modes.
 const (
-	ModeSmart     = "smart"     // wait for every client to disconnect
-	ModeFast      = "fast"      // roll back and disconnect clients, then shut down cleanly
-	ModeImmediate = "immediate" // kill everything at once; crash recovery on the next start
+	ModeSmart     ShutdownMode = "smart"     // wait for every client to disconnect
+	ModeFast      ShutdownMode = "fast"      // roll back and disconnect clients, then shut down cleanly
+	ModeImmediate ShutdownMode = "immediate" // kill everything at once; crash recovery on the next start
 )
 
 const (
@@ -121,8 +125,8 @@ type postmaster struct {
 // immediate shutdown), and the process's watchdog, a copy of the running
 // executable started by the first Start (or StartPatroni) in a session of
 // its own, stops it too and removes the directory when the pipe from the
-// process ends. The test helpers (NewT, RunMain, RequireBouncer,
-// RequirePatroni) also close everything on SIGINT and SIGTERM before the
+// process ends. The test helpers (NewT, RunMain, NewBouncerT,
+// NewPatroniT) also close everything on SIGINT and SIGTERM before the
 // process exits. Directories left by test processes that died anyway (the
 // watchdog killed too) are removed, and their servers stopped, on the way.
 //
@@ -339,36 +343,36 @@ func (c *Cluster) LogFile() string { return c.log }
 
 // DSN returns a URL connecting to the postgres database as the postgres
 // superuser, without a password (trust), and without TLS.
-func (c *Cluster) DSN() string { return c.DSNFor(host, c.port) }
+func (c *Cluster) DSN() string { return c.DSNAt(c.Addr()) }
 
-// DSNFor returns DSN's URL with another address, such as a proxy's in front of
-// the cluster. An IPv6 host needs no brackets.
-func (c *Cluster) DSNFor(host string, port int) string {
-	return dsn(url.User(Superuser), host, port)
+// DSNAt returns DSN's URL with another address ("host:port", as every Addr
+// method returns it), such as a proxy's in front of the cluster.
+func (c *Cluster) DSNAt(addr string) string {
+	return dsn(url.User(Superuser), addr)
 }
 
-// PasswordDSN returns a URL connecting at host:port as PasswordUser with the
-// given password, which is escaped as needed. The server checks it with
-// scram-sha-256: only Password succeeds.
-func (c *Cluster) PasswordDSN(host string, port int, password string) string {
-	return dsn(url.UserPassword(PasswordUser, password), host, port)
+// PasswordDSN returns a URL connecting at addr ("host:port") as PasswordUser
+// with the given password, which is escaped as needed. The server checks it
+// with scram-sha-256: only Password succeeds.
+func (c *Cluster) PasswordDSN(addr, password string) string {
+	return dsn(url.UserPassword(PasswordUser, password), addr)
 }
 
-func dsn(user *url.Userinfo, host string, port int) string {
+func dsn(user *url.Userinfo, addr string) string {
 	u := url.URL{
 		Scheme:   "postgres",
 		User:     user,
-		Host:     net.JoinHostPort(host, strconv.Itoa(port)),
+		Host:     addr,
 		Path:     "/" + Database,
 		RawQuery: "sslmode=disable",
 	}
 	return u.String()
 }
 
-// Stop stops the server with pg_ctl's mode "smart", "fast" or "immediate" (see
-// ModeFast and friends) and returns once it has exited. Smart waits for every
-// client to disconnect, up to a minute. Stopping a stopped server is an error.
-func (c *Cluster) Stop(mode string) error {
+// Stop stops the server with mode and returns once it has exited. Smart
+// waits for every client to disconnect. ctx bounds the wait (without a
+// deadline, a minute). Stopping a stopped server is an error.
+func (c *Cluster) Stop(ctx context.Context, mode ShutdownMode) error {
 	if err := checkMode(mode); err != nil {
 		return err
 	}
@@ -377,9 +381,9 @@ func (c *Cluster) Stop(mode string) error {
 	if c.closed {
 		return errClosed
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), defaultWait+10*time.Second)
+	ctx, cancel := withDefaultTimeout(ctx, defaultWait+10*time.Second)
 	defer cancel()
-	_, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", mode, "-w", "-t", waitSeconds(ctx))
+	_, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", string(mode), "-w", "-t", waitSeconds(ctx))
 	if err == nil {
 		c.waitExited()
 	}
@@ -400,8 +404,9 @@ func (c *Cluster) Resume(ctx context.Context) error {
 
 // Restart stops the server with mode (as Stop does; it may also be stopped
 // already) and starts it again, returning once it accepts connections. Every
-// existing connection is gone afterwards.
-func (c *Cluster) Restart(mode string) error {
+// existing connection is gone afterwards. ctx bounds the wait (without a
+// deadline, two minutes).
+func (c *Cluster) Restart(ctx context.Context, mode ShutdownMode) error {
 	if err := checkMode(mode); err != nil {
 		return err
 	}
@@ -410,11 +415,11 @@ func (c *Cluster) Restart(mode string) error {
 	if c.closed {
 		return errClosed
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*defaultWait)
+	ctx, cancel := withDefaultTimeout(ctx, 2*defaultWait)
 	defer cancel()
 	if c.Running() {
 		from := c.logSize()
-		if _, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", mode,
+		if _, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", string(mode),
 			"-w", "-t", waitSeconds(ctx)); err != nil {
 			return c.withLog(err, from)
 		}
@@ -449,7 +454,7 @@ func (c *Cluster) Close() error {
 	var errs []error
 	if _, err := os.Stat(filepath.Join(c.data, "postmaster.pid")); err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), closeStopWait)
-		_, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", ModeImmediate, "-w", "-t", waitSeconds(ctx))
+		_, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", string(ModeImmediate), "-w", "-t", waitSeconds(ctx))
 		cancel()
 		if err != nil && c.Running() {
 			// The immediate shutdown did not end in time (seen on a
@@ -633,7 +638,7 @@ func (c *Cluster) withLog(err error, from int64) error {
 	return fmt.Errorf("%w\nserver log (%s):\n%s", err, c.log, tail)
 }
 
-func checkMode(mode string) error {
+func checkMode(mode ShutdownMode) error {
 	switch mode {
 	case ModeSmart, ModeFast, ModeImmediate:
 		return nil

@@ -80,7 +80,7 @@ func TestSelect(t *testing.T) {
 func TestRestart(t *testing.T) {
 	c := Require(t, cluster)
 	before := connect(t, c.DSN())
-	if err := c.Restart(ModeFast); err != nil {
+	if err := c.Restart(context.Background(), ModeFast); err != nil {
 		t.Fatal(err)
 	}
 	if err := selectOne(t.Context(), before); err == nil {
@@ -115,10 +115,10 @@ func TestTerminateBackends(t *testing.T) {
 
 func TestStopResume(t *testing.T) {
 	c := Require(t, cluster)
-	if err := c.Stop("sudden"); err == nil {
+	if err := c.Stop(context.Background(), "sudden"); err == nil {
 		t.Error("Stop accepted an invalid mode")
 	}
-	if err := c.Stop(ModeFast); err != nil {
+	if err := c.Stop(context.Background(), ModeFast); err != nil {
 		t.Fatal(err)
 	}
 	if c.Running() {
@@ -128,7 +128,7 @@ func TestStopResume(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("connect to a stopped server: %v; want connection refused", err)
 	}
-	if err := c.Stop(ModeFast); err == nil {
+	if err := c.Stop(context.Background(), ModeFast); err == nil {
 		t.Error("stopping a stopped server succeeded")
 	}
 	if err := c.Resume(t.Context()); err != nil {
@@ -144,7 +144,7 @@ func TestStopResume(t *testing.T) {
 
 func TestPasswordDSN(t *testing.T) {
 	c := Require(t, cluster)
-	conn := connect(t, c.PasswordDSN(c.Host(), c.Port(), Password))
+	conn := connect(t, c.PasswordDSN(c.Addr(), Password))
 	var user string
 	if err := conn.QueryRow(t.Context(), "select current_user").Scan(&user); err != nil {
 		t.Fatal(err)
@@ -157,7 +157,7 @@ func TestPasswordDSN(t *testing.T) {
 	}
 
 	for _, pw := range []string{"wrong", "", "s3cret-Pw-0f-pgtes"} {
-		_, err := pgx.Connect(t.Context(), c.PasswordDSN(c.Host(), c.Port(), pw))
+		_, err := pgx.Connect(t.Context(), c.PasswordDSN(c.Addr(), pw))
 		var pgErr *pgconn.PgError
 		if !errors.As(err, &pgErr) || pgErr.Code != "28P01" {
 			t.Errorf("password %q: %v; want 28P01 invalid_password", pw, err)

@@ -19,7 +19,7 @@ func ExampleNewT() {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if err := cluster.Restart(pgtest.ModeFast); err != nil {
+	if err := cluster.Restart(context.Background(), pgtest.ModeFast); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cluster.TerminateBackends(context.Background()); err != nil {

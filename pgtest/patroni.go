@@ -81,7 +81,9 @@ type PatroniNode struct {
 
 // DSN returns a URL connecting to the node's server as the postgres superuser
 // without a password, and without TLS.
-func (n *PatroniNode) DSN() string { return dsn(url.User(Superuser), host, n.Port) }
+func (n *PatroniNode) DSN() string {
+	return dsn(url.User(Superuser), net.JoinHostPort(host, strconv.Itoa(n.Port)))
+}
 
 // LogFile returns the path of the node's log: Patroni's and its server's.
 func (n *PatroniNode) LogFile() string { return n.log }
@@ -93,12 +95,12 @@ type haProc struct {
 	log  *os.File
 }
 
-// RequirePatroni starts a Patroni cluster of nodes nodes for a test and closes
+// NewPatroniT starts a Patroni cluster of nodes nodes for a test and closes
 // it when the test ends, also when it fails or panics, and on SIGINT or
 // SIGTERM before the process exits. It skips the test when
 // PGRESILIENT_SKIP_INTEGRATION=1 and fails it when the cluster cannot start,
 // for instance because patroni or etcd is missing.
-func RequirePatroni(t testing.TB, nodes int) *Patroni {
+func NewPatroniT(t testing.TB, nodes int) *Patroni {
 	t.Helper()
 	if SkipRequested() {
 		t.Skip(SkipEnv + "=1")
@@ -129,7 +131,7 @@ func RequirePatroni(t testing.TB, nodes int) *Patroni {
 // When running as root, etcd, Patroni and PostgreSQL run as the "postgres"
 // account. Should the test process exit without Close (a test timeout, kill
 // -9), the watchdog (see Start) kills every process of the cluster and
-// removes its directory; RequirePatroni also closes it on SIGINT and SIGTERM.
+// removes its directory; NewPatroniT also closes it on SIGINT and SIGTERM.
 // Directories left by test processes that died anyway are removed on the way,
 // and their processes killed. Everything listens on
 // 127.0.0.1 only. On failure nothing is left behind and the error includes

@@ -14,11 +14,11 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// startPatroniTimed is RequirePatroni, logging how long the start took.
+// startPatroniTimed is NewPatroniT, logging how long the start took.
 func startPatroniTimed(t *testing.T, nodes int) *Patroni {
 	t.Helper()
 	began := time.Now()
-	p := RequirePatroni(t, nodes)
+	p := NewPatroniT(t, nodes)
 	t.Logf("StartPatroni(%d) took %v", nodes, time.Since(began).Round(time.Millisecond))
 	return p
 }

@@ -18,10 +18,14 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Pool modes of a Bouncer, as PgBouncer names them.
+// PoolMode is when a Bouncer's client gives its server connection back, as
+// PgBouncer's pool_mode names it.
+type PoolMode string
+
+// The pool modes.
 const (
-	PoolSession     = "session"     // a client keeps one server connection until it disconnects
-	PoolTransaction = "transaction" // a client holds a server connection only for one transaction
+	PoolSession     PoolMode = "session"     // a client keeps one server connection until it disconnects
+	PoolTransaction PoolMode = "transaction" // a client holds a server connection only for one transaction
 )
 
 // BouncerAdminDB is the name of PgBouncer's admin console database.
@@ -43,7 +47,7 @@ const (
 // errors ("no more connections allowed (max_client_conn)",
 // "query_wait_timeout").
 type BouncerConfig struct {
-	PoolMode         string        // PoolSession or PoolTransaction; "" is PoolSession
+	PoolMode         PoolMode      // PoolSession or PoolTransaction; "" is PoolSession
 	MaxClientConn    int           // client connections accepted in all; 0 is 100
 	DefaultPoolSize  int           // server connections per user and database; 0 is 20
 	QueryWaitTimeout time.Duration // how long a client may wait for a server connection; 0 is 120 s (PgBouncer's default)
@@ -59,7 +63,7 @@ type BouncerConfig struct {
 //
 // PgBouncer runs as a child of the test process; on Linux it is killed when
 // the test process exits without Close (a timeout, kill -9), and on SIGINT or
-// SIGTERM RequireBouncer closes it before the process exits.
+// SIGTERM NewBouncerT closes it before the process exits.
 type Bouncer struct {
 	run     *runner
 	bin     string
@@ -94,10 +98,10 @@ func bouncerBinary() (string, error) {
 		"its own service is not used) or set %s=1 to skip the integration tests", ErrBouncerNotFound, SkipEnv)
 }
 
-// RequireBouncer starts a Bouncer in front of c for one test and closes it at
+// NewBouncerT starts a Bouncer in front of c for one test and closes it at
 // the test's end, or on SIGINT or SIGTERM before the process exits. It skips the test when PGRESILIENT_SKIP_INTEGRATION=1 and
 // fails it when pgbouncer is missing (the message says how to install it).
-func RequireBouncer(t testing.TB, c *Cluster, cfg BouncerConfig) *Bouncer {
+func NewBouncerT(t testing.TB, c *Cluster, cfg BouncerConfig) *Bouncer {
 	t.Helper()
 	if SkipRequested() {
 		t.Skip(SkipEnv + "=1")
@@ -211,7 +215,7 @@ func (b *Bouncer) settings() string {
 		"auth_type = trust",
 		"auth_file = " + filepath.Join(b.dir, "userlist.txt"),
 		"admin_users = " + Superuser,
-		"pool_mode = " + b.cfg.PoolMode,
+		"pool_mode = " + string(b.cfg.PoolMode),
 		"max_client_conn = " + strconv.Itoa(b.cfg.MaxClientConn),
 		"default_pool_size = " + strconv.Itoa(b.cfg.DefaultPoolSize),
 		"query_wait_timeout = " + seconds(b.cfg.QueryWaitTimeout),
@@ -368,7 +372,7 @@ func (b *Bouncer) Config() BouncerConfig { return b.cfg }
 // DSN returns a URL connecting through PgBouncer to the cluster's postgres
 // database as Superuser, without TLS. Add the pool mode's pgx parameters
 // yourself (transaction pooling needs default_query_exec_mode).
-func (b *Bouncer) DSN() string { return b.cluster.DSNFor(host, b.port) }
+func (b *Bouncer) DSN() string { return b.cluster.DSNAt(b.Addr()) }
 
 // AdminDSN returns a URL for PgBouncer's admin console (database "pgbouncer",
 // as Superuser). The console speaks only the simple query protocol.

@@ -17,7 +17,7 @@ import (
 // cluster, queries through it, and exercises each fault method.
 func TestBouncer(t *testing.T) {
 	c := Require(t, cluster)
-	b := RequireBouncer(t, c, BouncerConfig{PoolMode: PoolTransaction, MaxClientConn: 5, DefaultPoolSize: 2, QueryWaitTimeout: time.Second})
+	b := NewBouncerT(t, c, BouncerConfig{PoolMode: PoolTransaction, MaxClientConn: 5, DefaultPoolSize: 2, QueryWaitTimeout: time.Second})
 	if b.Host() != "127.0.0.1" || b.Port() == 0 || b.Port() == c.Port() {
 		t.Fatalf("Host, Port = %q, %d", b.Host(), b.Port())
 	}
@@ -56,7 +56,7 @@ func TestBouncer(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if mode != PoolTransaction {
+	if PoolMode(mode) != PoolTransaction {
 		t.Errorf("pool_mode = %q", mode)
 	}
 	for _, f := range []struct {
@@ -101,7 +101,7 @@ func TestBouncerBadMode(t *testing.T) {
 // named in a pid file is left alone.
 func TestReapBouncers(t *testing.T) {
 	c := Require(t, cluster)
-	b := RequireBouncer(t, c, BouncerConfig{})
+	b := NewBouncerT(t, c, BouncerConfig{})
 	// A pid file naming ourselves, not a pgbouncer: must survive.
 	decoy := filepath.Join(c.Dir(), bouncerDirPrefix+"decoy")
 	if err := os.Mkdir(decoy, 0o755); err != nil {

@@ -19,7 +19,7 @@ func TestThroughProxy(t *testing.T) {
 	c := Require(t, cluster)
 	ctx := t.Context()
 	p := faultproxy.NewT(t, c.Addr()) // fails the test if a trigger never fires
-	viaProxy := c.DSNFor(p.Host(), p.Port())
+	viaProxy := c.DSNAt(p.Addr())
 	if err := c.Exec(ctx, "drop table if exists cut_t; create table cut_t(i int)"); err != nil {
 		t.Fatal(err)
 	}

@@ -42,7 +42,7 @@ func reapCluster(ctx context.Context, r *runner, dir string) {
 	reapBouncers(dir)
 	data := filepath.Join(dir, "data")
 	if _, err := os.Stat(filepath.Join(data, "postmaster.pid")); err == nil {
-		_, _ = r.run(ctx, dir, "pg_ctl", "stop", "-D", data, "-m", ModeImmediate, "-w")
+		_, _ = r.run(ctx, dir, "pg_ctl", "stop", "-D", data, "-m", string(ModeImmediate), "-w")
 	}
 	_ = os.RemoveAll(dir)
 }

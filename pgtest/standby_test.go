@@ -123,7 +123,7 @@ func TestStandbySynchronous(t *testing.T) {
 	if err := primary.Exec(ctx, "CREATE TABLE sync_t(i int)"); err != nil {
 		t.Fatal(err)
 	}
-	if err := standby.Stop(ModeImmediate); err != nil {
+	if err := standby.Stop(context.Background(), ModeImmediate); err != nil {
 		t.Fatal(err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
@@ -142,7 +142,7 @@ func TestStandbySynchronous(t *testing.T) {
 	if err := primary.SetSynchronous(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := standby.Stop(ModeImmediate); err != nil {
+	if err := standby.Stop(context.Background(), ModeImmediate); err != nil {
 		t.Fatal(err)
 	}
 	if err := primary.Exec(ctx, "INSERT INTO sync_t VALUES (2)"); err != nil {

@@ -84,13 +84,13 @@ func TestHelperProcess(t *testing.T) {
 	case helperBouncer:
 		c := NewT(t)
 		addCluster(c)
-		b := RequireBouncer(t, c, BouncerConfig{})
+		b := NewBouncerT(t, c, BouncerConfig{})
 		r.Pids = append(r.Pids, b.cmd.Process.Pid)
 		r.Ports = append(r.Ports, b.Port())
 		r.Bound = append(r.Bound, b.cmd.Process.Pid)
 		r.BoundPorts = append(r.BoundPorts, b.Port())
 	case helperPatroni:
-		p := RequirePatroni(t, 1)
+		p := NewPatroniT(t, 1)
 		r.Dirs = append(r.Dirs, p.Dir())
 		r.Pids = append(r.Pids, p.etcd.cmd.Process.Pid)
 		r.Ports = append(r.Ports, p.eport)

@@ -60,7 +60,7 @@ func startCluster(ctx context.Context) (*env, error) {
 		standby: sb,
 		proxy:   p,
 		direct:  cl.DSN(),
-		base:    cl.DSNFor(p.Host(), p.Port()),
+		base:    cl.DSNAt(p.Addr()),
 	}
 	e.obs = &observer{dsn: e.direct}
 	return e, nil

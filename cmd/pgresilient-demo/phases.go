@@ -111,7 +111,7 @@ func runTerminate(ctx context.Context, d *demo, r *phaseRun) error {
 
 func runRestart(ctx context.Context, d *demo, r *phaseRun) error {
 	began := time.Now()
-	if err := d.env.cluster.Restart(pgtest.ModeFast); err != nil {
+	if err := d.env.cluster.Restart(context.Background(), pgtest.ModeFast); err != nil {
 		return err
 	}
 	r.detail = fmt.Sprintf("the restart took %v", time.Since(began).Round(10*time.Millisecond))
@@ -174,7 +174,7 @@ func runBlackhole(ctx context.Context, d *demo, r *phaseRun) error {
 
 func runStopStart(ctx context.Context, d *demo, r *phaseRun) error {
 	cl := d.env.cluster
-	if err := cl.Stop(pgtest.ModeFast); err != nil {
+	if err := cl.Stop(context.Background(), pgtest.ModeFast); err != nil {
 		return err
 	}
 	stopped := d.wl.since() - r.faultStart
@@ -208,7 +208,7 @@ func runLateStart(ctx context.Context, d *demo, r *phaseRun) error {
 	wl.gate.Lock()
 	err := d.closePools()
 	if err == nil {
-		err = d.env.cluster.Stop(pgtest.ModeFast)
+		err = d.env.cluster.Stop(context.Background(), pgtest.ModeFast)
 	}
 	if err == nil {
 		err = d.openPools()
@@ -271,7 +271,7 @@ func runFailover(ctx context.Context, d *demo, r *phaseRun) error {
 	}
 
 	r.faultStart = wl.since()
-	if err := cl.Stop(pgtest.ModeImmediate); err != nil {
+	if err := cl.Stop(context.Background(), pgtest.ModeImmediate); err != nil {
 		return err
 	}
 	r.down = wl.since()

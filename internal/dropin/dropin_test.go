@@ -68,7 +68,7 @@ func TestBlankImport(t *testing.T) {
 	}
 
 	warm()
-	if err := c.Restart(pgtest.ModeFast); err != nil {
+	if err := c.Restart(context.Background(), pgtest.ModeFast); err != nil {
 		t.Fatal(err)
 	}
 	run("pg_ctl restart -m fast")

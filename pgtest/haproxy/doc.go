@@ -17,8 +17,8 @@
 //
 // A test starts it like an httptest.Server, after the Patroni cluster:
 //
-//	pat := pgtest.RequirePatroni(t, 2)
-//	px := haproxy.RequirePatroni(t, pat, haproxy.Config{Check: haproxy.FastCheck})
+//	pat := pgtest.NewPatroniT(t, 2)
+//	px := haproxy.NewPatroniT(t, pat, haproxy.Config{Check: haproxy.FastCheck})
 //	db, err := sql.Open("pgx", px.DSN())
 //	...
 //	newLeader, err := pat.Switchover(ctx)

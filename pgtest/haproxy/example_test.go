@@ -16,10 +16,10 @@ import (
 
 // HAProxy in front of a Patroni cluster: writes go to the leader through
 // it, and after a switchover the test learns when HAProxy moved.
-func ExampleRequirePatroni() {
+func ExampleNewPatroniT() {
 	var t *testing.T // the test's
-	pat := pgtest.RequirePatroni(t, 2)
-	px := haproxy.RequirePatroni(t, pat, haproxy.Config{Check: haproxy.FastCheck})
+	pat := pgtest.NewPatroniT(t, 2)
+	px := haproxy.NewPatroniT(t, pat, haproxy.Config{Check: haproxy.FastCheck})
 	db, err := sql.Open("pgx", px.DSN())
 	if err != nil {
 		t.Fatal(err)

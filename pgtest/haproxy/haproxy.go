@@ -88,9 +88,9 @@ func Patroni(p *pgtest.Patroni) []Server {
 	return s
 }
 
-// RequirePatroni starts a Proxy in front of p's nodes for one test, as
+// NewPatroniT starts a Proxy in front of p's nodes for one test, as
 // Require does.
-func RequirePatroni(t testing.TB, p *pgtest.Patroni, cfg Config) *Proxy {
+func NewPatroniT(t testing.TB, p *pgtest.Patroni, cfg Config) *Proxy {
 	t.Helper()
 	return Require(t, cfg, Patroni(p)...)
 }

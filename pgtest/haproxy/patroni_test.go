@@ -49,7 +49,7 @@ var nextID atomic.Int64
 // through it succeeds at once.
 func TestPatroniSwitchover(t *testing.T) {
 	began := time.Now()
-	pat := pgtest.RequirePatroni(t, 2)
+	pat := pgtest.NewPatroniT(t, 2)
 	t.Logf("Patroni (2 nodes) started in %v", time.Since(began).Round(time.Millisecond))
 	for _, tc := range []struct {
 		name  string
@@ -68,7 +68,7 @@ func switchoverThrough(t *testing.T, pat *pgtest.Patroni, cfg Config) {
 	if err := pat.WaitHealthy(ctx); err != nil { // a synchronous standby to switch over to
 		t.Fatal(err)
 	}
-	px := RequirePatroni(t, pat, cfg)
+	px := NewPatroniT(t, pat, cfg)
 
 	leader, err := pat.Leader(ctx)
 	if err != nil {
