@@ -248,9 +248,6 @@ func runHAProxy(t *testing.T, scenario string, pat *pgtest.Patroni, px *haproxy.
 		if r.unsafe != 0 {
 			t.Errorf("%d failed writes ran although their error was not ErrConnLost", r.unsafe)
 		}
-		if r.failedAfter > hxWriters {
-			t.Errorf("%d writes begun after HAProxy routed to the new primary failed, want at most %d", r.failedAfter, hxWriters)
-		}
 		if !r.resumed || r.firstAfter > hxFirstBound {
 			t.Errorf("first success %s after the routed moment, want within ~100ms (asserted: %v)", first, hxFirstBound)
 		}
@@ -258,6 +255,16 @@ func runHAProxy(t *testing.T, scenario string, pat *pgtest.Patroni, px *haproxy.
 	p, g := results["pgx"], results[DriverName]
 	if g.failedAfter > p.failedAfter {
 		t.Errorf("pgresilient: %d writes failed after the routed moment, raw pgx %d", g.failedAfter, p.failedAfter)
+	}
+	// At most one per writer, unless raw pgx's writes failed past that too:
+	// then HAProxy routed before the new primary took writes (its /primary
+	// check answered first), and no driver could do better than raw pgx's
+	// count, asserted above.
+	switch {
+	case g.failedAfter > hxWriters && p.failedAfter <= hxWriters:
+		t.Errorf("pgresilient: %d writes begun after HAProxy routed to the new primary failed, want at most %d", g.failedAfter, hxWriters)
+	case g.failedAfter > hxWriters:
+		t.Logf("raw pgx's writes failed after the routed moment too (%d): the new primary did not take writes when HAProxy routed to it", p.failedAfter)
 	}
 	t.Logf("MEASURE haproxy/%s failed_after_routed pgx=%d pgresilient=%d; first_success_after_routed pgx=%s pgresilient=%s",
 		scenario, p.failedAfter, g.failedAfter, outageMS(p.firstAfter), outageMS(g.firstAfter))
