@@ -100,12 +100,16 @@ func TestCancelBeforeClose(t *testing.T) {
 	}
 }
 
-// backendPID is the server process of db's one connection.
-func backendPID(t *testing.T, db *sql.DB) int {
+// backendPID is the server process of the connection q runs on: a pool's
+// (its one connection, or whichever it takes), a transaction's or a
+// *sql.Conn's.
+func backendPID(t testing.TB, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) int {
 	t.Helper()
 	var pid int
-	if err := db.QueryRow("select pg_backend_pid()").Scan(&pid); err != nil {
-		t.Fatal(err)
+	if err := q.QueryRowContext(context.Background(), "select pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatalf("pg_backend_pid: %v", err)
 	}
 	return pid
 }

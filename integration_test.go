@@ -341,16 +341,11 @@ func TestServerErrorKeepsConn(t *testing.T) {
 	if IsDisconnect(err) || errors.Is(err, ErrConnLost) {
 		t.Fatalf("a division by zero reported as a disconnect: %v", err)
 	}
-	var pid1, pid2 int
-	if err := db.QueryRow("select pg_backend_pid()").Scan(&pid1); err != nil {
-		t.Fatal(err)
-	}
+	pid1 := backendPID(t, db)
 	if _, err := db.Exec("select 1/0"); err == nil {
 		t.Fatal("want an error")
 	}
-	if err := db.QueryRow("select pg_backend_pid()").Scan(&pid2); err != nil {
-		t.Fatal(err)
-	}
+	pid2 := backendPID(t, db)
 	if pid1 != pid2 {
 		t.Errorf("the connection was replaced after an SQL error (pid %d -> %d)", pid1, pid2)
 	}

@@ -106,10 +106,7 @@ func TestCommitRefused(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				var pid int
-				if err := tx.QueryRow("select pg_backend_pid()").Scan(&pid); err != nil {
-					t.Fatal(err)
-				}
+				pid := backendPID(t, tx)
 				if _, err := tx.Exec("insert into " + table + " values (1)"); err != nil {
 					t.Fatal(err)
 				}

@@ -148,16 +148,6 @@ func statsWarm(t *testing.T, db *sql.DB) {
 	}
 }
 
-// statsPid returns the server process of db's one connection.
-func statsPid(t *testing.T, db *sql.DB) int {
-	t.Helper()
-	var pid int
-	if err := db.QueryRow("select pg_backend_pid()").Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
-	return pid
-}
-
 // statsKill ends pid, a backend left running a pg_sleep by a client that is
 // gone, so that it does not linger into later tests that count backends.
 func statsKill(t *testing.T, pid int) {

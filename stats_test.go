@@ -131,7 +131,7 @@ func TestStatsConnLost(t *testing.T) {
 			return err
 		}, statsMerge(lost, statsWant{"CommitsNotCommitted": exactly(1)})},
 		{"backend terminated mid-statement", func(t *testing.T, db *sql.DB, _ *faultproxy.Proxy) error {
-			pid := statsPid(t, db)
+			pid := backendPID(t, db)
 			done := make(chan error, 1)
 			go func() {
 				_, err := db.Exec("select pg_sleep(10)")
@@ -156,7 +156,7 @@ func TestStatsConnLost(t *testing.T) {
 			// A cancel that the server answers keeps the connection and
 			// says ErrCanceled (TestCancelBeforeClose); here the network
 			// goes silent first, so the cancel cannot land.
-			pid := statsPid(t, db)
+			pid := backendPID(t, db)
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
 			freeze := time.AfterFunc(100*time.Millisecond, p.Freeze)
@@ -340,10 +340,7 @@ func TestStatsVerifications(t *testing.T) {
 		if _, err := db.Exec("select 'stats_invalidate'"); !errors.Is(err, ErrConnLost) {
 			t.Fatalf("want ErrConnLost, got %v", err)
 		}
-		var pid int
-		if err := db.QueryRow("select pg_backend_pid()").Scan(&pid); err != nil {
-			t.Fatalf("the other pooled connection: %v", err)
-		}
+		backendPID(t, db) // the other pooled connection serves
 		checkStats(t, before, cn.Stats(), statsWant{
 			"ConnLost":      exactly(1),
 			"DiscardedLost": exactly(1),

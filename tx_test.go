@@ -197,10 +197,7 @@ func TestTxUniqueViolation(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer tx.Rollback()
-		var pid int
-		if err := tx.QueryRow("select pg_backend_pid()").Scan(&pid); err != nil {
-			t.Fatal(err)
-		}
+		pid := backendPID(t, tx)
 		if _, err := tx.Exec("select 1 from " + table + " where id = 2 for update"); err != nil {
 			t.Fatal(err)
 		}
@@ -321,16 +318,14 @@ func TestManualBegin(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var pid int
-		conn.QueryRowContext(ctx, "select pg_backend_pid()").Scan(&pid)
+		pid := backendPID(t, conn)
 		for _, q := range []string{"BEGIN", "insert into " + table + " values (1)", "select 1/0"} {
 			conn.ExecContext(ctx, q)
 		}
 		conn.Close() // back to the pool, aborted
 		state := backendState(t, pid)
 		failed, first := runQueries(db, 20)
-		var pid2 int
-		db.QueryRow("select pg_backend_pid()").Scan(&pid2)
+		pid2 := backendPID(t, db)
 		n, err := countRows(ctx, c, table)
 		if err != nil {
 			t.Fatal(err)
