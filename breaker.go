@@ -193,6 +193,7 @@ type breaker struct {
 	// nanoseconds).
 	probed    atomic.Pointer[chan struct{}]
 	demand    chan struct{}
+	served    chan int64 // a pooled connection answered while open (openedAt of that period): close now
 	waiters   atomic.Int32
 	lastStart atomic.Int64
 
@@ -219,6 +220,7 @@ func newBreaker(addr string, failures int, cooldown time.Duration, logger *slog.
 	pch := make(chan struct{})
 	b.probed.Store(&pch)
 	b.demand = make(chan struct{}, 1)
+	b.served = make(chan int64, 1)
 	b.interval = func(elapsed time.Duration) time.Duration { return probeInterval(elapsed, cooldown) }
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
@@ -322,6 +324,22 @@ func (b *breaker) before() error {
 		return nil
 	}
 	return b.openError(nil)
+}
+
+// servedWhileOpen tells the prober that a pooled connection answered a ping
+// while the breaker was open: the database serves, and the breaker closes
+// now as on a probe's success, so that calls stop failing with
+// ErrCircuitOpen while connections that work are there to serve them (a
+// proxy or a server refusing new connections only). One atomic load while
+// closed.
+func (b *breaker) servedWhileOpen() {
+	if b == nil || BreakerState(b.state.Load()) == BreakerClosed {
+		return
+	}
+	select {
+	case b.served <- b.openedAt.Load():
+	default:
+	}
 }
 
 // While open, a call waits for the outcome of the prober's next probe, for
@@ -623,6 +641,27 @@ func (b *breaker) run(openedAt time.Time) {
 				due = p
 				b.next.Store(due.UnixNano())
 				t.Reset(time.Until(due))
+			}
+			continue
+		case at := <-b.served:
+			if at != openedAt.UnixNano() {
+				continue // an answer of an earlier open period
+			}
+			// A pooled connection answered: a success, as a probe's.
+			b.mu.Lock()
+			if token == nil {
+				if done, err := b.cb.Allow(); err == nil { // open -> half-open
+					token = done
+				}
+			}
+			settle(nil)
+			closed := BreakerState(b.state.Load()) == BreakerClosed
+			b.mu.Unlock()
+			b.silent.Store(false)
+			b.logger.LogAttrs(context.Background(), slog.LevelDebug, "pgresilient: circuit breaker: a pooled connection answered")
+			b.publish()
+			if closed {
+				return
 			}
 			continue
 		case r := <-results:

@@ -62,16 +62,29 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	if gen != c.gen {
 		verify = true
 	}
-	if verify && c.owner.breaker.isOpen() {
-		// The server is down: no ping, which could only wait. database/sql
-		// hands the connection out and the breaker's gate rejects the
-		// statement at once; closing the breaker bumps the generation, so
-		// the connection is verified on a reuse after that.
-		verify = false
-		gen = c.gen
+	limit := c.owner.verifyTimeout
+	if b := c.owner.breaker; b.isOpen() {
+		if b.silent.Load() {
+			// The server went silent: no ping, which could only wait.
+			// database/sql hands the connection out and the breaker's
+			// gate rejects the statement at once; closing the breaker
+			// bumps the generation, so the connection is verified on a
+			// reuse after that.
+			verify = false
+			gen = c.gen
+		} else {
+			// The breaker is open on refused or dropped connections, but
+			// this one may still be served (a proxy or a server refusing
+			// only new connections): ask it, for no longer than a call
+			// would wait for the next probe. An answer closes the
+			// breaker (servedWhileOpen); a dead connection is discarded
+			// before anything of the statement is sent.
+			verify = true
+			limit = min(limit, breakerWaitMax)
+		}
 	}
 	if verify {
-		if err := c.verify(ctx); err != nil {
+		if err := c.verify(ctx, limit); err != nil {
 			return err
 		}
 		c.gen = gen
@@ -104,15 +117,16 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	return nil
 }
 
-// verify pings the connection within the verification timeout, or ctx's
-// deadline if sooner; on failure it marks it broken and returns
-// driver.ErrBadConn. It is the only round trip of a reuse.
-func (c *baseConn) verify(ctx context.Context) error {
+// verify pings the connection within limit (the verification timeout, or
+// less while the breaker is open), or ctx's deadline if sooner; on failure
+// it marks it broken and returns driver.ErrBadConn. It is the only round
+// trip of a reuse.
+func (c *baseConn) verify(ctx context.Context, limit time.Duration) error {
 	pc := c.pgConn()
 	if pc == nil {
 		return nil
 	}
-	d, ok := c.owner.budgetLeft(ctx, c.owner.verifyTimeout)
+	d, ok := c.owner.budgetLeft(ctx, limit)
 	if !ok {
 		// Another reuse check of this call timed out: this one would
 		// only wait as long again.
@@ -140,6 +154,7 @@ func (c *baseConn) verify(ctx context.Context) error {
 	}
 	if err == nil {
 		c.owner.breaker.after(classNone, tripSpan, nil)
+		c.owner.breaker.servedWhileOpen()
 		return nil
 	}
 	c.discard(ctx, discardVerify, "failed verification: "+logCause(err))
