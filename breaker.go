@@ -192,8 +192,8 @@ type breaker struct {
 	// probeDemandMax of the last one's start, lastStart (unix
 	// nanoseconds).
 	probed    atomic.Pointer[chan struct{}]
+	published atomic.Int64 // openedAt of the period whose outcome was published last
 	demand    chan struct{}
-	served    chan int64 // a pooled connection answered while open (openedAt of that period): close now
 	waiters   atomic.Int32
 	lastStart atomic.Int64
 
@@ -220,7 +220,6 @@ func newBreaker(addr string, failures int, cooldown time.Duration, logger *slog.
 	pch := make(chan struct{})
 	b.probed.Store(&pch)
 	b.demand = make(chan struct{}, 1)
-	b.served = make(chan int64, 1)
 	b.interval = func(elapsed time.Duration) time.Duration { return probeInterval(elapsed, cooldown) }
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
@@ -253,11 +252,13 @@ func newBreaker(addr string, failures int, cooldown time.Duration, logger *slog.
 // logged at Debug only.
 func (b *breaker) changed(from, to BreakerState) {
 	now := time.Now()
+	if from == BreakerClosed && to == BreakerOpen {
+		b.openedAt.Store(now.UnixNano()) // before the state: a call that sees open reads its period
+	}
 	b.state.Store(int32(to))
 	b.dirty.Store(false)
 	switch {
 	case from == BreakerClosed && to == BreakerOpen:
-		b.openedAt.Store(now.UnixNano())
 		b.lastStart.Store(now.UnixNano())
 		close(*b.openCh.Load())
 		b.transitions.Add(1)
@@ -326,22 +327,6 @@ func (b *breaker) before() error {
 	return b.openError(nil)
 }
 
-// servedWhileOpen tells the prober that a pooled connection answered a ping
-// while the breaker was open: the database serves, and the breaker closes
-// now as on a probe's success, so that calls stop failing with
-// ErrCircuitOpen while connections that work are there to serve them (a
-// proxy or a server refusing new connections only). One atomic load while
-// closed.
-func (b *breaker) servedWhileOpen() {
-	if b == nil || BreakerState(b.state.Load()) == BreakerClosed {
-		return
-	}
-	select {
-	case b.served <- b.openedAt.Load():
-	default:
-	}
-}
-
 // While open, a call waits for the outcome of the prober's next probe, for
 // breakerWaitMax at most and within its deadline: probes then come at most
 // probeDemandMax apart, so a call waits about that long when the server
@@ -370,14 +355,19 @@ const (
 )
 
 // wait lets a call through when closed (one atomic load; a nil breaker lets
-// everything through). While open, it waits for the outcome of the
-// prober's next probe, if that is expected soon (breakerWaitMax) and before
-// ctx's deadline: nil if the probe closed the breaker, else a
-// *CircuitOpenError, also when ctx ends or the breaker is closed while
-// waiting. Nothing is sent meanwhile.
-func (b *breaker) wait(ctx context.Context) error {
+// everything through). While open, it lets through a call on a connection
+// that answered its reuse check in this open period (pass is the period's
+// openedAt, 0 for none: a new connection, or one not checked since it
+// opened), and otherwise waits for the outcome of the prober's next probe,
+// if that is expected soon (breakerWaitMax) and before ctx's deadline: nil
+// if the probe closed the breaker, else a *CircuitOpenError, also when ctx
+// ends or the breaker is closed while waiting. Nothing is sent meanwhile.
+func (b *breaker) wait(ctx context.Context, pass int64) error {
 	if b == nil || BreakerState(b.state.Load()) == BreakerClosed {
 		return nil
+	}
+	if pass != 0 && pass == b.openedAt.Load() {
+		return nil // this connection answered while open: it serves
 	}
 	if err := b.awaitProbe(ctx); err != nil {
 		return b.openError(err)
@@ -409,6 +399,7 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok && dl.Sub(now) < b.untilProbe(now)+time.Millisecond || b.ctx.Err() != nil {
 		return errProbeFailed
 	}
+	period := b.openedAt.Load()
 	b.waiters.Add(1)
 	defer b.waiters.Add(-1)
 	select {
@@ -417,17 +408,28 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 	}
 	t := time.NewTimer(breakerWaitMax)
 	defer t.Stop()
-	select {
-	case <-ch:
-		if BreakerState(b.state.Load()) == BreakerClosed {
-			return nil
+	for {
+		select {
+		case <-ch:
+			if BreakerState(b.state.Load()) == BreakerClosed {
+				return nil
+			}
+			if b.published.Load() != period {
+				// An earlier period's outcome, published after the
+				// breaker closed and opened again: wait for this one's.
+				ch = *b.probed.Load()
+				continue
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.ctx.Done():
+		case <-t.C:
+			if BreakerState(b.state.Load()) == BreakerClosed {
+				return nil // closed meanwhile, its outcome not seen
+			}
 		}
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-b.ctx.Done():
-	case <-t.C:
+		return errProbeFailed
 	}
-	return errProbeFailed
 }
 
 // untilProbe returns how long until the next probe starts, at the latest,
@@ -440,8 +442,12 @@ func (b *breaker) untilProbe(now time.Time) time.Duration {
 	return max(due.Sub(now), 0)
 }
 
-// publish wakes the calls waiting for a probe's outcome.
-func (b *breaker) publish() {
+// publish wakes the calls waiting for a probe's outcome: the outcome of the
+// open period that began at openedAt (unix nanoseconds). A call waiting in
+// a later period ignores it (awaitProbe): the breaker may close and open
+// again between a period's outcome and its publication.
+func (b *breaker) publish(openedAt int64) {
+	b.published.Store(openedAt)
 	ch := make(chan struct{})
 	close(*b.probed.Swap(&ch))
 }
@@ -602,7 +608,7 @@ func (b *breaker) pull(due time.Time) time.Time {
 // is under way, and open again once all of them failed.
 func (b *breaker) run(openedAt time.Time) {
 	defer b.wg.Done()
-	defer b.publish() // Close: calls still waiting return
+	defer b.publish(openedAt.UnixNano()) // Close: calls still waiting return
 	type result struct {
 		err  error
 		took time.Duration
@@ -643,27 +649,6 @@ func (b *breaker) run(openedAt time.Time) {
 				t.Reset(time.Until(due))
 			}
 			continue
-		case at := <-b.served:
-			if at != openedAt.UnixNano() {
-				continue // an answer of an earlier open period
-			}
-			// A pooled connection answered: a success, as a probe's.
-			b.mu.Lock()
-			if token == nil {
-				if done, err := b.cb.Allow(); err == nil { // open -> half-open
-					token = done
-				}
-			}
-			settle(nil)
-			closed := BreakerState(b.state.Load()) == BreakerClosed
-			b.mu.Unlock()
-			b.silent.Store(false)
-			b.logger.LogAttrs(context.Background(), slog.LevelDebug, "pgresilient: circuit breaker: a pooled connection answered")
-			b.publish()
-			if closed {
-				return
-			}
-			continue
 		case r := <-results:
 			inflight--
 			outcome := error(nil)
@@ -683,7 +668,7 @@ func (b *breaker) run(openedAt time.Time) {
 			}
 			closed := BreakerState(b.state.Load()) == BreakerClosed
 			b.mu.Unlock()
-			b.publish()
+			b.publish(openedAt.UnixNano())
 			if closed {
 				return // probes still under way end by themselves (b.wg)
 			}
@@ -738,14 +723,17 @@ func (b *breaker) close() {
 // model (it counts what the error model concluded). With breaker=off,
 // owner.breaker is nil and its methods do nothing.
 
-// gate runs call behind b: while b is open it waits for the next probe
-// (wait), counted by its error otherwise. A statement PgBouncer refused
+// gate runs call, on connection c, behind its Connector's breaker b: while
+// b is open it lets through a connection that answered its reuse check in
+// this open period, and otherwise waits for the next probe (wait); the
+// outcome is counted by its error. A statement PgBouncer refused
 // before forwarding it, which database/sql will run again at once on another
 // connection (driver.ErrBadConn), is held until PgBouncer serves again,
 // within ctx's deadline (wait.go's awaitServing). call does not escape: the
 // closure costs no allocation.
-func gate[T any](ctx context.Context, b *breaker, call func() (T, error)) (T, error) {
-	if err := b.wait(ctx); err != nil {
+func gate[T any](ctx context.Context, c *baseConn, call func() (T, error)) (T, error) {
+	b := c.owner.breaker
+	if err := b.wait(ctx, c.openPass); err != nil {
 		var zero T
 		return zero, err
 	}

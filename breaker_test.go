@@ -270,3 +270,36 @@ func TestCircuitOpenErrorUnwrap(t *testing.T) {
 		t.Errorf("message %q does not carry the cause", wrapped)
 	}
 }
+
+// TestAwaitProbeIgnoresEarlierPeriod: a call waiting for the probe of the
+// breaker's current open period is not failed by the outcome of an earlier
+// period published late (the breaker closed and opened again in between:
+// behind HAProxy at the routed moment, within 2 ms). Before, it failed with
+// ErrCircuitOpen at once (TestHAProxySwitchover, 1 run in 9).
+func TestAwaitProbeIgnoresEarlierPeriod(t *testing.T) {
+	b := newBreaker("127.0.0.1:5432", 5, time.Second, slog.New(slog.DiscardHandler), nil)
+	defer b.close()
+	b.openedAt.Store(2)
+	b.state.Store(int32(BreakerOpen))
+	done := make(chan error, 1)
+	go func() { done <- b.awaitProbe(context.Background()) }()
+	for b.waiters.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	b.publish(1) // the earlier period's outcome
+	select {
+	case err := <-done:
+		t.Fatalf("the call returned %v on an earlier period's outcome", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	b.state.Store(int32(BreakerClosed))
+	b.publish(2) // this period's: closed
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("closed, the call returned %v", err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("the call still waits after its period's outcome")
+	}
+}

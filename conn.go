@@ -198,12 +198,17 @@ type baseConn struct {
 	lastUse int64
 	// gen is the owner's invalidation generation this connection was last
 	// known good at; a newer owner generation means "verify before reuse".
-	gen     uint64
-	pooled  atomic.Int32 // poolBusy, poolIdle or poolSwept: see sweep
-	broken  atomic.Bool
-	inTx    atomic.Bool // a sql.Tx is open on this connection
-	reused  bool
-	rowsOut bool
+	gen uint64
+	// openPass is the breaker's openedAt when this connection answered its
+	// reuse check while the breaker was open: its calls pass the breaker
+	// for that open period (breaker.wait). 0 otherwise. Touched only by
+	// database/sql's holder of the conn.
+	openPass int64
+	pooled   atomic.Int32 // poolBusy, poolIdle or poolSwept: see sweep
+	broken   atomic.Bool
+	inTx     atomic.Bool // a sql.Tx is open on this connection
+	reused   bool
+	rowsOut  bool
 	// savepoint: the application issued SAVEPOINT in the current sql.Tx, so
 	// it recovers from failures itself: no automatic rollback.
 	savepoint atomic.Bool
@@ -353,7 +358,7 @@ func (c *baseConn) ExecContext(ctx context.Context, query string, args []driver.
 	if c.execer == nil {
 		return nil, driver.ErrSkip // database/sql prepares instead
 	}
-	return gate(ctx, c.owner.breaker, func() (driver.Result, error) { return c.exec(ctx, query, args) })
+	return gate(ctx, c, func() (driver.Result, error) { return c.exec(ctx, query, args) })
 }
 
 func (c *baseConn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -391,7 +396,7 @@ func (c *baseConn) QueryContext(ctx context.Context, query string, args []driver
 	if c.queryer == nil {
 		return nil, driver.ErrSkip // database/sql prepares instead
 	}
-	return gate(ctx, c.owner.breaker, func() (driver.Rows, error) { return c.query(ctx, query, args) })
+	return gate(ctx, c, func() (driver.Rows, error) { return c.query(ctx, query, args) })
 }
 
 func (c *baseConn) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
@@ -431,7 +436,7 @@ func (c *baseConn) query(ctx context.Context, query string, args []driver.NamedV
 // Ping checks the connection with a round trip. A failure is always safe to
 // retry: a ping changes nothing on the server.
 func (c *baseConn) Ping(ctx context.Context) error {
-	_, err := gate(ctx, c.owner.breaker, func() (struct{}, error) { return struct{}{}, c.ping(ctx) })
+	_, err := gate(ctx, c, func() (struct{}, error) { return struct{}{}, c.ping(ctx) })
 	return err
 }
 

@@ -89,6 +89,7 @@ type hxResult struct {
 	duplicated, lost            int
 	unsafe                      int // failed writes whose row is there, not ErrConnLost (pgresilient)
 	kindsAfter, kinds           map[string]int
+	firstAfterErr               error // the first failure of a write begun after the routed moment
 }
 
 func (d *hxDriver) result(t *testing.T, leaderDSN string, routed time.Time) hxResult {
@@ -139,6 +140,9 @@ func (d *hxDriver) result(t *testing.T, leaderDSN string, routed time.Time) hxRe
 		if w.start.After(routed) {
 			r.failedAfter++
 			r.kindsAfter[k]++
+			if r.firstAfterErr == nil {
+				r.firstAfterErr = fmt.Errorf("%w (began %+.3fs from the routed moment, took %v)", w.err, w.start.Sub(routed).Seconds(), w.end.Sub(w.start).Round(time.Microsecond))
+			}
 		}
 		if seen[w.id] > 0 && !errors.Is(w.err, ErrConnLost) {
 			r.unsafe++
@@ -254,7 +258,7 @@ func runHAProxy(t *testing.T, scenario string, pat *pgtest.Patroni, px *haproxy.
 	})
 	p, g := results["pgx"], results[DriverName]
 	if g.failedAfter > p.failedAfter {
-		t.Errorf("pgresilient: %d writes failed after the routed moment, raw pgx %d", g.failedAfter, p.failedAfter)
+		t.Errorf("pgresilient: %d writes failed after the routed moment (%s; the first: %v), raw pgx %d", g.failedAfter, hxKinds(g.kindsAfter), g.firstAfterErr, p.failedAfter)
 	}
 	// At most one per writer, unless raw pgx's writes failed past that too:
 	// then HAProxy routed before the new primary took writes (its /primary
@@ -262,7 +266,7 @@ func runHAProxy(t *testing.T, scenario string, pat *pgtest.Patroni, px *haproxy.
 	// count, asserted above.
 	switch {
 	case g.failedAfter > hxWriters && p.failedAfter <= hxWriters:
-		t.Errorf("pgresilient: %d writes begun after HAProxy routed to the new primary failed, want at most %d", g.failedAfter, hxWriters)
+		t.Errorf("pgresilient: %d writes begun after HAProxy routed to the new primary failed (%s; the first: %v), want at most %d", g.failedAfter, hxKinds(g.kindsAfter), g.firstAfterErr, hxWriters)
 	case g.failedAfter > hxWriters:
 		t.Logf("raw pgx's writes failed after the routed moment too (%d): the new primary did not take writes when HAProxy routed to it", p.failedAfter)
 	}

@@ -62,7 +62,7 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	if gen != c.gen {
 		verify = true
 	}
-	limit := c.owner.verifyTimeout
+	limit, asked := c.owner.verifyTimeout, false
 	if b := c.owner.breaker; b.isOpen() {
 		if b.silent.Load() {
 			// The server went silent: no ping, which could only wait.
@@ -76,10 +76,14 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 			// The breaker is open on refused or dropped connections, but
 			// this one may still be served (a proxy or a server refusing
 			// only new connections): ask it, for no longer than a call
-			// would wait for the next probe. An answer closes the
-			// breaker (servedWhileOpen); a dead connection is discarded
-			// before anything of the statement is sent.
-			verify = true
+			// would wait for the next probe. An answer from a server of
+			// the role the connection was opened for lets its calls
+			// through the breaker for this open period (openPass, below:
+			// a standby's answer is no evidence for read-write); a dead
+			// connection is discarded before anything of the statement
+			// is sent. The breaker itself stays open until a probe
+			// connects: new connections are what it guards.
+			verify, asked = true, true
 			limit = min(limit, breakerWaitMax)
 		}
 	}
@@ -103,6 +107,10 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	}
 	if !c.clean(ctx) {
 		return driver.ErrBadConn
+	}
+	c.openPass = 0
+	if asked {
+		c.openPass = c.owner.breaker.openedAt.Load()
 	}
 	// Over pgx, stdlib.Conn.ResetSession's checks (closed, outside a
 	// transaction block, whether to ping: never, see neverPing) were made
@@ -154,7 +162,6 @@ func (c *baseConn) verify(ctx context.Context, limit time.Duration) error {
 	}
 	if err == nil {
 		c.owner.breaker.after(classNone, tripSpan, nil)
-		c.owner.breaker.servedWhileOpen()
 		return nil
 	}
 	c.discard(ctx, discardVerify, "failed verification: "+logCause(err))

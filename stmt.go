@@ -11,7 +11,7 @@ func (c *baseConn) Prepare(query string) (driver.Stmt, error) {
 }
 
 func (c *baseConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	return gate(ctx, c.owner.breaker, func() (driver.Stmt, error) { return c.prepare(ctx, query) })
+	return gate(ctx, c, func() (driver.Stmt, error) { return c.prepare(ctx, query) })
 }
 
 func (c *baseConn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
@@ -70,7 +70,7 @@ func (s *baseStmt) Query(args []driver.Value) (driver.Rows, error) {
 }
 
 func (s *baseStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
-	return gate(ctx, s.conn.owner.breaker, func() (driver.Result, error) { return s.exec(ctx, args) })
+	return gate(ctx, s.conn, func() (driver.Result, error) { return s.exec(ctx, args) })
 }
 
 func (s *baseStmt) exec(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
@@ -110,7 +110,7 @@ func (s *baseStmt) exec(ctx context.Context, args []driver.NamedValue) (driver.R
 }
 
 func (s *baseStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	return gate(ctx, s.conn.owner.breaker, func() (driver.Rows, error) { return s.query(ctx, args) })
+	return gate(ctx, s.conn, func() (driver.Rows, error) { return s.query(ctx, args) })
 }
 
 func (s *baseStmt) query(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {

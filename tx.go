@@ -114,7 +114,7 @@ func (c *baseConn) Begin() (driver.Tx, error) {
 }
 
 func (c *baseConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	return gate(ctx, c.owner.breaker, func() (driver.Tx, error) { return c.begin(ctx, opts) })
+	return gate(ctx, c, func() (driver.Tx, error) { return c.begin(ctx, opts) })
 }
 
 func (c *baseConn) begin(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
