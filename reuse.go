@@ -62,7 +62,7 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	if gen != c.gen {
 		verify = true
 	}
-	limit, asked := c.owner.verifyTimeout, false
+	asked := false
 	if b := c.owner.breaker; b.isOpen() {
 		if b.silent.Load() {
 			// The server went silent: no ping, which could only wait.
@@ -84,11 +84,10 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 			// is sent. The breaker itself stays open until a probe
 			// connects: new connections are what it guards.
 			verify, asked = true, true
-			limit = min(limit, breakerWaitMax)
 		}
 	}
 	if verify {
-		if err := c.verify(ctx, limit); err != nil {
+		if err := c.verify(ctx, asked); err != nil {
 			return err
 		}
 		c.gen = gen
@@ -125,14 +124,21 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	return nil
 }
 
-// verify pings the connection within limit (the verification timeout, or
-// less while the breaker is open), or ctx's deadline if sooner; on failure
-// it marks it broken and returns driver.ErrBadConn. It is the only round
-// trip of a reuse.
-func (c *baseConn) verify(ctx context.Context, limit time.Duration) error {
+// verify pings the connection within the verification timeout, or ctx's
+// deadline if sooner; on failure it marks it broken and returns
+// driver.ErrBadConn. It is the only round trip of a reuse. whileOpen is the
+// breaker's open-period check: no longer than a call would wait for a probe
+// (breakerWaitMax), and its failure is only this connection's: it spends
+// nothing of the call's query_timeout budget and counts nothing for the
+// breaker, whose probes decide.
+func (c *baseConn) verify(ctx context.Context, whileOpen bool) error {
 	pc := c.pgConn()
 	if pc == nil {
 		return nil
+	}
+	limit := c.owner.verifyTimeout
+	if whileOpen {
+		limit = min(limit, breakerWaitMax)
 	}
 	d, ok := c.owner.budgetLeft(ctx, limit)
 	if !ok {
@@ -166,7 +172,7 @@ func (c *baseConn) verify(ctx context.Context, limit time.Duration) error {
 	}
 	c.discard(ctx, discardVerify, "failed verification: "+logCause(err))
 	class := classify(ctx, err)
-	if class == classCanceled {
+	if class == classCanceled || whileOpen {
 		return driver.ErrBadConn
 	}
 	timeout := expired || isTimeout(err)
