@@ -43,10 +43,10 @@ type Connector struct {
 	liveMu sync.Mutex
 	live   map[*baseConn]struct{} // open connections, for sweep
 	paths  map[string]*pathState  // per server address: idle.go
-	// idlePing, idleProofMax and peekAfter: idle.go's constants (tests
-	// change them).
-	idlePing, idleProofMax, peekAfter time.Duration
-	breaker                           *breaker // nil with breaker=off
+	// idlePing, idleProofMax and peekAfter: idle.go's constants;
+	// notYetMax: reconnect.go's notYetBackoffMax (tests change them).
+	idlePing, idleProofMax, peekAfter, notYetMax time.Duration
+	breaker                                      *breaker // nil with breaker=off
 
 	// connected is set by the first working connection: from then on the
 	// breaker counts connection attempts, not calls.
@@ -60,12 +60,14 @@ type Connector struct {
 	// call waiting and waits for the goroutines in wg; connecting holds a
 	// slot per connection attempt under way (maxConnecting); idle wakes
 	// calls waiting out a "not yet" when a pooled connection comes free;
-	// serving is PgBouncer's shared check (awaitServing).
+	// served wakes them when a connection attempt succeeds; serving is
+	// PgBouncer's shared check (awaitServing).
 	life       context.Context
 	stop       context.CancelFunc
 	wg         sync.WaitGroup
 	connecting chan struct{}
 	idle       idleSignal
+	served     broadcast
 	serving    servingCheck
 
 	// execMode is set once a transaction pooler refused one of pgx's own
@@ -148,7 +150,9 @@ func newConnector(cfg *Config, rest string, o options) (*Connector, error) {
 	c.life, c.stop = context.WithCancel(context.Background())
 	c.connecting = make(chan struct{}, maxConnecting)
 	c.idle.init()
+	c.served.init()
 	c.idlePing, c.idleProofMax, c.peekAfter = idlePingAfter, idleProofMax, peekAfter
+	c.notYetMax = notYetBackoffMax
 	if c.cfg.QueryTimeout > 0 && c.cfg.QueryTimeout < c.verifyTimeout {
 		c.verifyTimeout = c.cfg.QueryTimeout
 	}
@@ -349,6 +353,7 @@ func (c *Connector) probe(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.served.fire()
 	c.keepSpare(dc)
 	return nil
 }

@@ -164,6 +164,11 @@ func runFailover(t *testing.T, scenario string, bed failoverBed) {
 	t.Logf("%s: fault %v; the new primary accepted a write %v after the fault began",
 		scenario, faultDone.Sub(faultAt).Round(time.Millisecond), acceptAt.Sub(faultAt).Round(time.Millisecond))
 
+	if cn, ok := ConnectorOf(drv[DriverName].db); ok {
+		st := cn.Stats()
+		t.Logf("%s: pgresilient's Stats: breaker transitions %d, connect failures %d, retries %d, discarded %d (lost %d, verify %d, idle %d)",
+			scenario, st.BreakerTransitions, st.ConnectFailures, st.ConnectRetries, st.Discarded, st.DiscardedLost, st.DiscardedVerify, st.DiscardedIdle)
+	}
 	results := map[string]foResult{}
 	sideBySide(t, func(t *testing.T, name string) {
 		d := drv[name]

@@ -124,6 +124,7 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 		dc, err := c.connectOnce(ctx)
 		if err == nil {
 			c.stats.opened.Add(1)
+			c.served.fire()
 			if counting {
 				c.breaker.after(classNone, tripSpan, nil)
 			}
@@ -170,12 +171,11 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 		var wait time.Duration
 		switch kind {
 		case refusalNotYet:
-			wait = backoff(notYetN, c.cfg.ConnectBackoff, c.cfg.ConnectBackoffMax)
-			if !c.connected.Load() {
-				// A database starting: look again soon, so that the
-				// application is served within startBackoffMax of it.
-				wait = min(wait, startBackoffMax)
-			}
+			// A database starting, a change of primary, a full server:
+			// look again soon, so that the caller is served within
+			// notYetBackoffMax of the refusal clearing (or at once, when
+			// another call's attempt succeeds first: connectWait).
+			wait = backoff(notYetN, c.cfg.ConnectBackoff, min(c.cfg.ConnectBackoffMax, c.notYetMax))
 			notYetN++
 		case refusalProxyClosed:
 			if closedN == 0 {
@@ -225,19 +225,25 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 	}
 }
 
-// startBackoffMax caps the wait between two attempts before the Connector's
-// first working connection: a database that starts after the application
-// serves it within about this much of accepting connections (at most
+// notYetBackoffMax caps the wait between two attempts of a call refused
+// with a "not yet" (a database starting after the application, a server
+// shutting down for a change of primary, a standby refused by
+// target_session_attrs, a full server, PgBouncer's login retry): the caller
+// is served within about this much of the refusal clearing (at most
 // maxConnecting attempts under way per Connector, however many calls wait).
-const startBackoffMax = 200 * time.Millisecond
+// With connect_backoff_max's 5 s instead, writers of TestFailoverSwitchover
+// slept through the new primary's first second and failed at their
+// deadline.
+const notYetBackoffMax = 200 * time.Millisecond
 
 // errPoolFree ends connectWait when a pooled connection came free.
 var errPoolFree = errors.New("pgresilient: a pooled connection came free")
 
 // connectWait waits d before the next connection attempt, unless ctx ends,
 // the Connector is closed, the breaker opens (an error matching
-// ErrCircuitOpen) or, if idle, a pooled connection is or comes free and the
-// call may take it (errPoolFree).
+// ErrCircuitOpen), another of the Connector's connection attempts succeeds
+// (nil: the next attempt comes at once) or, if idle, a pooled connection is
+// or comes free and the call may take it (errPoolFree).
 func (c *Connector) connectWait(ctx context.Context, d time.Duration, idle bool) error {
 	var free <-chan struct{}
 	if idle {
@@ -251,6 +257,8 @@ func (c *Connector) connectWait(ctx context.Context, d time.Duration, idle bool)
 			return errPoolFree
 		}
 	}
+	served, done := c.served.wait()
+	defer done()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
@@ -261,6 +269,10 @@ func (c *Connector) connectWait(ctx context.Context, d time.Duration, idle bool)
 			return errConnectorClosed
 		case <-c.breaker.opened():
 			return ErrCircuitOpen
+		case <-served:
+			// Another call's attempt succeeded: the server serves again,
+			// try now rather than sleep out the backoff.
+			return nil
 		case <-free:
 			// IsValid just returned: database/sql has yet to pool it.
 			if err := c.idle.settle(ctx); err != nil {

@@ -204,15 +204,46 @@ func (c *Connector) releaseSlot() { <-c.connecting }
 // pgx's.
 const idleReleaseMax = 3
 
-// idleSignal is closed, and replaced, when a connection goes back to the
-// pool while calls wait out a "not yet"; it also counts the connections in
-// the pool (idle), so that a call whose refusal comes while one waits there
-// takes it too, not only a call already waiting when it came back.
-type idleSignal struct {
+// broadcast wakes every goroutine waiting on it: its channel is closed,
+// and replaced, by fire. While nobody waits, fire is one atomic load.
+type broadcast struct {
 	waiters atomic.Int32
 	ch      atomic.Pointer[chan struct{}]
-	idle    atomic.Int32 // connections IsValid put back that nothing took out since
-	at      atomic.Int64 // when the last one went back (unix nanoseconds)
+}
+
+func (s *broadcast) init() {
+	ch := make(chan struct{})
+	s.ch.Store(&ch)
+}
+
+// wait returns the channel to wait on, and counts a waiter until done.
+func (s *broadcast) wait() (<-chan struct{}, func()) {
+	s.waiters.Add(1)
+	return *s.ch.Load(), func() { s.waiters.Add(-1) }
+}
+
+// current returns the channel to wait on next, for a waiter counted already.
+func (s *broadcast) current() <-chan struct{} { return *s.ch.Load() }
+
+// fire wakes the goroutines waiting.
+func (s *broadcast) fire() {
+	if s.waiters.Load() == 0 {
+		return
+	}
+	ch := make(chan struct{})
+	if old := s.ch.Swap(&ch); old != nil {
+		close(*old)
+	}
+}
+
+// idleSignal fires when a connection goes back to the pool while calls wait
+// out a "not yet"; it also counts the connections in the pool (idle), so
+// that a call whose refusal comes while one waits there takes it too, not
+// only a call already waiting when it came back.
+type idleSignal struct {
+	broadcast
+	idle atomic.Int32 // connections IsValid put back that nothing took out since
+	at   atomic.Int64 // when the last one went back (unix nanoseconds)
 
 	mu   sync.Mutex
 	ring [32]idleRelease // the calls released lately, by context
@@ -224,29 +255,12 @@ type idleRelease struct {
 	n   int
 }
 
-func (s *idleSignal) init() {
-	ch := make(chan struct{})
-	s.ch.Store(&ch)
-}
-
-// wait returns the channel to wait on, and counts a waiter until done.
-func (s *idleSignal) wait() (<-chan struct{}, func()) {
-	s.waiters.Add(1)
-	return *s.ch.Load(), func() { s.waiters.Add(-1) }
-}
-
 // pooled is called when a connection goes back to the pool: two atomic
 // stores and a load while nobody waits.
 func (s *idleSignal) pooled() {
 	s.idle.Add(1)
 	s.at.Store(time.Now().UnixNano())
-	if s.waiters.Load() == 0 {
-		return
-	}
-	ch := make(chan struct{})
-	if old := s.ch.Swap(&ch); old != nil {
-		close(*old)
-	}
+	s.fire()
 }
 
 // taken is called when a connection pooled leaves the pool: database/sql
@@ -285,9 +299,6 @@ func (s *idleSignal) settle(ctx context.Context) error {
 		return nil
 	}
 }
-
-// current returns the channel to wait on next, for a waiter counted already.
-func (s *idleSignal) current() <-chan struct{} { return *s.ch.Load() }
 
 // release reports whether the call of ctx may be released once more.
 func (s *idleSignal) release(ctx context.Context) bool {

@@ -205,6 +205,74 @@ func TestConnectWaitsNotYet(t *testing.T) {
 	}
 }
 
+// TestConnectWaitEndsWhenServed: a call sleeping out a backoff after a
+// "not yet" tries again the moment another call's connection attempt
+// succeeds: the server serves again, and nothing says the sleeper's backoff
+// is still due (writers of TestFailoverSwitchover slept through the new
+// primary's first second).
+func TestConnectWaitEndsWhenServed(t *testing.T) {
+	sc := &scriptConnector{}
+	sc.connect = func(context.Context) error { return nil }
+	c, err := NewConnector("fake", WithDriver(sc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	woke := make(chan error, 1)
+	go func() { woke <- c.connectWait(ctx, time.Hour, false) }()
+	for c.served.waiters.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	dc, err := c.Connect(ctx) // another call's attempt, served
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	select {
+	case err := <-woke:
+		if err != nil {
+			t.Errorf("the wait ended with %v, want nil (try again now)", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a call still sleeps out its backoff 5s after another call connected")
+	}
+}
+
+// TestConnectNotYetBackoffCap: with the default connect_backoff_max (5 s), a
+// call refused with "not yet" for 3 s tries again at least every
+// notYetBackoffMax (full jitter): at least 10 attempts, where 5 s backoffs
+// make about 7, the last of them up to 5 s after the refusals ended.
+func TestConnectNotYetBackoffCap(t *testing.T) {
+	var until atomic.Int64
+	sc := &scriptConnector{}
+	sc.connect = func(context.Context) error {
+		if time.Now().UnixNano() < until.Load() {
+			return starting
+		}
+		return nil
+	}
+	c, err := NewConnector("fake", WithDriver(sc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	until.Store(time.Now().Add(3 * time.Second).UnixNano())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	dc, err := c.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	late := time.Since(time.Unix(0, until.Load()))
+	if n := sc.connects.Load(); n < 10 {
+		t.Errorf("%d attempts in 3s of 57P03, want at least 10 (one per %v at most)", n, notYetBackoffMax)
+	}
+	t.Logf("MEASURE wait/not-yet-cap attempts=%d served %v after the refusals ended", sc.connects.Load(), late.Round(time.Millisecond))
+}
+
 // TestConnectPoolFree: while a call waits out 53300 for a new connection,
 // the pool's one connection comes free: the call takes it (database/sql's
 // retry, nothing sent) instead of waiting out its deadline.
@@ -221,6 +289,7 @@ func TestConnectPoolFree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.notYetMax = 2 * time.Second // the waits this test ends early
 	db := sql.OpenDB(c)
 	defer db.Close()
 	held, err := db.Conn(context.Background())
@@ -276,6 +345,7 @@ func TestConnectPoolFreeCrossing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.notYetMax = 2 * time.Second // the waits this test ends early
 	db := sql.OpenDB(c)
 	defer db.Close()
 	if held, err = db.Conn(context.Background()); err != nil {
@@ -354,6 +424,7 @@ func TestCloseReleasesWaiters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.notYetMax = time.Second // the waits this test ends early
 	errs := make(chan error, 4)
 	for range 4 {
 		go func() {
