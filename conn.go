@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
-	"log/slog"
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
@@ -267,65 +266,6 @@ func (c *baseConn) pgConn() *pgconn.PgConn {
 func (c *baseConn) innerClosed() bool {
 	pc := c.pgConn()
 	return pc != nil && pc.IsClosed()
-}
-
-// fail turns an error of the wrapped driver into pgresilient's and records
-// what it says about the connection. mark is what c.mark() returned before
-// the operation started.
-func (c *baseConn) fail(ctx context.Context, op Op, err error, mark int64) error {
-	class := classify(ctx, err)
-	switch class {
-	case classGone:
-	case classCanceled:
-		if !c.innerClosed() {
-			// pgx gave up before sending anything: the connection is fine.
-			// Return the caller's own error, not pgx's driver.ErrBadConn.
-			if errors.Is(err, driver.ErrBadConn) {
-				return ctx.Err()
-			}
-			return err
-		}
-		// pgx closes the connection when a context ends during I/O: the
-		// statement may have run, unless it is a COMMIT never written.
-		c.markBroken(discardLost)
-		inTx := c.inTx.Load()
-		if inTx && op == OpCommit && c.commitNotRun(mark, err) {
-			c.owner.stats.notCommitted.Add(1)
-			return &DisconnectError{Op: op, InTx: true, notCommitted: true, Err: err}
-		}
-		c.owner.stats.connLost.Add(1)
-		return &DisconnectError{Op: op, InTx: inTx, Err: err}
-	default:
-		if !c.innerClosed() {
-			if class == classServer {
-				c.autoRollback(ctx, err)
-			}
-			return err
-		}
-		// The wrapped driver closed the connection over an error that is
-		// not a disconnect in itself (a protocol error, say).
-	}
-
-	c.markBroken(discardLost)
-	news := c.owner.invalidate(c.gen, op, err)
-	inTx := c.inTx.Load()
-	safe := !inTx && (noEffect(op) || c.safeToRetry(mark, err) || bouncerNotForwarded(err))
-	// A COMMIT is never safe (database/sql does not retry one), but the
-	// wire may know it did not commit.
-	notCommitted := inTx && op == OpCommit && c.commitNotRun(mark, err)
-	switch {
-	case safe:
-		c.owner.stats.badConnRetries.Add(1)
-	case notCommitted:
-		c.owner.stats.notCommitted.Add(1)
-		c.owner.logger.LogAttrs(ctx, slog.LevelInfo, "pgresilient: connection lost at COMMIT, the transaction did not commit",
-			slog.String("cause", logCause(err)))
-	default:
-		c.owner.stats.connLost.Add(1)
-		c.owner.logger.LogAttrs(ctx, slog.LevelWarn, "pgresilient: connection lost, outcome unknown",
-			slog.String("op", string(op)), slog.Bool("in_tx", inTx), slog.String("cause", logCause(err)))
-	}
-	return &DisconnectError{Op: op, safe: safe, notCommitted: notCommitted, InTx: inTx, Err: err, known: !news}
 }
 
 // usable returns driver.ErrBadConn if the connection is known broken: nothing

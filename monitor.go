@@ -307,21 +307,6 @@ func (m *monitor) declareSilent(addr string, err error) {
 	c.breaker.after(classGone, tripNow, cause)
 }
 
-// silencedCause returns err, the error of a statement on c, wrapped in the
-// *HostSilentError that ended it, if the monitor did.
-func (c *baseConn) silencedCause(err error) error {
-	if err == nil {
-		return nil
-	}
-	if cause := c.silenced.Load(); cause != nil {
-		var de *DisconnectError
-		if errors.As(err, &de) && !errors.Is(de.Err, cause) {
-			de.Err = &silencedError{cause: cause, err: de.Err}
-		}
-	}
-	return err
-}
-
 // silencedError is a statement's error after the monitor closed its socket:
 // the reason first, then what the statement met.
 type silencedError struct {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
-	"log/slog"
 	"net"
 	"reflect"
 	"strconv"
@@ -123,41 +122,6 @@ func (c *baseConn) roleChanged() bool {
 		return true
 	}
 	return c.owner.role == roleReadWrite && pc.ParameterStatus("default_transaction_read_only") == "on"
-}
-
-// refusedForRole reports whether err is a write refused because the server
-// changed role, for a statement that the server ran nothing of: 25006 after
-// the server's ParameterStatus showed the change, for a single statement
-// (a string of several, sent by the simple protocol, could have committed
-// a part before the refused one).
-func (c *baseConn) refusedForRole(err error, query string) bool {
-	if _, st, ok := serverState(err); !ok || !st.readOnly {
-		return false
-	}
-	return c.roleChanged() && singleStatement(query)
-}
-
-// failStmt is failTimed for a statement: a write that the server refused
-// because it changed role is a RoleChangedError, and the connection and
-// the pool's others are checked out of use; any other error goes through
-// failTimed. query is the statement's text, "" for a prepared statement.
-func (c *baseConn) failStmt(ctx, stmtCtx context.Context, op Op, query string, err error, mark int64) error {
-	if c.pgx == nil || !c.refusedForRole(err, query) {
-		return placeholderHint(c.silencedCause(c.failTimed(ctx, stmtCtx, op, err, mark)), query)
-	}
-	inTx := c.inTx.Load()
-	c.markBroken(discardRole)
-	c.owner.invalidate(c.gen, op, err) // the pool's busy connections are pinged, and so checked, before reuse
-	c.owner.sweep(c.wire)              // its idle ones to the same server are closed now
-	rerr := &RoleChangedError{Op: op, InTx: inTx, Err: err}
-	if inTx {
-		// The server aborted the transaction; its later statements and
-		// Commit say why, without a round trip.
-		c.aborted.Store(&TxAbortedError{Err: rerr})
-	}
-	c.owner.logger.LogAttrs(ctx, slog.LevelWarn, "pgresilient: server changed role: connection discarded",
-		slog.String("op", string(op)), slog.Bool("in_tx", inTx), slog.String("cause", logCause(err)))
-	return rerr
 }
 
 // singleStatement reports whether query holds at most one statement: no ';'

@@ -71,7 +71,7 @@ func (r *baseRows) Next(dest []driver.Value) error {
 func (r *baseRows) advanced(err error) error {
 	if err != nil && err != io.EOF { //nolint:errorlint // io.EOF is returned unwrapped by contract
 		r.failed = err
-		return r.conn.silencedCause(r.conn.failTimed(r.ctx, r.sctx, OpRows, err, ran))
+		return r.conn.failTimed(r.ctx, r.sctx, OpRows, err, ran)
 	}
 	return err
 }
@@ -84,7 +84,7 @@ func (r *baseRows) Close() error {
 	r.cancel()
 	r.conn.busy(false)
 	if err != nil {
-		err = r.conn.silencedCause(r.conn.failTimed(r.ctx, r.sctx, OpRows, err, ran))
+		err = r.conn.failTimed(r.ctx, r.sctx, OpRows, err, ran)
 	} else if r.failed != nil {
 		// An error surfaced in Next while pgx was still reading: now that
 		// the result is drained, the transaction can be rolled back.

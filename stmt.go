@@ -38,7 +38,7 @@ func (c *baseConn) prepare(ctx context.Context, query string) (driver.Stmt, erro
 	c.busy(false)
 	cancel()
 	if err != nil {
-		return nil, placeholderHint(c.silencedCause(c.failTimed(ctx, sctx, OpPrepare, err, m)), query)
+		return nil, placeholderHint(c.failTimed(ctx, sctx, OpPrepare, err, m), query)
 	}
 	return &baseStmt{inner: st, conn: c}, nil
 }

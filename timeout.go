@@ -2,7 +2,6 @@ package pgresilient
 
 import (
 	"context"
-	"errors"
 	"time"
 )
 
@@ -37,21 +36,3 @@ func (e *timeoutError) Error() string {
 }
 
 func (e *timeoutError) Unwrap() error { return e.err }
-
-// failTimed is fail for an operation run under c.deadline(ctx): stmtCtx is
-// that derived context, possibly cancelled already. Only its deadline having
-// fired (a context's error is set once, so a later cancel does not hide it)
-// labels the error as query_timeout's.
-func (c *baseConn) failTimed(ctx, stmtCtx context.Context, op Op, err error, mark int64) error {
-	if ce, ok := c.canceledByServer(ctx, stmtCtx, op, err); ok {
-		c.owner.stats.canceled.Add(1)
-		if ctx.Err() == nil {
-			c.autoRollback(ctx, err) // in a transaction, it is aborted
-		}
-		return ce
-	}
-	if stmtCtx != ctx && ctx.Err() == nil && errors.Is(stmtCtx.Err(), context.DeadlineExceeded) {
-		err = &timeoutError{d: c.owner.cfg.QueryTimeout, err: err}
-	}
-	return c.fail(ctx, op, err, mark)
-}

@@ -300,7 +300,7 @@ func (t *baseTx) commit() error {
 		if errors.Is(err, pgx.ErrTxCommitRollback) || classify(t.ctx, err) != classGone && !t.conn.innerClosed() {
 			return err
 		}
-		return t.conn.silencedCause(t.conn.failTimed(t.ctx, sctx, OpCommit, err, m))
+		return t.conn.failTimed(t.ctx, sctx, OpCommit, err, m)
 	}
 	return t.conn.raceAfterCancel(t.ctx, OpCommit)
 }
