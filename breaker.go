@@ -193,6 +193,12 @@ type breaker struct {
 	// nanoseconds).
 	probed    atomic.Pointer[chan struct{}]
 	published atomic.Int64 // openedAt of the period whose outcome was published last
+	// moving: the last probe found the server or a proxy in front of it
+	// in transition (transitional), not down: calls waiting go on waiting
+	// for the next probe, within their deadline (awaitProbe).
+	moving atomic.Bool
+	// underWay: the probes under way (run's inflight, for awaitProbe).
+	underWay  atomic.Int32
 	demand    chan struct{}
 	waiters   atomic.Int32
 	lastStart atomic.Int64
@@ -254,6 +260,7 @@ func (b *breaker) changed(from, to BreakerState) {
 	now := time.Now()
 	if from == BreakerClosed && to == BreakerOpen {
 		b.openedAt.Store(now.UnixNano()) // before the state: a call that sees open reads its period
+		b.moving.Store(false)
 	}
 	b.state.Store(int32(to))
 	b.dirty.Store(false)
@@ -398,13 +405,11 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok && dl.Sub(now) < b.untilProbe(now)+time.Millisecond || b.ctx.Err() != nil {
 		return errProbeFailed
 	}
+	limit := waitLimit(ctx, now)
 	period := b.openedAt.Load()
 	b.waiters.Add(1)
 	defer b.waiters.Add(-1)
-	select {
-	case b.demand <- struct{}{}:
-	default:
-	}
+	b.pullProbe()
 	t := time.NewTimer(breakerWaitMax)
 	defer t.Stop()
 	for {
@@ -413,10 +418,14 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 			if BreakerState(b.state.Load()) == BreakerClosed {
 				return nil
 			}
+			ch = *b.probed.Load()
 			if b.published.Load() != period {
 				// An earlier period's outcome, published after the
 				// breaker closed and opened again: wait for this one's.
-				ch = *b.probed.Load()
+				continue
+			}
+			if b.moving.Load() && b.waitOn(limit) {
+				t.Reset(breakerWaitMax)
 				continue
 			}
 		case <-ctx.Done():
@@ -426,8 +435,42 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 			if BreakerState(b.state.Load()) == BreakerClosed {
 				return nil // closed meanwhile, its outcome not seen
 			}
+			if b.underWay.Load() > 0 && b.waitOn(limit) {
+				t.Reset(breakerWaitMax)
+				continue
+			}
 		}
 		return errProbeFailed
+	}
+}
+
+// waitOn reports whether a call waiting for a probe's outcome waits for the
+// next one, until limit, when the last probe found the server in transition
+// (moving), or a probe is still under way after breakerWaitMax (a proxy
+// holding the probe's connection until it routes): yes unless the server
+// is silent or the next probe comes too late.
+// Behind HAProxy, a Patroni leader killed: probes met a standby
+// (target_session_attrs) for a while after HAProxy routed to it, and each
+// call failed after one of them; in a switchover, a probe HAProxy held past
+// the moment it routed made the calls waiting on it fail, while the probe
+// begun beside it connected.
+func (b *breaker) waitOn(limit time.Time) bool {
+	if b.silent.Load() || b.ctx.Err() != nil {
+		return false
+	}
+	now := time.Now()
+	if now.Add(b.untilProbe(now)).Add(time.Millisecond).After(limit) {
+		return false
+	}
+	b.pullProbe()
+	return true
+}
+
+// pullProbe asks the prober for its next probe soon (run's demand).
+func (b *breaker) pullProbe() {
+	select {
+	case b.demand <- struct{}{}:
+	default:
 	}
 }
 
@@ -650,6 +693,7 @@ func (b *breaker) run(openedAt time.Time) {
 			continue
 		case r := <-results:
 			inflight--
+			b.underWay.Store(int32(inflight))
 			outcome := error(nil)
 			if r.err != nil && connectClass(b.ctx, r.err) == classGone {
 				outcome = errFailure
@@ -659,6 +703,7 @@ func (b *breaker) run(openedAt time.Time) {
 			if r.err == nil || !isTimeout(r.err) {
 				b.silent.Store(false) // the server answered (refused, reset, served)
 			}
+			b.moving.Store(r.err != nil && transitional(r.err))
 			b.logger.LogAttrs(context.Background(), slog.LevelDebug, "pgresilient: circuit breaker probe",
 				slog.Bool("ok", outcome == nil), slog.Duration("took", r.took), slog.Int("under_way", inflight), slog.String("cause", logCause(r.err)))
 			b.mu.Lock()
@@ -688,6 +733,7 @@ func (b *breaker) run(openedAt time.Time) {
 				b.lastStart.Store(began.UnixNano())
 				b.probes.Add(1)
 				inflight++
+				b.underWay.Store(int32(inflight))
 				b.wg.Add(1)
 				go func() {
 					defer b.wg.Done()

@@ -516,6 +516,68 @@ func TestBreakerWaitsForProbe(t *testing.T) {
 	}
 }
 
+// TestBreakerWaitsWhileMoving: while the breaker is open, the probes meet a
+// server in transition (57P03, as a standby refused by
+// target_session_attrs or a server shutting down would say) for 600 ms; a
+// call with a 2 s deadline waits on from probe to probe and is served once
+// the server is, where it failed with ErrCircuitOpen after the first probe
+// before (behind HAProxy, a Patroni leader killed: 48 writes failed so).
+func TestBreakerWaitsWhileMoving(t *testing.T) {
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	for _, tc := range []struct {
+		name  string
+		err   error
+		serve bool // whether the call is served
+	}{
+		{"in transition: waits", starting, true},
+		{"refused: fails after a probe", refused, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fd := &fakeDriver{}
+			c, err := NewConnector("fake?breaker_failures=1&breaker_cooldown=10s&connect_retries=0", WithDriver(fd))
+			if err != nil {
+				t.Fatal(err)
+			}
+			noMinSpan(c)
+			db := sql.OpenDB(c)
+			defer db.Close()
+			db.SetMaxIdleConns(0)
+			if _, err := db.Exec("a"); err != nil {
+				t.Fatal(err)
+			}
+			fd.setDown(refused)
+			_, _ = db.Exec("a")
+			waitBreaker(t, c, BreakerOpen)
+			fd.setDown(tc.err)
+			for i := 0; c.breaker.moving.Load() != tc.serve || c.Stats().ProbeFailures < 2; i++ {
+				// A call pulls the probes forward until one meets tc.err.
+				if i == 100 {
+					t.Fatalf("no probe met %v", tc.err)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				_, _ = db.ExecContext(ctx, "a")
+				cancel()
+			}
+			up := time.AfterFunc(600*time.Millisecond, func() { fd.setDown(nil) })
+			defer up.Stop()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			began := time.Now()
+			_, err = db.ExecContext(ctx, "a")
+			took := time.Since(began)
+			t.Logf("MEASURE wait/moving %s err=%v after %v", tc.name, err, took.Round(time.Millisecond))
+			switch {
+			case tc.serve && err != nil:
+				t.Errorf("want the call served once the server is (600 ms), got %v after %v", err, took)
+			case !tc.serve && !errors.Is(err, ErrCircuitOpen):
+				t.Errorf("want ErrCircuitOpen, got %v", err)
+			case !tc.serve && took > 500*time.Millisecond:
+				t.Errorf("a refusal made the call wait %v, want one probe's wait", took)
+			}
+		})
+	}
+}
+
 // TestBreakerProbeCadence: while calls wait, the prober probes every
 // ~probeDemandMax, whatever breaker_cooldown says; unattended, it backs off
 // toward it. It measures the probe rate per Connector.
