@@ -193,12 +193,10 @@ type breaker struct {
 	// nanoseconds).
 	probed    atomic.Pointer[chan struct{}]
 	published atomic.Int64 // openedAt of the period whose outcome was published last
-	// moving: the last probe found the server or a proxy in front of it
-	// in transition (transitional), not down: calls waiting go on waiting
-	// for the next probe, within their deadline (awaitProbe).
-	moving atomic.Bool
-	// underWay: the probes under way (run's inflight, for awaitProbe).
-	underWay  atomic.Int32
+	// moving: the last probe found the server in transition
+	// (transitional), not down: calls waiting go on waiting for the next
+	// probe, within their deadline (awaitProbe).
+	moving    atomic.Bool
 	demand    chan struct{}
 	waiters   atomic.Int32
 	lastStart atomic.Int64
@@ -435,25 +433,18 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 			if BreakerState(b.state.Load()) == BreakerClosed {
 				return nil // closed meanwhile, its outcome not seen
 			}
-			if b.underWay.Load() > 0 && b.waitOn(limit) {
-				t.Reset(breakerWaitMax)
-				continue
-			}
 		}
 		return errProbeFailed
 	}
 }
 
-// waitOn reports whether a call waiting for a probe's outcome waits for the
-// next one, until limit, when the last probe found the server in transition
-// (moving), or a probe is still under way after breakerWaitMax (a proxy
-// holding the probe's connection until it routes): yes unless the server
-// is silent or the next probe comes too late.
-// Behind HAProxy, a Patroni leader killed: probes met a standby
-// (target_session_attrs) for a while after HAProxy routed to it, and each
-// call failed after one of them; in a switchover, a probe HAProxy held past
-// the moment it routed made the calls waiting on it fail, while the probe
-// begun beside it connected.
+// waitOn reports whether a call whose probe found the server in transition
+// (moving) waits for the next probe, until limit: yes unless the server is
+// silent or the next probe comes too late. Behind HAProxy, a Patroni leader
+// killed: probes met a standby (target_session_attrs) for a while after
+// HAProxy routed to it, and each call failed after one of them. A probe a
+// proxy holds is no such evidence: a frozen network holds it the same way,
+// and there a call fails after breakerWaitMax, as before.
 func (b *breaker) waitOn(limit time.Time) bool {
 	if b.silent.Load() || b.ctx.Err() != nil {
 		return false
@@ -693,7 +684,6 @@ func (b *breaker) run(openedAt time.Time) {
 			continue
 		case r := <-results:
 			inflight--
-			b.underWay.Store(int32(inflight))
 			outcome := error(nil)
 			if r.err != nil && connectClass(b.ctx, r.err) == classGone {
 				outcome = errFailure
@@ -733,7 +723,6 @@ func (b *breaker) run(openedAt time.Time) {
 				b.lastStart.Store(began.UnixNano())
 				b.probes.Add(1)
 				inflight++
-				b.underWay.Store(int32(inflight))
 				b.wg.Add(1)
 				go func() {
 					defer b.wg.Done()

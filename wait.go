@@ -76,16 +76,12 @@ func proxyClosed(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// transitional reports a probe's failure that says the server or a proxy
-// in front of it is in transition rather than down: a "not yet" (notYet: a
-// standby refused by target_session_attrs, a server starting or shutting
-// down, a pooler's login retry), or a connection something accepted and
-// then held until it timed out (a proxy with no server UP, until it routes
-// to one). Calls waiting on an open breaker wait on for the next probe then
-// (breaker.waitOn).
-func transitional(err error) bool {
-	return notYet(err) || isTimeout(err) && !silentFailure(err)
-}
+// transitional reports a probe's failure that says the server is in
+// transition rather than down: a "not yet" (notYet: a standby refused by
+// target_session_attrs, a server starting or shutting down, a pooler's
+// login retry). Calls waiting on an open breaker wait on for the next probe
+// then (breaker.waitOn).
+func transitional(err error) bool { return notYet(err) }
 
 // silentFailure reports a timeout that says the server's path went silent:
 // the host monitor's verdict (a HostSilentError), a reuse check's ping that
