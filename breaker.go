@@ -196,13 +196,7 @@ type breaker struct {
 	// moving: the last probe found the server in transition
 	// (transitional), not down: calls waiting go on waiting for the next
 	// probe, within their deadline (awaitProbe).
-	moving atomic.Bool
-	// held: the last probe's connection was accepted and then held until
-	// it timed out (a proxy with no server UP yet, or a frozen network);
-	// underWay counts the probes under way (run's inflight). A call with
-	// a deadline waits on through them (awaitProbe).
-	held      atomic.Bool
-	underWay  atomic.Int32
+	moving    atomic.Bool
 	demand    chan struct{}
 	waiters   atomic.Int32
 	lastStart atomic.Int64
@@ -265,7 +259,6 @@ func (b *breaker) changed(from, to BreakerState) {
 	if from == BreakerClosed && to == BreakerOpen {
 		b.openedAt.Store(now.UnixNano()) // before the state: a call that sees open reads its period
 		b.moving.Store(false)
-		b.held.Store(false)
 	}
 	b.state.Store(int32(to))
 	b.dirty.Store(false)
@@ -411,7 +404,6 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 		return errProbeFailed
 	}
 	limit := waitLimit(ctx, now)
-	_, deadline := ctx.Deadline()
 	period := b.openedAt.Load()
 	b.waiters.Add(1)
 	defer b.waiters.Add(-1)
@@ -430,7 +422,7 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 				// breaker closed and opened again: wait for this one's.
 				continue
 			}
-			if (b.moving.Load() || deadline && b.held.Load()) && b.waitOn(limit) {
+			if b.moving.Load() && b.waitOn(limit) {
 				t.Reset(breakerWaitMax)
 				continue
 			}
@@ -441,29 +433,18 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 			if BreakerState(b.state.Load()) == BreakerClosed {
 				return nil // closed meanwhile, its outcome not seen
 			}
-			if deadline && b.underWay.Load() > 0 && b.waitOn(limit) {
-				t.Reset(breakerWaitMax)
-				continue
-			}
 		}
 		return errProbeFailed
 	}
 }
 
-// waitOn reports whether a call waits for the next probe, until limit,
-// after a probe that found the server in transition (moving), or, for a
-// call with a deadline, one that a proxy held (held, or still under way
-// after breakerWaitMax): yes unless the server is silent or the next probe
-// comes too late. Behind HAProxy, a Patroni leader killed: probes met a
-// standby (target_session_attrs) for a while after HAProxy routed to it,
-// and each call failed after one of them (48 writes failed so in CI). In a
-// switchover, HAProxy held a probe begun after it routed for its whole
-// timeout, and the calls waiting on it failed with ErrCircuitOpen (16 and 20
-// writes in CI) while raw pgx's writes, held the same way, were served
-// within their deadline. A frozen network holds a probe the same way: a
-// call with a deadline then waits it out, as raw pgx's would; one without
-// fails after breakerWaitMax, as before (its limit would be notYetCeiling,
-// 10 s: TestQueryTimeoutBlackhole's calls).
+// waitOn reports whether a call whose probe found the server in transition
+// (moving) waits for the next probe, until limit: yes unless the server is
+// silent or the next probe comes too late. Behind HAProxy, a Patroni leader
+// killed: probes met a standby (target_session_attrs) for a while after
+// HAProxy routed to it, and each call failed after one of them. A probe a
+// proxy holds is no such evidence: a frozen network holds it the same way,
+// and there a call fails after breakerWaitMax, as before.
 func (b *breaker) waitOn(limit time.Time) bool {
 	if b.silent.Load() || b.ctx.Err() != nil {
 		return false
@@ -703,7 +684,6 @@ func (b *breaker) run(openedAt time.Time) {
 			continue
 		case r := <-results:
 			inflight--
-			b.underWay.Store(int32(inflight))
 			outcome := error(nil)
 			if r.err != nil && connectClass(b.ctx, r.err) == classGone {
 				outcome = errFailure
@@ -714,7 +694,6 @@ func (b *breaker) run(openedAt time.Time) {
 				b.silent.Store(false) // the server answered (refused, reset, served)
 			}
 			b.moving.Store(r.err != nil && transitional(r.err))
-			b.held.Store(r.err != nil && heldConnect(r.err))
 			b.logger.LogAttrs(context.Background(), slog.LevelDebug, "pgresilient: circuit breaker probe",
 				slog.Bool("ok", outcome == nil), slog.Duration("took", r.took), slog.Int("under_way", inflight), slog.String("cause", logCause(r.err)))
 			b.mu.Lock()
@@ -744,7 +723,6 @@ func (b *breaker) run(openedAt time.Time) {
 				b.lastStart.Store(began.UnixNano())
 				b.probes.Add(1)
 				inflight++
-				b.underWay.Store(int32(inflight))
 				b.wg.Add(1)
 				go func() {
 					defer b.wg.Done()
