@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -411,7 +410,7 @@ func BenchmarkBreakerOpen(b *testing.B) {
 func benchBreakerOpen(b *testing.B) {
 	open := func(b *testing.B) (*Connector, *fakeDriver) {
 		b.Helper()
-		refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+		refused := dialRefused
 		fd := &fakeDriver{connectErrs: []error{refused}}
 		c, err := NewConnector("fake?breaker_failures=1&breaker_cooldown=1h&connect_retries=0", WithDriver(fd))
 		if err != nil {

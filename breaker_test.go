@@ -7,8 +7,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,7 +31,7 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 		transitions []string
 		mu          sync.Mutex
 	)
-	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	refused := dialRefused
 	// A server error is a success (the server is up); the lost connection is
 	// failure 1; reconnecting fails: failure 2.
 	fd := &fakeDriver{execErrs: []error{&pgconn.PgError{Severity: "ERROR", Code: "23505"}, io.EOF}}
@@ -109,7 +107,7 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 // outage), and a probe's connection that no call takes is closed after
 // spareFor.
 func TestBreakerProbeConnectionServes(t *testing.T) {
-	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	refused := dialRefused
 	fd := &fakeDriver{execErrs: []error{io.EOF}}
 	c, err := NewConnector("fake?breaker_failures=2&breaker_cooldown=50ms&connect_retries=0", WithDriver(fd))
 	if err != nil {
@@ -159,7 +157,7 @@ func TestBreakerProbeConnectionServes(t *testing.T) {
 // open (it was a user call in half-open before; now the background prober's),
 // and the next probes keep looking until one connects.
 func TestBreakerProbeFailureReopens(t *testing.T) {
-	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	refused := dialRefused
 	fd := &fakeDriver{execErrs: []error{nil, io.EOF}}
 	c, err := NewConnector("fake?breaker_failures=1&breaker_cooldown=30ms&connect_retries=0", WithDriver(fd))
 	if err != nil {
@@ -219,7 +217,7 @@ func TestBreakerIgnoresCallerCancellation(t *testing.T) {
 // the breaker opened, arriving while it is open, changes nothing: a late
 // success cannot close it (only a probe does), a late failure is not counted.
 func TestBreakerLateOutcomeIgnored(t *testing.T) {
-	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	refused := dialRefused
 	b := newBreaker("", 1, time.Hour, slog.New(slog.DiscardHandler), nil)
 	b.minSpan = 0
 	var probes atomic.Int64

@@ -327,7 +327,7 @@ func TestMonitorHealthySlow(t *testing.T) {
 // server that refuses the check (full: 53300; starting up: 57P03), a refused
 // or reset connection, are answers.
 func TestMonitorSilentErrors(t *testing.T) {
-	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	refused := dialRefused
 	for _, tt := range []struct {
 		name    string
 		err     error

@@ -4,9 +4,6 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
-	"net"
-	"os"
-	"syscall"
 	"testing"
 	"time"
 
@@ -15,7 +12,7 @@ import (
 
 // TestConnectRetries scripts connection failures.
 func TestConnectRetries(t *testing.T) {
-	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	refused := dialRefused
 	authFail := &pgconn.PgError{Severity: "FATAL", Code: "28P01", Message: "password authentication failed"}
 	tests := []struct {
 		name         string

@@ -26,8 +26,10 @@ import (
 // that Close releases every wait.
 
 var (
-	tooMany  = &pgconn.PgError{Severity: "FATAL", Code: "53300", Message: "sorry, too many clients already"}
-	starting = &pgconn.PgError{Severity: "FATAL", Code: "57P03", Message: "the database system is starting up"}
+	// dialRefused is a dial to a stopped server's port.
+	dialRefused = &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	tooMany     = &pgconn.PgError{Severity: "FATAL", Code: "53300", Message: "sorry, too many clients already"}
+	starting    = &pgconn.PgError{Severity: "FATAL", Code: "57P03", Message: "the database system is starting up"}
 )
 
 // acceptClose listens on loopback, accepts every connection and closes it
@@ -62,7 +64,7 @@ func TestWaitRules(t *testing.T) {
 		}
 		return err
 	}()
-	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	refused := dialRefused
 	bouncer := func(msg string) error { return &pgconn.PgError{Severity: "FATAL", Code: "08P01", Message: msg} }
 	for _, tc := range []struct {
 		name string
@@ -454,13 +456,11 @@ func TestCloseReleasesWaiters(t *testing.T) {
 	}
 }
 
-// TestBreakerWaitsForProbe: a call that finds the breaker open waits for the
-// prober's next probe: when the server serves again, the call made right
-// after succeeds (it was ErrCircuitOpen until the probe, before issue 21);
-// while it does not, the call fails with ErrCircuitOpen after that probe,
-// and a deadline too short for the wait fails at once.
-func TestBreakerWaitsForProbe(t *testing.T) {
-	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+// openBreaker returns a fake server that refuses connections, and a pool
+// whose breaker (breaker_failures=1, breaker_cooldown=10s, no connect
+// retries, no idle connections) it opened.
+func openBreaker(t *testing.T) (*fakeDriver, *Connector, *sql.DB) {
+	t.Helper()
 	fd := &fakeDriver{}
 	c, err := NewConnector("fake?breaker_failures=1&breaker_cooldown=10s&connect_retries=0", WithDriver(fd))
 	if err != nil {
@@ -468,21 +468,31 @@ func TestBreakerWaitsForProbe(t *testing.T) {
 	}
 	noMinSpan(c)
 	db := sql.OpenDB(c)
-	defer db.Close()
+	t.Cleanup(func() { _ = db.Close() })
 	db.SetMaxIdleConns(0)
 	if _, err := db.Exec("a"); err != nil {
 		t.Fatal(err)
 	}
-	fd.setDown(refused)
+	fd.setDown(dialRefused)
 	if _, err := db.Exec("a"); err == nil {
 		t.Fatal("no error with the server down")
 	}
 	waitBreaker(t, c, BreakerOpen)
+	return fd, c, db
+}
+
+// TestBreakerWaitsForProbe: a call that finds the breaker open waits for the
+// prober's next probe: when the server serves again, the call made right
+// after succeeds (it was ErrCircuitOpen until the probe, before issue 21);
+// while it does not, the call fails with ErrCircuitOpen after that probe,
+// and a deadline too short for the wait fails at once.
+func TestBreakerWaitsForProbe(t *testing.T) {
+	fd, c, db := openBreaker(t)
 	time.Sleep(3 * time.Second) // a long outage: unattended, the probes back off (20ms + elapsed/30)
 
 	failed := c.Stats().ProbeFailures
 	began := time.Now()
-	_, err = db.Exec("a")
+	_, err := db.Exec("a")
 	took := time.Since(began)
 	if !errors.Is(err, ErrCircuitOpen) {
 		t.Fatalf("server down: want ErrCircuitOpen, got %v", err)
@@ -523,7 +533,7 @@ func TestBreakerWaitsForProbe(t *testing.T) {
 // the server is, where it failed with ErrCircuitOpen after the first probe
 // before (behind HAProxy, a Patroni leader killed: 48 writes failed so).
 func TestBreakerWaitsWhileMoving(t *testing.T) {
-	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	refused := dialRefused
 	for _, tc := range []struct {
 		name  string
 		err   error
@@ -533,21 +543,7 @@ func TestBreakerWaitsWhileMoving(t *testing.T) {
 		{"refused: fails after a probe", refused, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fd := &fakeDriver{}
-			c, err := NewConnector("fake?breaker_failures=1&breaker_cooldown=10s&connect_retries=0", WithDriver(fd))
-			if err != nil {
-				t.Fatal(err)
-			}
-			noMinSpan(c)
-			db := sql.OpenDB(c)
-			defer db.Close()
-			db.SetMaxIdleConns(0)
-			if _, err := db.Exec("a"); err != nil {
-				t.Fatal(err)
-			}
-			fd.setDown(refused)
-			_, _ = db.Exec("a")
-			waitBreaker(t, c, BreakerOpen)
+			fd, c, db := openBreaker(t)
 			fd.setDown(tc.err)
 			for i := 0; c.breaker.moving.Load() != tc.serve || c.Stats().ProbeFailures < 2; i++ {
 				// A call pulls the probes forward until one meets tc.err.
@@ -563,7 +559,7 @@ func TestBreakerWaitsWhileMoving(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
 			began := time.Now()
-			_, err = db.ExecContext(ctx, "a")
+			_, err := db.ExecContext(ctx, "a")
 			took := time.Since(began)
 			t.Logf("MEASURE wait/moving %s err=%v after %v", tc.name, err, took.Round(time.Millisecond))
 			switch {
@@ -582,7 +578,7 @@ func TestBreakerWaitsWhileMoving(t *testing.T) {
 // ~probeDemandMax, whatever breaker_cooldown says; unattended, it backs off
 // toward it. It measures the probe rate per Connector.
 func TestBreakerProbeCadence(t *testing.T) {
-	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	refused := dialRefused
 	fd := &fakeDriver{}
 	c, err := NewConnector("fake?breaker_failures=1&breaker_cooldown=2s&connect_retries=0", WithDriver(fd))
 	if err != nil {
@@ -698,7 +694,7 @@ func TestSilentFailure(t *testing.T) {
 // probe forward (within probeDemandMax of the last), and its outcome, not
 // breakerWaitMax, ends the call's wait.
 func TestBreakerDemandPullsProbe(t *testing.T) {
-	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	refused := dialRefused
 	b := newBreaker("", 1, time.Hour, slog.New(slog.DiscardHandler), nil)
 	b.minSpan = 0
 	b.interval = func(time.Duration) time.Duration { return 10 * time.Second }
