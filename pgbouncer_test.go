@@ -669,8 +669,12 @@ func TestPgBouncerServerRestartWriters(t *testing.T) {
 			switch {
 			case errors.Is(f.err, ErrConnLost) && errors.As(f.err, &pgErr) && pgErr.Code == "57P01":
 				terminated++ // in flight when the restart ended its backend
-			case errors.Is(f.err, ErrConnLost) && errors.Is(f.err, errCancelRaced), errors.Is(f.err, ErrCanceled):
-				held++ // query_timeout ended it while PgBouncer held it
+			case errors.Is(f.err, ErrConnLost) && (errors.Is(f.err, errCancelRaced) || errors.As(f.err, new(*timeoutError))), errors.Is(f.err, ErrCanceled):
+				// query_timeout ended it while PgBouncer held it: our
+				// cancel raced its answer, or pgx closed the connection
+				// at the deadline (CI, Go 1.27.3: a write begun 38 ms into
+				// the restart); either way in flight, in the pooler.
+				held++
 			default:
 				t.Errorf("a write failed other than in flight or by query_timeout, begun %v after the restart began: %v", f.start.Sub(began).Round(time.Millisecond), f.err)
 			}
