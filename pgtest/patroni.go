@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgresilient/pgresilient/pgtest/internal/proc"
 )
 
 // ErrHANotFound is matched (with errors.Is) by the error StartPatroni returns
@@ -42,12 +44,8 @@ const (
 )
 
 const (
-	haDirPrefix = "pgresilient-patroni-" // not dirPrefix: reapStale would remove it without its processes
-	// haEnv marks every process of a bed (etcd, Patroni and the PostgreSQL
-	// servers it starts, which inherit it) with the directory of its
-	// component, so they can be found and killed even after we died.
-	haEnv       = "PGRESILIENT_PGTEST_HA"
-	haStartWait = 3 * time.Minute // StartPatroni's bound when ctx has none
+	haDirPrefix = "pgresilient-patroni-" // not dirPrefix: reaping a cluster would remove it without its processes
+	haStartWait = 3 * time.Minute        // StartPatroni's bound when ctx has none
 	haPoll      = 100 * time.Millisecond
 )
 
@@ -56,7 +54,7 @@ const (
 // on 127.0.0.1 at free ports, all data in one temporary directory. Its
 // methods are safe for concurrent use.
 type Patroni struct {
-	run   *runner
+	run   *proc.Runner
 	dir   string
 	etcd  *haProc
 	eport int // etcd client port
@@ -105,7 +103,7 @@ func NewPatroniT(t testing.TB, nodes int) *Patroni {
 	if SkipRequested() {
 		t.Skip(SkipEnv + "=1")
 	}
-	closeOnSignal()
+	proc.CloseOnSignal()
 	ctx, cancel := context.WithTimeout(context.Background(), haStartWait)
 	defer cancel()
 	p, err := StartPatroni(ctx, nodes)
@@ -150,7 +148,10 @@ func StartPatroni(ctx context.Context, nodes int) (*Patroni, error) {
 	}
 	ctx, cancel := withDefaultTimeout(ctx, haStartWait)
 	defer cancel()
-	reapStaleHA(base)
+	// Beds whose owner died, their watchdog killed too, lose their
+	// processes (found by their proc.MarkEnv mark, since PostgreSQL detaches
+	// from Patroni) and are removed.
+	proc.ReapStale(context.Background(), base, haDirPrefix, func(ctx context.Context, dir string) { _ = proc.ReapHA(ctx, dir) })
 	dir, err := os.MkdirTemp(base, haDirPrefix+"*")
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: %w", err)
@@ -160,8 +161,8 @@ func StartPatroni(ctx context.Context, nodes int) (*Patroni, error) {
 		dir:  dir,
 		http: &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 5 * time.Second},
 	}
-	track(p)
-	if err := watch(watchHA, dir, r.binDir); err != nil {
+	proc.Track(p)
+	if err := proc.Watch(proc.KindHA, dir, r.BinDir); err != nil {
 		return nil, errors.Join(err, p.Close())
 	}
 	if err := p.create(ctx, patroniBin, etcdBin, nodes); err != nil {
@@ -181,13 +182,13 @@ func haBinaries() (patroni, etcd string, err error) {
 }
 
 func (p *Patroni) create(ctx context.Context, patroniBin, etcdBin string, nodes int) error {
-	if err := os.WriteFile(filepath.Join(p.dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p.dir, proc.OwnerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	if err := p.run.chown(p.dir); err != nil {
+	if err := p.run.Chown(p.dir); err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	ports, err := freePorts(2 + 2*nodes)
+	ports, err := proc.FreePorts(2 + 2*nodes)
 	if err != nil {
 		return err
 	}
@@ -218,21 +219,6 @@ func (p *Patroni) create(ctx context.Context, patroniBin, etcdBin string, nodes 
 		return p.withLogs(err)
 	}
 	return nil
-}
-
-// freePorts returns n distinct free 127.0.0.1 ports.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	for len(ports) < n {
-		port, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		if !slices.Contains(ports, port) {
-			ports = append(ports, port)
-		}
-	}
-	return ports, nil
 }
 
 func loopbackURL(port int) string { return "http://" + net.JoinHostPort(host, strconv.Itoa(port)) }
@@ -320,7 +306,7 @@ func (p *Patroni) writeNodeConfig(n *PatroniNode) error {
 			"listen":          pgAddr,
 			"connect_address": pgAddr,
 			"data_dir":        filepath.Join(n.dir, "data"),
-			"bin_dir":         p.run.binDir,
+			"bin_dir":         p.run.BinDir,
 			"pgpass":          filepath.Join(n.dir, "pgpass"),
 			"authentication": map[string]any{
 				"superuser":   map[string]string{"username": Superuser},
@@ -345,7 +331,7 @@ func (p *Patroni) writeNodeConfig(n *PatroniNode) error {
 	if err := os.WriteFile(n.cfg, b, 0o600); err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	if err := p.run.chown(n.cfg); err != nil {
+	if err := p.run.Chown(n.cfg); err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
 	return nil
@@ -361,7 +347,7 @@ func (p *Patroni) startNode(n *PatroniNode, bin string) error {
 }
 
 // spawn starts bin with args in dir, as the server's account, its output
-// appended to logPath, marked with haEnv=dir.
+// appended to logPath, marked with proc.MarkEnv=dir.
 func (p *Patroni) spawn(dir, logPath, bin string, args ...string) (*haProc, error) {
 	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -369,12 +355,12 @@ func (p *Patroni) spawn(dir, logPath, bin string, args ...string) (*haProc, erro
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
-	cmd.Env = append(serverEnv(), haEnv+"="+dir, "HOME="+dir)
+	cmd.Env = append(proc.ServerEnv(), proc.MarkEnv+"="+dir, "HOME="+dir)
 	cmd.Stdout, cmd.Stderr = f, f
-	if p.run.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.run.cred}
+	if p.run.Cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.run.Cred}
 	}
-	if err := startBound(cmd, syscall.SIGKILL); err != nil {
+	if err := proc.StartBound(cmd, syscall.SIGKILL); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("pgtest: %s: %w", filepath.Base(bin), err)
 	}
@@ -391,7 +377,7 @@ func (p *Patroni) mkdir(dir string) error {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	if err := p.run.chown(dir); err != nil {
+	if err := p.run.Chown(dir); err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
 	return nil
@@ -463,7 +449,7 @@ func (p *Patroni) acceptsWrites(ctx context.Context, n *PatroniNode) (bool, erro
 		return false, err
 	}
 	cfg.ConnectTimeout = 2 * time.Second
-	cfg.RuntimeParams["application_name"] = adminApp
+	cfg.RuntimeParams["application_name"] = proc.AdminApp
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return false, err
@@ -627,7 +613,7 @@ func (p *Patroni) KillNode(ctx context.Context, name string) error {
 		}
 		n.proc = nil
 	}
-	return killMarked(ctx, n.dir, false)
+	return proc.KillMarked(ctx, n.dir, false)
 }
 
 // StartNode starts a node's Patroni again after KillNode. It returns at once;
@@ -679,7 +665,7 @@ func (p *Patroni) Close() error {
 		return nil
 	}
 	p.closed = true
-	untrack(p)
+	proc.Untrack(p)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var errs []error
@@ -691,7 +677,7 @@ func (p *Patroni) Close() error {
 			n.proc = nil
 		}
 	}
-	if err := killMarked(ctx, p.dir, true); err != nil {
+	if err := proc.KillMarked(ctx, p.dir, true); err != nil {
 		errs = append(errs, err)
 	}
 	if p.etcd != nil {
@@ -701,7 +687,7 @@ func (p *Patroni) Close() error {
 		errs = append(errs, fmt.Errorf("pgtest: %w", err))
 	}
 	if len(errs) == 0 {
-		unwatch(p.dir)
+		proc.Unwatch(p.dir)
 	}
 	return errors.Join(errs...)
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgresilient/pgresilient/pgtest/internal/proc"
 )
 
 // startPatroniTimed is NewPatroniT, logging how long the start took.
@@ -195,10 +197,10 @@ func TestPatroniReap(t *testing.T) {
 	if err := dead.Run(); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(p.Dir(), ownerFile), []byte(strconv.Itoa(dead.Process.Pid)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p.Dir(), proc.OwnerFile), []byte(strconv.Itoa(dead.Process.Pid)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	reapStaleHA(filepath.Dir(p.Dir()))
+	proc.ReapStale(context.Background(), filepath.Dir(p.Dir()), haDirPrefix, func(ctx context.Context, dir string) { _ = proc.ReapHA(ctx, dir) })
 	if ps := processesOf(p.Dir()); len(ps) > 0 {
 		t.Errorf("processes left after reaping: %q", ps)
 	}

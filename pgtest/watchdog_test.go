@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pgresilient/pgresilient/pgtest/internal/proc"
 )
 
 // helperEnv makes the test binary a helper process for TestDiesWithTest: its
@@ -39,7 +41,7 @@ type helperReport struct {
 	Watchdog int      // the watchdog's pid
 
 	// Bound are the processes of Pids that die with the helper even
-	// without the watchdog (startBound), and BoundPorts their ports.
+	// without the watchdog (proc.StartBound), and BoundPorts their ports.
 	Bound, BoundPorts []int
 }
 
@@ -68,17 +70,14 @@ func TestHelperProcess(t *testing.T) {
 		addCluster(Require(t, cluster))
 	case helperRewatch:
 		addCluster(NewT(t))
-		old := watchdogPid()
+		old := proc.WatchdogPid()
 		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		dog.mu.Lock()
-		exited := dog.exited
-		dog.mu.Unlock()
-		<-exited
+		<-proc.WatchdogExited()
 		// The next watch starts another watchdog, told about both.
 		addCluster(NewT(t))
-		if watchdogPid() == old {
+		if proc.WatchdogPid() == old {
 			t.Fatal("no new watchdog")
 		}
 	case helperBouncer:
@@ -106,7 +105,7 @@ func TestHelperProcess(t *testing.T) {
 	default:
 		t.Fatalf("unknown helper mode %q", mode)
 	}
-	r.Watchdog = watchdogPid()
+	r.Watchdog = proc.WatchdogPid()
 	b, err := json.Marshal(r)
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +130,7 @@ func postmasterPid(t *testing.T, data string) int {
 }
 
 // alive reports whether pid is a process that has not exited.
-func alive(pid int) bool { return processExists(pid) && !isZombie(pid) }
+func alive(pid int) bool { return proc.ProcessExists(pid) && !proc.IsZombie(pid) }
 
 // listening reports whether something accepts connections on 127.0.0.1:port.
 func listening(port int) bool {
@@ -191,9 +190,9 @@ func TestDiesWithTest(t *testing.T) {
 				for _, dir := range report.Dirs {
 					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 					if strings.HasPrefix(filepath.Base(dir), haDirPrefix) {
-						_ = reapHA(ctx, dir)
+						_ = proc.ReapHA(ctx, dir)
 					} else {
-						reapCluster(ctx, r, dir)
+						proc.ReapCluster(ctx, r, dir)
 					}
 					cancel()
 				}
@@ -236,7 +235,7 @@ func TestDiesWithTest(t *testing.T) {
 			// dead owners when they start a cluster: name ourselves the
 			// owner, so that only the helper's own means count.
 			for _, dir := range report.Dirs {
-				if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+				if err := os.WriteFile(filepath.Join(dir, proc.OwnerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -353,35 +352,4 @@ func mustBinDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return d
-}
-
-func TestParseWatch(t *testing.T) {
-	tests := []struct {
-		line              string
-		kind, dir, binDir string
-		wantErr           bool
-	}{
-		{`cluster "/tmp/a" "/usr/lib/postgresql/15/bin"`, watchCluster, "/tmp/a", "/usr/lib/postgresql/15/bin", false},
-		{`ha "/tmp/x y \"z\"\n" "/b"`, watchHA, "/tmp/x y \"z\"\n", "/b", false},
-		{`- "/tmp/a"`, "-", "/tmp/a", "", false},
-		{`cluster /tmp/a /b`, "", "", "", true},
-		{`cluster "/tmp/a"`, "", "", "", true},
-		{`other "/tmp/a" "/b"`, "", "", "", true},
-		{``, "", "", "", true},
-	}
-	for _, tt := range tests {
-		kind, dir, binDir, err := parseWatch(tt.line)
-		if (err != nil) != tt.wantErr || kind != tt.kind || dir != tt.dir || binDir != tt.binDir {
-			t.Errorf("parseWatch(%q) = %q, %q, %q, %v; want %q, %q, %q, error %v",
-				tt.line, kind, dir, binDir, err, tt.kind, tt.dir, tt.binDir, tt.wantErr)
-		}
-	}
-	// What watch writes, parseWatch reads.
-	for _, dir := range []string{"/tmp/plain", "/tmp/with space", "/tmp/quote\"", "/tmp/new\nline", "/tmp/é"} {
-		line := watchLine(watchCluster, dir, "/bin dir")
-		kind, gotDir, binDir, err := parseWatch(strings.TrimSuffix(line, "\n"))
-		if err != nil || kind != watchCluster || gotDir != dir || binDir != "/bin dir" || strings.Count(line, "\n") != 1 {
-			t.Errorf("watchLine(%q) = %q, read back as %q, %q, %q, %v", dir, line, kind, gotDir, binDir, err)
-		}
-	}
 }
