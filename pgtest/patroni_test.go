@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgresilient/pgresilient/pgtest/internal/proc"
+	"github.com/pgresilient/pgresilient/pgtest/internal/proctest"
 )
 
 // startPatroniTimed is NewPatroniT, logging how long the start took.
@@ -57,23 +58,6 @@ func countOn(t *testing.T, n *PatroniNode) int {
 		t.Fatal(err)
 	}
 	return c
-}
-
-// processesOf lists the processes whose command line or environment names dir.
-func processesOf(dir string) []string {
-	entries, _ := os.ReadDir("/proc")
-	var found []string
-	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil || e.Name() == strconv.Itoa(os.Getpid()) {
-			continue
-		}
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		environ, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if strings.Contains(string(cmdline), dir) || strings.Contains(string(environ), dir) {
-			found = append(found, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
-		}
-	}
-	return found
 }
 
 func TestPatroni(t *testing.T) {
@@ -132,7 +116,7 @@ func TestPatroni(t *testing.T) {
 		if err := p.KillNode(ctx, killed); err != nil {
 			t.Fatal(err)
 		}
-		if ps := processesOf(p.Node(killed).dir); len(ps) > 0 {
+		if ps := proctest.ProcessesOf(p.Node(killed).dir); len(ps) > 0 {
 			t.Errorf("processes of the killed node left: %q", ps)
 		}
 		began := time.Now()
@@ -168,13 +152,13 @@ func TestPatroni(t *testing.T) {
 	})
 
 	t.Run("close", func(t *testing.T) {
-		if ps := processesOf(p.Dir()); len(ps) == 0 {
+		if ps := proctest.ProcessesOf(p.Dir()); len(ps) == 0 {
 			t.Error("no process found before Close: processesOf is broken")
 		}
 		if err := p.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if ps := processesOf(p.Dir()); len(ps) > 0 {
+		if ps := proctest.ProcessesOf(p.Dir()); len(ps) > 0 {
 			t.Errorf("processes left after Close: %q", ps)
 		}
 		if _, err := os.Stat(p.Dir()); !errors.Is(err, os.ErrNotExist) {
@@ -201,7 +185,7 @@ func TestPatroniReap(t *testing.T) {
 		t.Fatal(err)
 	}
 	proc.ReapStale(context.Background(), filepath.Dir(p.Dir()), haDirPrefix, func(ctx context.Context, dir string) { _ = proc.ReapHA(ctx, dir) })
-	if ps := processesOf(p.Dir()); len(ps) > 0 {
+	if ps := proctest.ProcessesOf(p.Dir()); len(ps) > 0 {
 		t.Errorf("processes left after reaping: %q", ps)
 	}
 	if _, err := os.Stat(p.Dir()); !errors.Is(err, os.ErrNotExist) {
