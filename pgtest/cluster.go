@@ -22,9 +22,9 @@
 // skips the tests instead.
 //
 // For high availability, StartStandby makes a streaming standby of a cluster
-// (with Promote, SetSynchronous and SetReadOnly), and StartPatroni a Patroni
-// cluster over etcd, with switchover and failover; it needs patroni and etcd
-// (Debian/Ubuntu: apt-get install patroni etcd-server).
+// (with Promote, SetSynchronous and SetReadOnly). Package pgtest/patroni
+// starts a Patroni cluster over etcd, with switchover and failover, and
+// pgtest/haproxy an HAProxy in front of it.
 package pgtest
 
 import (
@@ -124,11 +124,11 @@ type postmaster struct {
 // without Close, killed or out of time (go test -timeout runs no cleanup),
 // the server stops at once: on Linux the kernel sends it SIGQUIT (an
 // immediate shutdown), and the process's watchdog, a copy of the running
-// executable started by the first Start (or StartPatroni) in a session of
-// its own, stops it too and removes the directory when the pipe from the
-// process ends. The test helpers (NewT, RunMain, NewBouncerT,
-// NewPatroniT) also close everything on SIGINT and SIGTERM before the
-// process exits. Directories left by test processes that died anyway (the
+// executable started by the first Start (or pgtest/patroni's Start) in a
+// session of its own, stops it too and removes the directory when the pipe
+// from the process ends. The test helpers (NewT, RunMain, NewBouncerT,
+// pgtest/patroni's NewT) also close everything on SIGINT and SIGTERM before
+// the process exits. Directories left by test processes that died anyway (the
 // watchdog killed too) are removed, and their servers stopped, on the way.
 //
 // On failure nothing is left behind, and the error includes the server log's

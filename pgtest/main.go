@@ -23,8 +23,8 @@ const startTimeout = 2 * time.Minute
 //
 // Unless SkipRequested, it starts a cluster, stores it in *cl, runs the tests
 // and closes the cluster. On SIGINT or SIGTERM it closes every cluster,
-// PgBouncer and Patroni cluster pgtest started in the process, then lets the
-// signal end it; when the tests run out of time (go test -timeout), the
+// PgBouncer and Patroni cluster (pgtest/patroni) started in the process, then
+// lets the signal end it; when the tests run out of time (go test -timeout), the
 // watchdog stops them (see Start). When the cluster cannot start, for
 // instance because the server binaries are missing, it prints why (with how
 // to install them) to stderr and returns 1 without running any test.

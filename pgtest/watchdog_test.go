@@ -2,8 +2,6 @@ package pgtest
 
 import (
 	"context"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 
@@ -16,7 +14,6 @@ const (
 	helperNewT    = "newt"    // a cluster from NewT
 	helperRunMain = "runmain" // the cluster RunMain starts (TestMain reads proctest.HelperEnv)
 	helperBouncer = "bouncer" // a cluster from NewT and a PgBouncer in front of it
-	helperPatroni = "patroni" // a one-node Patroni cluster
 	helperRewatch = "rewatch" // a cluster, its watchdog killed, then another cluster
 )
 
@@ -61,20 +58,6 @@ func TestHelperProcess(t *testing.T) {
 		r.Ports = append(r.Ports, b.Port())
 		r.Bound = append(r.Bound, b.cmd.Process.Pid)
 		r.BoundPorts = append(r.BoundPorts, b.Port())
-	case helperPatroni:
-		p := NewPatroniT(t, 1)
-		r.Dirs = append(r.Dirs, p.Dir())
-		r.Pids = append(r.Pids, p.etcd.cmd.Process.Pid)
-		r.Ports = append(r.Ports, p.eport)
-		r.Bound = append(r.Bound, p.etcd.cmd.Process.Pid)
-		r.BoundPorts = append(r.BoundPorts, p.eport)
-		for _, n := range p.Nodes() {
-			// Patroni detaches its server: only the watchdog stops it.
-			r.Pids = append(r.Pids, n.proc.cmd.Process.Pid, proctest.PostmasterPid(t, filepath.Join(n.dir, "data")))
-			r.Ports = append(r.Ports, n.Port, n.APIPort)
-			r.Bound = append(r.Bound, n.proc.cmd.Process.Pid)
-			r.BoundPorts = append(r.BoundPorts, n.APIPort)
-		}
 	default:
 		t.Fatalf("unknown helper mode %q", mode)
 	}
@@ -99,19 +82,12 @@ func TestDiesWithTest(t *testing.T) {
 		{Mode: helperRunMain, End: proctest.EndTimeout, Args: []string{"-test.timeout=2s"}},
 		{Mode: helperRewatch, End: proctest.EndSIGKILL},
 		{Mode: helperBouncer, End: proctest.EndSIGKILL},
-		{Mode: helperPatroni, End: proctest.EndSIGKILL},
 		{Mode: helperBouncer, End: proctest.EndSIGKILLWatchdog},
-		{Mode: helperPatroni, End: proctest.EndSIGKILLWatchdog},
 	}
 	for _, tt := range tests {
 		t.Run(tt.Name(), func(t *testing.T) {
-			switch tt.Mode {
-			case helperBouncer:
+			if tt.Mode == helperBouncer {
 				if _, err := bouncerBinary(); err != nil {
-					t.Fatal(err)
-				}
-			case helperPatroni:
-				if _, _, err := haBinaries(); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -119,13 +95,7 @@ func TestDiesWithTest(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			proctest.Run(t, tt, func(ctx context.Context, dir string) {
-				if strings.HasPrefix(filepath.Base(dir), haDirPrefix) {
-					_ = proc.ReapHA(ctx, dir)
-				} else {
-					proc.ReapCluster(ctx, r, dir)
-				}
-			})
+			proctest.Run(t, tt, func(ctx context.Context, dir string) { proc.ReapCluster(ctx, r, dir) })
 		})
 	}
 }
