@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgresilient/pgresilient/pgtest"
+	"github.com/pgresilient/pgresilient/pgtest/patroni"
 )
 
 // The failover scenarios of issue 12: a change of primary under 8
@@ -29,7 +30,7 @@ import (
 // the new primary accepted writes. A failed write is in flight (ErrConnLost,
 // ErrRoleChanged), or refused during the outage (it ended before the new
 // primary accepted writes, give or take foGrace: no driver can succeed
-// then, and a Patroni failover leaves no primary for over PatroniTTL, longer
+// then, and a Patroni failover leaves no primary for over patroni.TTL, longer
 // than any write's deadline), or other: a write that failed while a server
 // accepted writes. pgresilient may have no other failure.
 //
@@ -445,13 +446,13 @@ func TestFailoverPromotion(t *testing.T) {
 
 // patroniBed is a 2-node Patroni cluster's bed: the leader and the other
 // node, the candidate.
-func patroniBed(t *testing.T) (*pgtest.Patroni, string, *pgtest.PatroniNode, failoverBed) {
-	p := pgtest.NewPatroniT(t, 2)
+func patroniBed(t *testing.T) (*patroni.Cluster, string, *patroni.Node, failoverBed) {
+	p := patroni.NewT(t, 2)
 	leader, err := p.Leader(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cand *pgtest.PatroniNode
+	var cand *patroni.Node
 	for _, n := range p.Nodes() {
 		if n.Name != leader {
 			cand = n

@@ -29,8 +29,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgresilient/pgresilient/pgtest"
 	"github.com/pgresilient/pgresilient/pgtest/haproxy"
+	"github.com/pgresilient/pgresilient/pgtest/patroni"
 )
 
 const (
@@ -164,7 +164,7 @@ func hxKinds(m map[string]int) string {
 // primary, and checks pgresilient against raw pgx around the moment HAProxy
 // routed every new connection to the new primary. fault returns the new
 // leader's name.
-func runHAProxy(t *testing.T, scenario string, pat *pgtest.Patroni, px *haproxy.Proxy, fault func(t *testing.T) string) {
+func runHAProxy(t *testing.T, scenario string, pat *patroni.Cluster, px *haproxy.Proxy, fault func(t *testing.T) string) {
 	ctx := context.Background()
 	var log outageLogBuffer // pgresilient's breaker transitions, for the test's output
 	drv := map[string]*hxDriver{}
@@ -274,8 +274,8 @@ func runHAProxy(t *testing.T, scenario string, pat *pgtest.Patroni, px *haproxy.
 		scenario, p.failedAfter, g.failedAfter, outageMS(p.firstAfter), outageMS(g.firstAfter))
 }
 
-func hxBed(t *testing.T) (*pgtest.Patroni, *haproxy.Proxy, string) {
-	pat := pgtest.NewPatroniT(t, 2)
+func hxBed(t *testing.T) (*patroni.Cluster, *haproxy.Proxy, string) {
+	pat := patroni.NewT(t, 2)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	if err := pat.WaitHealthy(ctx); err != nil {

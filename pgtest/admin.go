@@ -7,18 +7,17 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgresilient/pgresilient/pgtest/internal/proc"
 )
 
 // terminateWait is how long TerminateBackends waits for each backend to exit.
 const terminateWait = 5 * time.Second
 
-// adminApp is the application_name of the connections WithConn opens.
-// ClientBackends and TerminateBackends ignore them: one just closed may
-// linger for a moment before its backend exits.
-const adminApp = "pgtest-admin"
-
-// notAdmin selects the client backends of pg_stat_activity that are not ours.
-const notAdmin = `backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name <> '` + adminApp + `'`
+// notAdmin selects the client backends of pg_stat_activity that are not ours:
+// WithConn's connections name themselves proc.AdminApp, and one just closed
+// may linger for a moment before its backend exits.
+const notAdmin = `backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name <> '` + proc.AdminApp + `'`
 
 // WithConn opens a superuser connection, passes it to fn and closes it. Each
 // call opens its own connection, so it works across restarts; fn must not
@@ -29,7 +28,7 @@ func (c *Cluster) WithConn(ctx context.Context, fn func(conn *pgx.Conn) error) e
 		return fmt.Errorf("pgtest: %w", err)
 	}
 	cfg.ConnectTimeout = 5 * time.Second
-	cfg.RuntimeParams["application_name"] = adminApp
+	cfg.RuntimeParams["application_name"] = proc.AdminApp
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("pgtest: connect: %w", err)

@@ -161,7 +161,7 @@ func (b *Blackholeable) start(ctx context.Context) error {
 	}
 	b.admin = newRelay(ln, network, target)
 
-	if _, err := c.run.run(ctx, c.dir, "initdb",
+	if _, err := c.run.Run(ctx, c.dir, "initdb",
 		"-D", c.data, "-U", Superuser, "-A", "trust", "-E", "UTF8", "--locale=C", "-N"); err != nil {
 		return err
 	}
@@ -202,7 +202,7 @@ func (b *Blackholeable) pgctl(ctx context.Context, args ...string) error {
 	from := c.logSize()
 	args = append(args, "-D", c.data, "-l", c.log, "-w", "-t", waitSeconds(ctx))
 	var err error
-	if nerr := b.ns.do(func() { _, err = c.run.run(ctx, c.dir, "pg_ctl", args...) }); nerr != nil {
+	if nerr := b.ns.do(func() { _, err = c.run.Run(ctx, c.dir, "pg_ctl", args...) }); nerr != nil {
 		return nerr
 	}
 	if err != nil {

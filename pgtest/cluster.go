@@ -22,9 +22,9 @@
 // skips the tests instead.
 //
 // For high availability, StartStandby makes a streaming standby of a cluster
-// (with Promote, SetSynchronous and SetReadOnly), and StartPatroni a Patroni
-// cluster over etcd, with switchover and failover; it needs patroni and etcd
-// (Debian/Ubuntu: apt-get install patroni etcd-server).
+// (with Promote, SetSynchronous and SetReadOnly). Package pgtest/patroni
+// starts a Patroni cluster over etcd, with switchover and failover, and
+// pgtest/haproxy an HAProxy in front of it.
 package pgtest
 
 import (
@@ -44,6 +44,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgresilient/pgresilient/pgtest/internal/proc"
 )
 
 const (
@@ -72,9 +74,8 @@ const (
 )
 
 const (
-	host        = "127.0.0.1"
+	host        = proc.Host
 	dirPrefix   = "pgresilient-pgtest-"
-	ownerFile   = "owner.pid"    // our pid, so a later run can reap what a killed one left
 	logFile     = "postgres.log" // server log, beside the data directory
 	confFile    = "pgtest.conf"  // our settings, included from postgresql.conf
 	portRetries = 3
@@ -94,7 +95,7 @@ var errAddrInUse = errors.New("pgtest: port already in use")
 // safe for concurrent use; lifecycle changes (Stop, Resume, Restart, Close)
 // run one at a time.
 type Cluster struct {
-	run  *runner
+	run  *proc.Runner
 	dir  string // the cluster's own temporary directory
 	data string // dir/data, the PostgreSQL data directory
 	log  string // dir/postgres.log
@@ -123,11 +124,11 @@ type postmaster struct {
 // without Close, killed or out of time (go test -timeout runs no cleanup),
 // the server stops at once: on Linux the kernel sends it SIGQUIT (an
 // immediate shutdown), and the process's watchdog, a copy of the running
-// executable started by the first Start (or StartPatroni) in a session of
-// its own, stops it too and removes the directory when the pipe from the
-// process ends. The test helpers (NewT, RunMain, NewBouncerT,
-// NewPatroniT) also close everything on SIGINT and SIGTERM before the
-// process exits. Directories left by test processes that died anyway (the
+// executable started by the first Start (or pgtest/patroni's Start) in a
+// session of its own, stops it too and removes the directory when the pipe
+// from the process ends. The test helpers (NewT, RunMain, NewBouncerT,
+// pgtest/patroni's NewT) also close everything on SIGINT and SIGTERM before
+// the process exits. Directories left by test processes that died anyway (the
 // watchdog killed too) are removed, and their servers stopped, on the way.
 //
 // On failure nothing is left behind, and the error includes the server log's
@@ -150,7 +151,10 @@ func newCluster(ctx context.Context) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	reapStale(ctx, r, base)
+	// Clusters that test processes killed before their Close (a test
+	// timeout, kill -9) left, their watchdog killed too: their servers and
+	// PgBouncers are stopped, their directories removed.
+	proc.ReapStale(ctx, base, dirPrefix, func(ctx context.Context, dir string) { proc.ReapCluster(ctx, r, dir) })
 	dir, err := os.MkdirTemp(base, dirPrefix+"*")
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: %w", err)
@@ -161,14 +165,14 @@ func newCluster(ctx context.Context) (*Cluster, error) {
 		data: filepath.Join(dir, "data"),
 		log:  filepath.Join(dir, logFile),
 	}
-	track(c)
-	if err := watch(watchCluster, dir, r.binDir); err != nil {
+	proc.Track(c)
+	if err := proc.Watch(proc.KindCluster, dir, r.BinDir); err != nil {
 		return nil, errors.Join(err, c.Close())
 	}
-	if err := os.WriteFile(filepath.Join(c.dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(c.dir, proc.OwnerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		return nil, errors.Join(fmt.Errorf("pgtest: %w", err), c.Close())
 	}
-	if err := c.run.chown(c.dir); err != nil {
+	if err := c.run.Chown(c.dir); err != nil {
 		return nil, errors.Join(fmt.Errorf("pgtest: %w", err), c.Close())
 	}
 	return c, nil
@@ -176,38 +180,25 @@ func newCluster(ctx context.Context) (*Cluster, error) {
 
 // runnerAndBase finds the server binaries and returns the runner for them
 // and the directory the temporary directories go in.
-func runnerAndBase() (*runner, string, error) {
+func runnerAndBase() (*proc.Runner, string, error) {
 	binDir, err := BinDir()
 	if err != nil {
 		return nil, "", err
 	}
-	r, err := newRunner(binDir)
+	r, err := proc.NewRunner(binDir)
 	if err != nil {
 		return nil, "", err
 	}
-	base, err := tempBase(r)
+	base, err := proc.TempBase(r)
 	if err != nil {
 		return nil, "", err
 	}
 	return r, base, nil
 }
 
-// tempBase is the directory the temporary directories go in: os.TempDir(),
-// or /tmp when the server's account cannot reach that.
-func tempBase(r *runner) (string, error) {
-	base := os.TempDir()
-	if !r.canTraverse(base) {
-		base = "/tmp"
-		if !r.canTraverse(base) {
-			return "", fmt.Errorf("pgtest: neither %s nor /tmp is reachable by the postgres account", os.TempDir())
-		}
-	}
-	return base, nil
-}
-
 // create fills the fresh directory, starts the server and creates the roles.
 func (c *Cluster) create(ctx context.Context) error {
-	if _, err := c.run.run(ctx, c.dir, "initdb",
+	if _, err := c.run.Run(ctx, c.dir, "initdb",
 		"-D", c.data, "-U", Superuser, "-A", "trust", "-E", "UTF8", "--locale=C", "-N"); err != nil {
 		return err
 	}
@@ -233,7 +224,7 @@ func (c *Cluster) create(ctx context.Context) error {
 // retrying with another port when the chosen one was taken meanwhile.
 func (c *Cluster) startOnFreePort(ctx context.Context) error {
 	for attempt := 1; ; attempt++ {
-		port, err := freePort()
+		port, err := proc.FreePort()
 		if err != nil {
 			return err
 		}
@@ -303,25 +294,12 @@ func (c *Cluster) writeFile(name, content string, appendTo bool) error {
 		err = cerr
 	}
 	if err == nil {
-		err = c.run.chown(path)
+		err = c.run.Chown(path)
 	}
 	if err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
 	return nil
-}
-
-// freePort returns a 127.0.0.1 TCP port that was free a moment ago.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, fmt.Errorf("pgtest: finding a free port: %w", err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	if err := ln.Close(); err != nil {
-		return 0, fmt.Errorf("pgtest: finding a free port: %w", err)
-	}
-	return port, nil
 }
 
 // Host returns the address the server listens on: "127.0.0.1".
@@ -383,7 +361,7 @@ func (c *Cluster) Stop(ctx context.Context, mode ShutdownMode) error {
 	}
 	ctx, cancel := withDefaultTimeout(ctx, defaultWait+10*time.Second)
 	defer cancel()
-	_, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", string(mode), "-w", "-t", waitSeconds(ctx))
+	_, err := c.run.Run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", string(mode), "-w", "-t", waitSeconds(ctx))
 	if err == nil {
 		c.waitExited()
 	}
@@ -419,7 +397,7 @@ func (c *Cluster) Restart(ctx context.Context, mode ShutdownMode) error {
 	defer cancel()
 	if c.Running() {
 		from := c.logSize()
-		if _, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", string(mode),
+		if _, err := c.run.Run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", string(mode),
 			"-w", "-t", waitSeconds(ctx)); err != nil {
 			return c.withLog(err, from)
 		}
@@ -433,7 +411,7 @@ func (c *Cluster) Restart(ctx context.Context, mode ShutdownMode) error {
 func (c *Cluster) Running() bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err := c.run.run(ctx, c.dir, "pg_ctl", "status", "-D", c.data)
+	_, err := c.run.Run(ctx, c.dir, "pg_ctl", "status", "-D", c.data)
 	return err == nil
 }
 
@@ -450,11 +428,11 @@ func (c *Cluster) Close() error {
 		return nil
 	}
 	c.closed = true
-	untrack(c)
+	proc.Untrack(c)
 	var errs []error
 	if _, err := os.Stat(filepath.Join(c.data, "postmaster.pid")); err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), closeStopWait)
-		_, err := c.run.run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", string(ModeImmediate), "-w", "-t", waitSeconds(ctx))
+		_, err := c.run.Run(ctx, c.dir, "pg_ctl", "stop", "-D", c.data, "-m", string(ModeImmediate), "-w", "-t", waitSeconds(ctx))
 		cancel()
 		if err != nil && c.Running() {
 			// The immediate shutdown did not end in time (seen on a
@@ -474,7 +452,7 @@ func (c *Cluster) Close() error {
 		errs = append(errs, fmt.Errorf("pgtest: %w", err))
 	}
 	if len(errs) == 0 {
-		unwatch(c.dir)
+		proc.Unwatch(c.dir)
 	}
 	return errors.Join(errs...)
 }
@@ -508,7 +486,7 @@ func (c *Cluster) killPostmaster() {
 //
 // The server is our child, started as pg_ctl start would (in a session of its
 // own, its output appended to the log) but not detached: so it can be bound
-// to this process (startBound), and on Linux gets SIGQUIT, an immediate
+// to this process (proc.StartBound), and on Linux gets SIGQUIT, an immediate
 // shutdown, when the process exits without Close, even if the watchdog was
 // killed with it.
 func (c *Cluster) start(ctx context.Context) error {
@@ -520,15 +498,15 @@ func (c *Cluster) start(ctx context.Context) error {
 		return fmt.Errorf("pgtest: %w", err)
 	}
 	defer logf.Close() // the server has its own descriptor
-	if err := c.run.chown(c.log); err != nil {
+	if err := c.run.Chown(c.log); err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	cmd := exec.Command(filepath.Join(c.run.binDir, "postgres"), "-D", c.data)
+	cmd := exec.Command(filepath.Join(c.run.BinDir, "postgres"), "-D", c.data)
 	cmd.Dir = c.dir
-	cmd.Env = serverEnv()
+	cmd.Env = proc.ServerEnv()
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.run.cred, Setsid: true}
-	if err := startBound(cmd, syscall.SIGQUIT); err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.run.Cred, Setsid: true}
+	if err := proc.StartBound(cmd, syscall.SIGQUIT); err != nil {
 		return fmt.Errorf("pgtest: start postgres: %w", err)
 	}
 	pm := &postmaster{pid: cmd.Process.Pid, exited: make(chan struct{})}

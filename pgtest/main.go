@@ -1,19 +1,13 @@
 package pgtest
 
 import (
-	"cmp"
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"maps"
 	"os"
-	"os/signal"
-	"slices"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pgresilient/pgresilient/pgtest/internal/proc"
 )
 
 // startTimeout bounds the cluster start in RunMain: initdb on a busy CI
@@ -29,8 +23,8 @@ const startTimeout = 2 * time.Minute
 //
 // Unless SkipRequested, it starts a cluster, stores it in *cl, runs the tests
 // and closes the cluster. On SIGINT or SIGTERM it closes every cluster,
-// PgBouncer and Patroni cluster pgtest started in the process, then lets the
-// signal end it; when the tests run out of time (go test -timeout), the
+// PgBouncer and Patroni cluster (pgtest/patroni) started in the process, then
+// lets the signal end it; when the tests run out of time (go test -timeout), the
 // watchdog stops them (see Start). When the cluster cannot start, for
 // instance because the server binaries are missing, it prints why (with how
 // to install them) to stderr and returns 1 without running any test.
@@ -40,7 +34,7 @@ func RunMain(m *testing.M, cl **Cluster) int {
 	if SkipRequested() {
 		return m.Run()
 	}
-	closeOnSignal()
+	proc.CloseOnSignal()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	c, err := Start(ctx)
 	cancel()
@@ -57,80 +51,6 @@ func RunMain(m *testing.M, cl **Cluster) int {
 		}
 	}
 	return code
-}
-
-// live is everything pgtest started in this process and has not closed yet:
-// Clusters, Bouncers, Patroni clusters, each with the order it started in.
-var live struct {
-	mu   sync.Mutex
-	next uint64
-	m    map[io.Closer]uint64
-}
-
-func track(c io.Closer) {
-	live.mu.Lock()
-	defer live.mu.Unlock()
-	if live.m == nil {
-		live.m = make(map[io.Closer]uint64)
-	}
-	live.next++
-	live.m[c] = live.next
-}
-
-func untrack(c io.Closer) {
-	live.mu.Lock()
-	defer live.mu.Unlock()
-	delete(live.m, c)
-}
-
-// closeLive closes everything live, the last started first (a PgBouncer
-// before its cluster), and returns how many it closed.
-func closeLive() (int, error) {
-	live.mu.Lock()
-	cs := slices.Collect(maps.Keys(live.m))
-	slices.SortFunc(cs, func(a, b io.Closer) int { return cmp.Compare(live.m[b], live.m[a]) })
-	live.mu.Unlock()
-	var errs []error
-	for _, c := range cs {
-		errs = append(errs, c.Close())
-	}
-	return len(cs), errors.Join(errs...)
-}
-
-var signalOnce sync.Once
-
-// closeOnSignal makes SIGINT and SIGTERM close everything pgtest started in
-// this process (closeLive), servers stopped and directories removed, then
-// end the process as the signal would have. A second signal ends the process
-// at once, leaving the rest to the kernel and the watchdog. Only the test
-// helpers install it: a program that starts clusters handles its signals
-// itself.
-func closeOnSignal() {
-	signalOnce.Do(func() {
-		sigs := make(chan os.Signal, 2)
-		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-		go func() {
-			sig := <-sigs
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				n, err := closeLive()
-				if err != nil {
-					fmt.Fprintf(os.Stderr, "pgtest: %v: closed what pgtest started (%d): %v\n", sig, n, err)
-				} else {
-					fmt.Fprintf(os.Stderr, "pgtest: %v: closed what pgtest started (%d)\n", sig, n)
-				}
-			}()
-			select {
-			case <-done:
-			case <-sigs:
-			}
-			signal.Reset(os.Interrupt, syscall.SIGTERM)
-			_ = syscall.Kill(os.Getpid(), sig.(syscall.Signal))
-			time.Sleep(time.Second) // the signal's default action ends us meanwhile
-			os.Exit(1)
-		}()
-	})
 }
 
 // Require returns cl for a test that needs the cluster RunMain started. It
@@ -161,7 +81,7 @@ func NewT(t testing.TB) *Cluster {
 	if SkipRequested() {
 		t.Skip(SkipEnv + "=1")
 	}
-	closeOnSignal()
+	proc.CloseOnSignal()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := Start(ctx)

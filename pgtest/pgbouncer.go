@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgresilient/pgresilient/pgtest/internal/proc"
 )
 
 // PoolMode is when a Bouncer's client gives its server connection back, as
@@ -36,10 +38,8 @@ const BouncerAdminDB = "pgbouncer"
 var ErrBouncerNotFound = errors.New("pgtest: pgbouncer not found")
 
 const (
-	bouncerDirPrefix = "pgbouncer-" // inside the cluster's directory
-	bouncerPidFile   = "pgbouncer.pid"
-	bouncerLog       = "pgbouncer.log"
-	bouncerStopWait  = 10 * time.Second
+	bouncerLog      = "pgbouncer.log"
+	bouncerStopWait = 10 * time.Second
 )
 
 // BouncerConfig chooses how a Bouncer pools. Zero fields take the defaults
@@ -65,7 +65,7 @@ type BouncerConfig struct {
 // the test process exits without Close (a timeout, kill -9), and on SIGINT or
 // SIGTERM NewBouncerT closes it before the process exits.
 type Bouncer struct {
-	run     *runner
+	run     *proc.Runner
 	bin     string
 	cluster *Cluster
 	cfg     BouncerConfig
@@ -106,7 +106,7 @@ func NewBouncerT(t testing.TB, c *Cluster, cfg BouncerConfig) *Bouncer {
 	if SkipRequested() {
 		t.Skip(SkipEnv + "=1")
 	}
-	closeOnSignal()
+	proc.CloseOnSignal()
 	ctx, cancel := context.WithTimeout(context.Background(), defaultWait)
 	defer cancel()
 	b, err := StartBouncer(ctx, c, cfg)
@@ -152,7 +152,7 @@ func StartBouncer(ctx context.Context, c *Cluster, cfg BouncerConfig) (*Bouncer,
 	if cfg.ServerLoginRetry <= 0 {
 		cfg.ServerLoginRetry = 500 * time.Millisecond
 	}
-	dir, err := os.MkdirTemp(c.Dir(), bouncerDirPrefix+"*")
+	dir, err := os.MkdirTemp(c.Dir(), proc.BouncerDirPrefix+"*")
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
@@ -165,7 +165,7 @@ func StartBouncer(ctx context.Context, c *Cluster, cfg BouncerConfig) (*Bouncer,
 		ini:     filepath.Join(dir, "pgbouncer.ini"),
 		log:     filepath.Join(dir, bouncerLog),
 	}
-	track(b)
+	proc.Track(b)
 	if err := b.create(ctx); err != nil {
 		return nil, errors.Join(err, b.Close())
 	}
@@ -173,7 +173,7 @@ func StartBouncer(ctx context.Context, c *Cluster, cfg BouncerConfig) (*Bouncer,
 }
 
 func (b *Bouncer) create(ctx context.Context) error {
-	if err := b.run.chown(b.dir); err != nil {
+	if err := b.run.Chown(b.dir); err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
 	auth := fmt.Sprintf("%q \"\"\n%q %q\n", Superuser, PasswordUser, Password)
@@ -181,7 +181,7 @@ func (b *Bouncer) create(ctx context.Context) error {
 		return err
 	}
 	for attempt := 1; ; attempt++ {
-		port, err := freePort()
+		port, err := proc.FreePort()
 		if err != nil {
 			return err
 		}
@@ -233,7 +233,7 @@ func (b *Bouncer) writeFile(name, content string) error {
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	if err := b.run.chown(path); err != nil {
+	if err := b.run.Chown(path); err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
 	return nil
@@ -252,13 +252,13 @@ func (b *Bouncer) start(ctx context.Context) error {
 	defer logf.Close() // the child has its own descriptor
 	cmd := exec.Command(b.bin, b.ini)
 	cmd.Dir = b.dir
-	cmd.Env = serverEnv()
+	cmd.Env = proc.ServerEnv()
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	if b.run.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: b.run.cred}
+	if b.run.Cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: b.run.Cred}
 	}
-	if err := startBound(cmd, syscall.SIGKILL); err != nil {
+	if err := proc.StartBound(cmd, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("pgtest: start pgbouncer: %w", err)
 	}
 	exited := make(chan struct{})
@@ -267,8 +267,8 @@ func (b *Bouncer) start(ctx context.Context) error {
 		close(exited)
 	}()
 	b.cmd, b.exited = cmd, exited
-	// For reapStale, should this process die without Close.
-	if err := os.WriteFile(filepath.Join(b.dir, bouncerPidFile), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+	// For proc.ReapBouncers, should this process die without Close.
+	if err := os.WriteFile(filepath.Join(b.dir, proc.BouncerPidFile), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
 		return errors.Join(fmt.Errorf("pgtest: %w", err), b.stop())
 	}
 	t := time.NewTicker(pollEvery)
@@ -341,7 +341,7 @@ func (b *Bouncer) Close() error {
 		return nil
 	}
 	b.closed = true
-	untrack(b)
+	proc.Untrack(b)
 	err := b.stop()
 	if rerr := os.RemoveAll(b.dir); rerr != nil {
 		err = errors.Join(err, fmt.Errorf("pgtest: %w", rerr))
@@ -462,27 +462,4 @@ func fileSize(path string) int64 {
 		return 0
 	}
 	return fi.Size()
-}
-
-// reapBouncers kills the pgbouncer processes a dead test process left in a
-// stale cluster directory: each writes its pid beside its configuration. A
-// pid is signalled only while it still names a pgbouncer process (Linux's
-// /proc tells; elsewhere nothing is killed).
-func reapBouncers(dir string) {
-	files, _ := filepath.Glob(filepath.Join(dir, bouncerDirPrefix+"*", bouncerPidFile))
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || pid <= 0 {
-			continue
-		}
-		comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
-		if err != nil || strings.TrimSpace(string(comm)) != "pgbouncer" {
-			continue
-		}
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
 }

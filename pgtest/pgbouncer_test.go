@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgresilient/pgresilient/pgtest/internal/proc"
 )
 
 // TestBouncer starts PgBouncer in transaction pooling in front of the
@@ -103,15 +105,15 @@ func TestReapBouncers(t *testing.T) {
 	c := Require(t, cluster)
 	b := NewBouncerT(t, c, BouncerConfig{})
 	// A pid file naming ourselves, not a pgbouncer: must survive.
-	decoy := filepath.Join(c.Dir(), bouncerDirPrefix+"decoy")
+	decoy := filepath.Join(c.Dir(), proc.BouncerDirPrefix+"decoy")
 	if err := os.Mkdir(decoy, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(decoy)
-	if err := os.WriteFile(filepath.Join(decoy, bouncerPidFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(decoy, proc.BouncerPidFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	reapBouncers(c.Dir())
+	proc.ReapBouncers(c.Dir())
 	select {
 	case <-b.exited:
 	case <-time.After(10 * time.Second):

@@ -43,7 +43,7 @@ func (c *Cluster) createStandby(ctx context.Context, primary *Cluster) error {
 	defer cancel()
 	// -R writes standby.signal and primary_conninfo; -X stream copies the
 	// WAL written meanwhile; -c fast checkpoints at once.
-	if _, err := c.run.run(bctx, c.dir, "pg_basebackup",
+	if _, err := c.run.Run(bctx, c.dir, "pg_basebackup",
 		"-h", host, "-p", strconv.Itoa(primary.Port()), "-U", Superuser,
 		"-D", c.data, "-R", "-X", "stream", "-c", "fast", "--no-sync"); err != nil {
 		return err

@@ -1,5 +1,5 @@
 // Package haproxy starts a throwaway HAProxy in front of PostgreSQL servers
-// for integration tests, such as the nodes of a pgtest.Patroni cluster, with
+// for integration tests, such as the nodes of a pgtest/patroni cluster, with
 // the health check Patroni's documentation recommends:
 //
 //	listen pg
@@ -17,7 +17,7 @@
 //
 // A test starts it like an httptest.Server, after the Patroni cluster:
 //
-//	pat := pgtest.NewPatroniT(t, 2)
+//	pat := patroni.NewT(t, 2)
 //	px := haproxy.NewPatroniT(t, pat, haproxy.Config{Check: haproxy.FastCheck})
 //	db, err := sql.Open("pgx", px.DSN())
 //	...

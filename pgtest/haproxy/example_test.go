@@ -10,15 +10,15 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib"
 
-	"github.com/pgresilient/pgresilient/pgtest"
 	"github.com/pgresilient/pgresilient/pgtest/haproxy"
+	"github.com/pgresilient/pgresilient/pgtest/patroni"
 )
 
 // HAProxy in front of a Patroni cluster: writes go to the leader through
 // it, and after a switchover the test learns when HAProxy moved.
 func ExampleNewPatroniT() {
 	var t *testing.T // the test's
-	pat := pgtest.NewPatroniT(t, 2)
+	pat := patroni.NewT(t, 2)
 	px := haproxy.NewPatroniT(t, pat, haproxy.Config{Check: haproxy.FastCheck})
 	db, err := sql.Open("pgx", px.DSN())
 	if err != nil {
@@ -43,7 +43,7 @@ func ExampleNewPatroniT() {
 // Any servers with an HTTP health check: here a replica check, so HAProxy
 // balances among the standbys.
 func ExampleStart() {
-	var pat *pgtest.Patroni // a running cluster
+	var pat *patroni.Cluster // a running cluster
 	ctx := context.Background()
 	var servers []haproxy.Server
 	for _, n := range pat.Nodes() {

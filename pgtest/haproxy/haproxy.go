@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pgresilient/pgresilient/pgtest"
+	"github.com/pgresilient/pgresilient/pgtest/patroni"
 )
 
 // ErrNotFound is matched (errors.Is) by the error Start returns when the
@@ -80,7 +81,7 @@ type Proxy struct {
 
 // Patroni returns the Servers for a Patroni cluster's nodes, killed ones
 // included: each node's PostgreSQL server, checked on its REST API.
-func Patroni(p *pgtest.Patroni) []Server {
+func Patroni(p *patroni.Cluster) []Server {
 	var s []Server
 	for _, n := range p.Nodes() {
 		s = append(s, Server{Name: n.Name, Addr: net.JoinHostPort(host, strconv.Itoa(n.Port)), CheckPort: n.APIPort})
@@ -90,7 +91,7 @@ func Patroni(p *pgtest.Patroni) []Server {
 
 // NewPatroniT starts a Proxy in front of p's nodes for one test, as
 // Require does.
-func NewPatroniT(t testing.TB, p *pgtest.Patroni, cfg Config) *Proxy {
+func NewPatroniT(t testing.TB, p *patroni.Cluster, cfg Config) *Proxy {
 	t.Helper()
 	return Require(t, cfg, Patroni(p)...)
 }

@@ -11,7 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgresilient/pgresilient/pgtest"
+	"github.com/pgresilient/pgresilient/pgtest/patroni"
 )
 
 // write connects through the proxy, inserts a row and reports the port of
@@ -49,7 +49,7 @@ var nextID atomic.Int64
 // through it succeeds at once.
 func TestPatroniSwitchover(t *testing.T) {
 	began := time.Now()
-	pat := pgtest.NewPatroniT(t, 2)
+	pat := patroni.NewT(t, 2)
 	t.Logf("Patroni (2 nodes) started in %v", time.Since(began).Round(time.Millisecond))
 	for _, tc := range []struct {
 		name  string
@@ -62,7 +62,7 @@ func TestPatroniSwitchover(t *testing.T) {
 	}
 }
 
-func switchoverThrough(t *testing.T, pat *pgtest.Patroni, cfg Config) {
+func switchoverThrough(t *testing.T, pat *patroni.Cluster, cfg Config) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	if err := pat.WaitHealthy(ctx); err != nil { // a synchronous standby to switch over to

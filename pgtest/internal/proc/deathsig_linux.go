@@ -1,4 +1,4 @@
-package pgtest
+package proc
 
 import (
 	"os/exec"
@@ -7,7 +7,7 @@ import (
 	"syscall"
 )
 
-// startBound starts cmd so that the kernel sends it sig when this process
+// StartBound starts cmd so that the kernel sends it sig when this process
 // exits, however it does: a test timeout, kill -9, a crash. It serves the
 // processes pgtest starts and waits for itself (postgres, pgbouncer, etcd,
 // patroni); what they start on their own (Patroni's postgres) is left to the
@@ -17,7 +17,7 @@ import (
 // exits, not the process, and Go may end a thread while the process runs on;
 // so every bound child is started from one thread that lives as long as the
 // process.
-func startBound(cmd *exec.Cmd, sig syscall.Signal) error {
+func StartBound(cmd *exec.Cmd, sig syscall.Signal) error {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}

@@ -1,4 +1,4 @@
-package pgtest
+package proc
 
 import (
 	"bytes"
@@ -8,44 +8,28 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 )
 
-// reapStaleHA does for StartPatroni's directories what reapStale does for
-// clusters: those whose owner process no longer exists lose their processes
-// (found by their haEnv mark, since PostgreSQL detaches from Patroni) and are
-// removed. Errors are ignored: this is housekeeping.
-func reapStaleHA(base string) {
-	dirs, _ := filepath.Glob(filepath.Join(base, haDirPrefix+"*"))
-	for _, dir := range dirs {
-		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
-		if err != nil {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || pid <= 0 || processExists(pid) {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		_ = reapHA(ctx, dir)
-		cancel()
-	}
-}
+// MarkEnv marks every process of a Patroni bed (etcd, Patroni and the
+// PostgreSQL servers it starts, which inherit it) with the directory of its
+// component, so they can be found and killed even after we died.
+const MarkEnv = "PGRESILIENT_PGTEST_HA"
 
-// reapHA kills every process of a Patroni bed's directory and removes it:
-// for reapStaleHA, and for the watchdog when its owner has exited.
-func reapHA(ctx context.Context, dir string) error {
-	if err := killMarked(ctx, dir, true); err != nil {
+// ReapHA kills every process of a Patroni bed's directory and removes it:
+// for the reaping of stale beds, and for the watchdog when its owner has
+// exited.
+func ReapHA(ctx context.Context, dir string) error {
+	if err := KillMarked(ctx, dir, true); err != nil {
 		return err
 	}
 	return os.RemoveAll(dir)
 }
 
-// killMarked SIGKILLs every process marked haEnv=dir (or, with under, haEnv=
-// anything inside dir) and returns once none is left.
-func killMarked(ctx context.Context, dir string, under bool) error {
+// KillMarked SIGKILLs every process marked MarkEnv=dir (or, with under,
+// MarkEnv=anything inside dir) and returns once none is left.
+func KillMarked(ctx context.Context, dir string, under bool) error {
 	for {
 		pids := markedPids(dir, under)
 		if len(pids) == 0 {
@@ -63,12 +47,12 @@ func killMarked(ctx context.Context, dir string, under bool) error {
 }
 
 // markedPids lists the live processes (zombies excluded) whose environment
-// holds haEnv=dir, or haEnv=dir/... with under. Processes whose environment
+// holds MarkEnv=dir, or MarkEnv=dir/... with under. Processes whose environment
 // we may not read are not ours.
 func markedPids(dir string, under bool) []int {
 	entries, _ := os.ReadDir("/proc")
-	exact := []byte(haEnv + "=" + dir + "\x00")
-	prefix := []byte(haEnv + "=" + dir + "/")
+	exact := []byte(MarkEnv + "=" + dir + "\x00")
+	prefix := []byte(MarkEnv + "=" + dir + "/")
 	self := os.Getpid()
 	var pids []int
 	for _, e := range entries {
@@ -84,7 +68,7 @@ func markedPids(dir string, under bool) []int {
 		env = append(env, 0)
 		if bytes.Contains(env, append([]byte{0}, exact...)) ||
 			(under && bytes.Contains(env, append([]byte{0}, prefix...))) {
-			if !isZombie(pid) {
+			if !IsZombie(pid) {
 				pids = append(pids, pid)
 			}
 		}
@@ -92,8 +76,8 @@ func markedPids(dir string, under bool) []int {
 	return pids
 }
 
-// isZombie reports whether the process has exited and awaits its parent's wait.
-func isZombie(pid int) bool {
+// IsZombie reports whether the process has exited and awaits its parent's wait.
+func IsZombie(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return errors.Is(err, os.ErrNotExist)

@@ -1,4 +1,4 @@
-package pgtest
+package proc
 
 import (
 	"bytes"
@@ -15,18 +15,19 @@ import (
 	"time"
 )
 
-// runner runs the PostgreSQL binaries of one directory. The server refuses to
-// run as root, so when the test process is root, runner switches to the
-// unprivileged "postgres" account for every command it starts.
-type runner struct {
-	binDir string
-	cred   *syscall.Credential // nil: run as ourselves
+// Runner runs the PostgreSQL binaries of one directory. The server refuses to
+// run as root, so when the test process is root, Runner switches to the
+// unprivileged "postgres" account for every command it starts; the other
+// processes of a test bed (pgbouncer, etcd, patroni) run as Cred too.
+type Runner struct {
+	BinDir string
+	Cred   *syscall.Credential // nil: run as ourselves
 }
 
-// newRunner returns a runner for binDir, dropping to the "postgres" account
+// NewRunner returns a Runner for binDir, dropping to the "postgres" account
 // when running as root.
-func newRunner(binDir string) (*runner, error) {
-	r := &runner{binDir: binDir}
+func NewRunner(binDir string) (*Runner, error) {
+	r := &Runner{BinDir: binDir}
 	if os.Geteuid() != 0 {
 		return r, nil
 	}
@@ -41,20 +42,20 @@ func newRunner(binDir string) (*runner, error) {
 	if err := errors.Join(err1, err2); err != nil {
 		return nil, fmt.Errorf("pgtest: account %q: %w", "postgres", err)
 	}
-	r.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	r.Cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	return r, nil
 }
 
-// run runs binDir/name with args in dir and returns its combined output. The
+// Run runs BinDir/name with args in dir and returns its combined output. The
 // error names the command and includes its output. Variables starting with PG
 // are removed from the environment so a developer's PGDATA, PGPORT and the
 // like cannot redirect the throwaway cluster.
-func (r *runner) run(ctx context.Context, dir, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, filepath.Join(r.binDir, name), args...)
+func (r *Runner) Run(ctx context.Context, dir, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(r.BinDir, name), args...)
 	cmd.Dir = dir // the postgres account may not be allowed into our working directory
-	cmd.Env = serverEnv()
-	if r.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.cred}
+	cmd.Env = ServerEnv()
+	if r.Cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.Cred}
 	}
 	var out bytes.Buffer
 	cmd.Stdout = &out
@@ -73,20 +74,33 @@ func (r *runner) run(ctx context.Context, dir, name string, args ...string) ([]b
 	return out.Bytes(), nil
 }
 
-// chown gives path to the account the server runs as; a no-op when that is
+// Chown gives path to the account the server runs as; a no-op when that is
 // ourselves.
-func (r *runner) chown(path string) error {
-	if r.cred == nil {
+func (r *Runner) Chown(path string) error {
+	if r.Cred == nil {
 		return nil
 	}
-	return os.Lchown(path, int(r.cred.Uid), int(r.cred.Gid))
+	return os.Lchown(path, int(r.Cred.Uid), int(r.Cred.Gid))
+}
+
+// TempBase is the directory the temporary directories go in: os.TempDir(),
+// or /tmp when the server's account cannot reach that.
+func TempBase(r *Runner) (string, error) {
+	base := os.TempDir()
+	if !r.canTraverse(base) {
+		base = "/tmp"
+		if !r.canTraverse(base) {
+			return "", fmt.Errorf("pgtest: neither %s nor /tmp is reachable by the postgres account", os.TempDir())
+		}
+	}
+	return base, nil
 }
 
 // canTraverse reports whether every ancestor of dir lets the server's account
 // search it. It checks only the "other" and, for matching owners, the owner and
 // group bits, which is what matters for /tmp-like paths.
-func (r *runner) canTraverse(dir string) bool {
-	if r.cred == nil {
+func (r *Runner) canTraverse(dir string) bool {
+	if r.Cred == nil {
 		return true
 	}
 	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
@@ -100,11 +114,11 @@ func (r *runner) canTraverse(dir string) bool {
 		}
 		perm := fi.Mode().Perm()
 		switch {
-		case st.Uid == r.cred.Uid:
+		case st.Uid == r.Cred.Uid:
 			if perm&0o100 == 0 {
 				return false
 			}
-		case st.Gid == r.cred.Gid:
+		case st.Gid == r.Cred.Gid:
 			if perm&0o010 == 0 {
 				return false
 			}
@@ -119,8 +133,9 @@ func (r *runner) canTraverse(dir string) bool {
 	}
 }
 
-// serverEnv is our environment without PG* variables.
-func serverEnv() []string {
+// ServerEnv is our environment without PG* variables, for every process of
+// a test bed: a developer's PGDATA, PGPORT and the like must not redirect it.
+func ServerEnv() []string {
 	env := os.Environ()
 	out := env[:0:0]
 	for _, kv := range env {

@@ -1,4 +1,4 @@
-package pgtest
+package proc
 
 import (
 	"bufio"
@@ -28,7 +28,7 @@ import (
 //
 // Processes pgtest starts itself (postgres, pgbouncer, etcd, patroni) are
 // also bound to the test process by the kernel where it can (Linux:
-// startBound), so they stop even if the watchdog was killed with it; Patroni's
+// StartBound), so they stop even if the watchdog was killed with it; Patroni's
 // own servers, which it detaches, and the directories are the watchdog's
 // alone.
 
@@ -38,8 +38,8 @@ const watchdogEnv = "PGRESILIENT_PGTEST_WATCHDOG"
 
 // Kinds of directory a watchdog reaps.
 const (
-	watchCluster = "cluster" // a Cluster's: its server (and PgBouncers) stopped
-	watchHA      = "ha"      // a Patroni bed's: every process marked with it killed
+	KindCluster = "cluster" // a Cluster's: its server (and PgBouncers) stopped, as ReapCluster does
+	KindHA      = "ha"      // a Patroni bed's: every process marked with it killed, as ReapHA does
 )
 
 // watchdogReapWait bounds the watchdog's reaping of one directory.
@@ -52,7 +52,7 @@ func init() {
 	}
 }
 
-// dog is this process's watchdog, started by the first watch.
+// dog is this process's watchdog, started by the first Watch.
 var dog struct {
 	mu      sync.Mutex
 	w       *os.File      // the pipe to its standard input; nil until started
@@ -61,10 +61,10 @@ var dog struct {
 	watched map[string]string
 }
 
-// watch tells the watchdog, starting it if need be, to reap dir (of the given
+// Watch tells the watchdog, starting it if need be, to reap dir (of the given
 // kind; binDir holds the server binaries) should this process exit before
-// unwatch(dir).
-func watch(kind, dir, binDir string) error {
+// Unwatch(dir).
+func Watch(kind, dir, binDir string) error {
 	line := watchLine(kind, dir, binDir)
 	dog.mu.Lock()
 	defer dog.mu.Unlock()
@@ -98,13 +98,13 @@ func watch(kind, dir, binDir string) error {
 	return nil
 }
 
-// watchLine is the line watch writes: one line whatever the paths hold.
+// watchLine is the line Watch writes: one line whatever the paths hold.
 func watchLine(kind, dir, binDir string) string {
 	return kind + " " + strconv.Quote(dir) + " " + strconv.Quote(binDir) + "\n"
 }
 
-// unwatch tells the watchdog that dir is gone.
-func unwatch(dir string) {
+// Unwatch tells the watchdog that dir is gone.
+func Unwatch(dir string) {
 	dog.mu.Lock()
 	defer dog.mu.Unlock()
 	delete(dog.watched, dir)
@@ -113,11 +113,20 @@ func unwatch(dir string) {
 	}
 }
 
-// watchdogPid returns the pid of the watchdog, or 0 before the first watch.
-func watchdogPid() int {
+// WatchdogPid returns the pid of the watchdog, or 0 before the first Watch:
+// for tests.
+func WatchdogPid() int {
 	dog.mu.Lock()
 	defer dog.mu.Unlock()
 	return dog.pid
+}
+
+// WatchdogExited returns a channel closed once the watchdog has exited, nil
+// before the first Watch: for tests that kill it.
+func WatchdogExited() <-chan struct{} {
+	dog.mu.Lock()
+	defer dog.mu.Unlock()
+	return dog.exited
 }
 
 // startWatchdog starts a watchdog, dog.mu held.
@@ -203,20 +212,20 @@ read:
 			ctx, cancel := context.WithTimeout(context.Background(), watchdogReapWait)
 			defer cancel()
 			switch e.kind {
-			case watchCluster:
-				r, err := newRunner(e.binDir)
+			case KindCluster:
+				r, err := NewRunner(e.binDir)
 				if err == nil {
-					reapCluster(ctx, r, dir)
+					ReapCluster(ctx, r, dir)
 				}
-			case watchHA:
-				_ = reapHA(ctx, dir)
+			case KindHA:
+				_ = ReapHA(ctx, dir)
 			}
 		})
 	}
 	wg.Wait()
 }
 
-// parseWatch splits a line written by watch or unwatch: kind "-" for unwatch.
+// parseWatch splits a line written by Watch or Unwatch: kind "-" for unwatch.
 func parseWatch(line string) (kind, dir, binDir string, err error) {
 	kind, rest, ok := strings.Cut(line, " ")
 	if !ok {
@@ -231,7 +240,7 @@ func parseWatch(line string) (kind, dir, binDir string, err error) {
 	if kind == "-" {
 		return kind, dir, "", nil
 	}
-	if kind != watchCluster && kind != watchHA {
+	if kind != KindCluster && kind != KindHA {
 		return "", "", "", fmt.Errorf("unknown kind %q", kind)
 	}
 	if binDir, err = strconv.Unquote(rest); err != nil {

@@ -1,4 +1,4 @@
-package pgtest
+package patroni
 
 import (
 	"context"
@@ -12,20 +12,24 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgresilient/pgresilient/pgtest"
+	"github.com/pgresilient/pgresilient/pgtest/internal/proc"
+	"github.com/pgresilient/pgresilient/pgtest/internal/proctest"
 )
 
-// startPatroniTimed is NewPatroniT, logging how long the start took.
-func startPatroniTimed(t *testing.T, nodes int) *Patroni {
+// newTimed is NewT, logging how long the start took.
+func newTimed(t *testing.T, nodes int) *Cluster {
 	t.Helper()
 	began := time.Now()
-	p := NewPatroniT(t, nodes)
-	t.Logf("StartPatroni(%d) took %v", nodes, time.Since(began).Round(time.Millisecond))
+	p := NewT(t, nodes)
+	t.Logf("Start(%d) took %v", nodes, time.Since(began).Round(time.Millisecond))
 	return p
 }
 
 // writeRW inserts v into ha_t through the multi-host DSN, on whichever node
 // accepts writes.
-func writeRW(t *testing.T, p *Patroni, v int) {
+func writeRW(t *testing.T, p *Cluster, v int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -43,7 +47,7 @@ func writeRW(t *testing.T, p *Patroni, v int) {
 }
 
 // countOn counts ha_t's rows on a node.
-func countOn(t *testing.T, n *PatroniNode) int {
+func countOn(t *testing.T, n *Node) int {
 	t.Helper()
 	conn, err := pgx.Connect(t.Context(), n.DSN())
 	if err != nil {
@@ -57,25 +61,8 @@ func countOn(t *testing.T, n *PatroniNode) int {
 	return c
 }
 
-// processesOf lists the processes whose command line or environment names dir.
-func processesOf(dir string) []string {
-	entries, _ := os.ReadDir("/proc")
-	var found []string
-	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil || e.Name() == strconv.Itoa(os.Getpid()) {
-			continue
-		}
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		environ, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if strings.Contains(string(cmdline), dir) || strings.Contains(string(environ), dir) {
-			found = append(found, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
-		}
-	}
-	return found
-}
-
-func TestPatroni(t *testing.T) {
-	p := startPatroniTimed(t, 2)
+func TestCluster(t *testing.T) {
+	p := newTimed(t, 2)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 
@@ -130,7 +117,7 @@ func TestPatroni(t *testing.T) {
 		if err := p.KillNode(ctx, killed); err != nil {
 			t.Fatal(err)
 		}
-		if ps := processesOf(p.Node(killed).dir); len(ps) > 0 {
+		if ps := proctest.ProcessesOf(p.Node(killed).dir); len(ps) > 0 {
 			t.Errorf("processes of the killed node left: %q", ps)
 		}
 		began := time.Now()
@@ -139,8 +126,8 @@ func TestPatroni(t *testing.T) {
 			t.Fatal(err)
 		}
 		took := time.Since(began)
-		t.Logf("failover %s -> %s took %v after KillNode (ttl %v)", killed, newLeader, took.Round(time.Millisecond), PatroniTTL)
-		if took > 6*PatroniTTL { // generous: the ttl plus a busy machine
+		t.Logf("failover %s -> %s took %v after KillNode (ttl %v)", killed, newLeader, took.Round(time.Millisecond), TTL)
+		if took > 6*TTL { // generous: the ttl plus a busy machine
 			t.Errorf("failover took %v", took)
 		}
 		if n := countOn(t, p.Node(newLeader)); n != 3 {
@@ -166,13 +153,13 @@ func TestPatroni(t *testing.T) {
 	})
 
 	t.Run("close", func(t *testing.T) {
-		if ps := processesOf(p.Dir()); len(ps) == 0 {
+		if ps := proctest.ProcessesOf(p.Dir()); len(ps) == 0 {
 			t.Error("no process found before Close: processesOf is broken")
 		}
 		if err := p.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if ps := processesOf(p.Dir()); len(ps) > 0 {
+		if ps := proctest.ProcessesOf(p.Dir()); len(ps) > 0 {
 			t.Errorf("processes left after Close: %q", ps)
 		}
 		if _, err := os.Stat(p.Dir()); !errors.Is(err, os.ErrNotExist) {
@@ -187,19 +174,19 @@ func TestPatroni(t *testing.T) {
 	})
 }
 
-// TestPatroniReap: a bed whose owner died is reaped by the next start.
-func TestPatroniReap(t *testing.T) {
-	p := startPatroniTimed(t, 1)
+// TestReap: a bed whose owner died is reaped by the next start.
+func TestReap(t *testing.T) {
+	p := newTimed(t, 1)
 	// A pid that no longer exists: a child that has exited and been waited.
 	dead := exec.Command("true")
 	if err := dead.Run(); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(p.Dir(), ownerFile), []byte(strconv.Itoa(dead.Process.Pid)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p.Dir(), proc.OwnerFile), []byte(strconv.Itoa(dead.Process.Pid)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	reapStaleHA(filepath.Dir(p.Dir()))
-	if ps := processesOf(p.Dir()); len(ps) > 0 {
+	reapStale(filepath.Dir(p.Dir()))
+	if ps := proctest.ProcessesOf(p.Dir()); len(ps) > 0 {
 		t.Errorf("processes left after reaping: %q", ps)
 	}
 	if _, err := os.Stat(p.Dir()); !errors.Is(err, os.ErrNotExist) {
@@ -207,13 +194,13 @@ func TestPatroniReap(t *testing.T) {
 	}
 }
 
-func TestPatroniNotFound(t *testing.T) {
+func TestNotFound(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
-	_, err := StartPatroni(t.Context(), 2)
-	if !errors.Is(err, ErrHANotFound) {
-		t.Fatalf("StartPatroni without patroni on PATH: %v; want ErrHANotFound", err)
+	_, err := Start(t.Context(), 2)
+	if !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Start without patroni on PATH: %v; want ErrNotFound", err)
 	}
-	for _, want := range []string{"apt-get install patroni etcd-server", SkipEnv + "=1"} {
+	for _, want := range []string{"apt-get install patroni etcd-server", pgtest.SkipEnv + "=1"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
