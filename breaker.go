@@ -196,7 +196,11 @@ type breaker struct {
 	// moving: the last probe found the server in transition
 	// (transitional), not down: calls waiting go on waiting for the next
 	// probe, within their deadline (awaitProbe).
-	moving    atomic.Bool
+	moving atomic.Bool
+	// held: the last probe's connection was accepted and then held until
+	// it timed out (heldConnect: a proxy with no server UP yet). A call
+	// with a deadline waits on through it (awaitProbe).
+	held      atomic.Bool
 	demand    chan struct{}
 	waiters   atomic.Int32
 	lastStart atomic.Int64
@@ -259,6 +263,7 @@ func (b *breaker) changed(from, to BreakerState) {
 	if from == BreakerClosed && to == BreakerOpen {
 		b.openedAt.Store(now.UnixNano()) // before the state: a call that sees open reads its period
 		b.moving.Store(false)
+		b.held.Store(false)
 	}
 	b.state.Store(int32(to))
 	b.dirty.Store(false)
@@ -400,6 +405,7 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 		return errProbeFailed
 	}
 	limit := waitLimit(ctx, now)
+	_, deadline := ctx.Deadline()
 	period := b.openedAt.Load()
 	b.waiters.Add(1)
 	defer b.waiters.Add(-1)
@@ -418,7 +424,7 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 				// breaker closed and opened again: wait for this one's.
 				continue
 			}
-			if b.moving.Load() && b.waitOn(limit) {
+			if (b.moving.Load() || deadline && b.held.Load()) && b.waitOn(limit) {
 				t.Reset(breakerWaitMax)
 				continue
 			}
@@ -434,13 +440,19 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 	}
 }
 
-// waitOn reports whether a call whose probe found the server in transition
-// (moving) waits for the next probe, until limit: yes unless the server is
-// silent or the next probe comes too late. Behind HAProxy, a Patroni leader
-// killed: probes met a standby (target_session_attrs) for a while after
-// HAProxy routed to it, and each call failed after one of them. A probe a
-// proxy holds is no such evidence: a frozen network holds it the same way,
-// and there a call fails after breakerWaitMax, as before.
+// waitOn reports whether a call waits for the next probe, until limit,
+// after a probe that found the server in transition (moving), or, for a
+// call with a deadline, one whose connection something accepted and held
+// until it timed out (held): yes unless the server is silent or the next
+// probe comes too late. Behind HAProxy, a Patroni leader killed: probes met
+// a standby (target_session_attrs) for a while after HAProxy routed to it,
+// and each call failed after one of them (48 writes failed so in CI). In a
+// switchover, HAProxy held a probe begun as it routed, and the calls waiting
+// on it failed with ErrCircuitOpen (8, 16 and 20 writes in CI runs) while
+// raw pgx's writes, held the same way, were served within their deadline.
+// A call without a deadline fails after the probe, as before (its limit
+// would be notYetCeiling, 10 s, in a frozen network that holds probes the
+// same way: TestQueryTimeoutBlackhole).
 func (b *breaker) waitOn(limit time.Time) bool {
 	if b.silent.Load() || b.ctx.Err() != nil {
 		return false
@@ -690,6 +702,7 @@ func (b *breaker) run(openedAt time.Time) {
 				b.silent.Store(false) // the server answered (refused, reset, served)
 			}
 			b.moving.Store(r.err != nil && transitional(r.err))
+			b.held.Store(r.err != nil && heldConnect(r.err))
 			b.logger.LogAttrs(context.Background(), slog.LevelDebug, "pgresilient: circuit breaker probe",
 				slog.Bool("ok", outcome == nil), slog.Duration("took", r.took), slog.Int("under_way", inflight), slog.String("cause", logCause(r.err)))
 			b.mu.Lock()

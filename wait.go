@@ -83,6 +83,11 @@ func proxyClosed(err error) bool {
 // then (breaker.waitOn).
 func transitional(err error) bool { return notYet(err) }
 
+// heldConnect reports a connection attempt that something accepted and then
+// held until it timed out: not silence (silentFailure), a proxy waiting for
+// a server.
+func heldConnect(err error) bool { return isTimeout(err) && !silentFailure(err) }
+
 // silentFailure reports a timeout that says the server's path went silent:
 // the host monitor's verdict (a HostSilentError), a reuse check's ping that
 // went unanswered, a dial (TCP) that timed out. A connection attempt that
