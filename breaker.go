@@ -194,7 +194,7 @@ type breaker struct {
 	probed    atomic.Pointer[chan struct{}]
 	published atomic.Int64 // openedAt of the period whose outcome was published last
 	// moving: the last probe found the server in transition
-	// (transitional), not down: calls waiting go on waiting for the next
+	// (notYet), not down: calls waiting go on waiting for the next
 	// probe, within their deadline (awaitProbe).
 	moving atomic.Bool
 	// held: the last probe's connection was accepted and then held until
@@ -365,12 +365,11 @@ const (
 )
 
 // wait lets a call through when closed (one atomic load; a nil breaker lets
-// everything through; c, the call's connection, nil for a new one, is
-// not consulted). While open, it waits for the outcome of the prober's next probe,
-// if that is expected soon (breakerWaitMax) and before ctx's deadline: nil
+// everything through). While open, it waits for the outcome of the
+// prober's next probe, if that is expected soon (breakerWaitMax) and before ctx's deadline: nil
 // if the probe closed the breaker, else a *CircuitOpenError, also when ctx
 // ends or the breaker is closed while waiting. Nothing is sent meanwhile.
-func (b *breaker) wait(ctx context.Context, c *baseConn) error {
+func (b *breaker) wait(ctx context.Context) error {
 	if b == nil || BreakerState(b.state.Load()) == BreakerClosed {
 		return nil
 	}
@@ -701,7 +700,7 @@ func (b *breaker) run(openedAt time.Time) {
 			if r.err == nil || !isTimeout(r.err) {
 				b.silent.Store(false) // the server answered (refused, reset, served)
 			}
-			b.moving.Store(r.err != nil && transitional(r.err))
+			b.moving.Store(r.err != nil && notYet(r.err))
 			b.held.Store(r.err != nil && heldConnect(r.err))
 			b.logger.LogAttrs(context.Background(), slog.LevelDebug, "pgresilient: circuit breaker probe",
 				slog.Bool("ok", outcome == nil), slog.Duration("took", r.took), slog.Int("under_way", inflight), slog.String("cause", logCause(r.err)))
@@ -776,7 +775,7 @@ func (b *breaker) close() {
 // closure costs no allocation.
 func gate[T any](ctx context.Context, c *baseConn, call func() (T, error)) (T, error) {
 	b := c.owner.breaker
-	if err := b.wait(ctx, c); err != nil {
+	if err := b.wait(ctx); err != nil {
 		var zero T
 		return zero, err
 	}

@@ -76,13 +76,6 @@ func proxyClosed(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// transitional reports a probe's failure that says the server is in
-// transition rather than down: a "not yet" (notYet: a standby refused by
-// target_session_attrs, a server starting or shutting down, a pooler's
-// login retry). Calls waiting on an open breaker wait on for the next probe
-// then (breaker.waitOn).
-func transitional(err error) bool { return notYet(err) }
-
 // heldConnect reports a connection attempt that something accepted and then
 // held until it timed out: not silence (silentFailure), a proxy waiting for
 // a server.
