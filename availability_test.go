@@ -434,3 +434,93 @@ func TestAvailabilityRefusingAddress(t *testing.T) {
 		t.Errorf("pgresilient dialled no refused connection: the fault did not reach it")
 	}
 }
+
+// TestAvailabilityOpenBreakerPooledServes: the address in front of the
+// server refuses new connections while the pool's two connections are held,
+// long enough for the calls that dial to open pgresilient's breaker (bare
+// DSN: 5 failures over 500 ms). Then the two come back to the pool, still
+// working, and 20 calls follow, the address still refusing. Raw pgx serves
+// every one on them. pgresilient asks each one it reuses (a ping, no longer
+// than a call would wait for a probe); one that answers passes the breaker
+// for this open period, and every call is served, while the breaker stays
+// open for new connections. Before, each call waited for a probe that could
+// not connect and failed with ErrCircuitOpen.
+func TestAvailabilityOpenBreakerPooledServes(t *testing.T) {
+	const (
+		conns    = 2
+		calls    = 20
+		refusing = 1500 * time.Millisecond
+	)
+	c := needCluster(t)
+	sideBySide(t, func(t *testing.T, name string) {
+		p := newProxy(t, c)
+		dsn := c.DSNAt(p.Addr())
+		var (
+			db *sql.DB
+			cn *Connector
+		)
+		if name == DriverName {
+			db, cn = outageDB(t, dsn)
+		} else {
+			db = openDB(t, name, dsn)
+		}
+		warmPool(t, db, conns)
+		db.SetMaxOpenConns(0) // calls beyond the two dial
+		held := holdConns(t, db, conns)
+		if err := p.Refuse(true); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = p.Refuse(false) }()
+		refused := 0
+		for until := time.Now().Add(refusing); time.Now().Before(until); {
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			err := db.PingContext(ctx)
+			cancel()
+			if err == nil {
+				releaseConns(held)
+				t.Fatal("a call was served with every connection held and new ones refused")
+			}
+			refused++
+			time.Sleep(10 * time.Millisecond)
+		}
+		if cn != nil {
+			if st := cn.Stats(); st.Breaker != BreakerOpen {
+				releaseConns(held)
+				t.Fatalf("breaker %v after %d refused calls, want open: the case this test is about did not arise", st.Breaker, refused)
+			}
+		}
+		releaseConns(held)
+		served, circuitOpen := 0, 0
+		var firstErr error
+		for range calls {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			var one int
+			err := db.QueryRowContext(ctx, "select 1").Scan(&one)
+			cancel()
+			switch {
+			case err == nil:
+				served++
+			case errors.Is(err, ErrCircuitOpen):
+				circuitOpen++
+			}
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+		}
+		extra := ""
+		if cn != nil {
+			st := cn.Stats()
+			extra = fmt.Sprintf(" breaker=%v transitions=%d probes=%d", st.Breaker, st.BreakerTransitions, st.Probes)
+		}
+		t.Logf("MEASURE availability/open-pooled %s refused_while_held=%d served=%d/%d circuit_open=%d first_error=%v%s",
+			name, refused, served, calls, circuitOpen, firstErr, extra)
+		if served != calls {
+			t.Errorf("%s: %d of %d calls served by the pool's working connections (%d ErrCircuitOpen; first error: %v)", name, served, calls, circuitOpen, firstErr)
+		}
+		if cn != nil && cn.Stats().Breaker == BreakerClosed {
+			// The address still refuses new connections: no probe can
+			// connect, and the breaker guards new connections.
+			t.Errorf("breaker closed while the address still refuses new connections")
+		}
+	})
+}

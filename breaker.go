@@ -365,13 +365,18 @@ const (
 )
 
 // wait lets a call through when closed (one atomic load; a nil breaker lets
-// everything through). While open, it waits for the outcome of the
-// prober's next probe, if that is expected soon (breakerWaitMax) and before ctx's deadline: nil
+// everything through). While open, it lets through a call on a connection
+// c that answered its reuse check in this open period (c.openPass; c is nil
+// for a new connection), and otherwise waits for the outcome of the prober's next probe,
+// if that is expected soon (breakerWaitMax) and before ctx's deadline: nil
 // if the probe closed the breaker, else a *CircuitOpenError, also when ctx
 // ends or the breaker is closed while waiting. Nothing is sent meanwhile.
-func (b *breaker) wait(ctx context.Context) error {
+func (b *breaker) wait(ctx context.Context, c *baseConn) error {
 	if b == nil || BreakerState(b.state.Load()) == BreakerClosed {
 		return nil
+	}
+	if c != nil && c.openPass != 0 && c.openPass == b.openedAt.Load() {
+		return nil // this connection answered while open: it serves
 	}
 	if err := b.awaitProbe(ctx); err != nil {
 		return b.openError(err)
@@ -775,7 +780,7 @@ func (b *breaker) close() {
 // closure costs no allocation.
 func gate[T any](ctx context.Context, c *baseConn, call func() (T, error)) (T, error) {
 	b := c.owner.breaker
-	if err := b.wait(ctx); err != nil {
+	if err := b.wait(ctx, c); err != nil {
 		var zero T
 		return zero, err
 	}

@@ -197,12 +197,17 @@ type baseConn struct {
 	lastUse int64
 	// gen is the owner's invalidation generation this connection was last
 	// known good at; a newer owner generation means "verify before reuse".
-	gen     uint64
-	pooled  atomic.Int32 // poolBusy, poolIdle or poolSwept: see sweep
-	broken  atomic.Bool
-	inTx    atomic.Bool // a sql.Tx is open on this connection
-	reused  bool
-	rowsOut bool
+	gen uint64
+	// openPass is the breaker's openedAt when this connection answered its
+	// reuse check while the breaker was open: its calls pass the breaker
+	// for that open period (breaker.wait). 0 otherwise. Touched only by
+	// database/sql's holder of the conn.
+	openPass int64
+	pooled   atomic.Int32 // poolBusy, poolIdle or poolSwept: see sweep
+	broken   atomic.Bool
+	inTx     atomic.Bool // a sql.Tx is open on this connection
+	reused   bool
+	rowsOut  bool
 	// savepoint: the application issued SAVEPOINT in the current sql.Tx, so
 	// it recovers from failures itself: no automatic rollback.
 	savepoint atomic.Bool

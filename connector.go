@@ -302,7 +302,7 @@ const sameEvent = time.Second
 // attempt's error says about the server's reachability; after it, connect
 // counts every attempt.
 func (c *Connector) openBase(ctx context.Context) (*baseConn, error) {
-	if err := c.breaker.wait(ctx); err != nil {
+	if err := c.breaker.wait(ctx, nil); err != nil {
 		return nil, err
 	}
 	counted := c.connected.Load()

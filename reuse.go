@@ -62,16 +62,32 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	if gen != c.gen {
 		verify = true
 	}
-	if verify && c.owner.breaker.isOpen() {
-		// The server is down: no ping, which could only wait. database/sql
-		// hands the connection out and the breaker's gate rejects the
-		// statement at once; closing the breaker bumps the generation, so
-		// the connection is verified on a reuse after that.
-		verify = false
-		gen = c.gen
+	asked := false
+	if b := c.owner.breaker; b.isOpen() {
+		if b.silent.Load() {
+			// The server went silent: no ping, which could only wait.
+			// database/sql hands the connection out and the breaker's
+			// gate rejects the statement at once; closing the breaker
+			// bumps the generation, so the connection is verified on a
+			// reuse after that.
+			verify = false
+			gen = c.gen
+		} else {
+			// The breaker is open on refused or dropped connections, but
+			// this one may still be served (a proxy or a server refusing
+			// only new connections): ask it, for no longer than a call
+			// would wait for the next probe. An answer from a server of
+			// the role the connection was opened for lets its calls
+			// through the breaker for this open period (openPass, below:
+			// a standby's answer is no evidence for read-write); a dead
+			// connection is discarded before anything of the statement
+			// is sent. The breaker itself stays open until a probe
+			// connects: new connections are what it guards.
+			verify, asked = true, true
+		}
 	}
 	if verify {
-		if err := c.verify(ctx); err != nil {
+		if err := c.verify(ctx, asked); err != nil {
 			return err
 		}
 		c.gen = gen
@@ -91,6 +107,10 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	if !c.clean(ctx) {
 		return driver.ErrBadConn
 	}
+	c.openPass = 0
+	if asked {
+		c.openPass = c.owner.breaker.openedAt.Load()
+	}
 	// Over pgx, stdlib.Conn.ResetSession's checks (closed, outside a
 	// transaction block, whether to ping: never, see neverPing) were made
 	// above; pgresilient sets no OptionResetSession. Only another driver's
@@ -106,13 +126,21 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 
 // verify pings the connection within the verification timeout, or ctx's
 // deadline if sooner; on failure it marks it broken and returns
-// driver.ErrBadConn. It is the only round trip of a reuse.
-func (c *baseConn) verify(ctx context.Context) error {
+// driver.ErrBadConn. It is the only round trip of a reuse. whileOpen is the
+// breaker's open-period check: no longer than a call would wait for a probe
+// (breakerWaitMax), and its failure is only this connection's: it spends
+// nothing of the call's query_timeout budget and counts nothing for the
+// breaker, whose probes decide.
+func (c *baseConn) verify(ctx context.Context, whileOpen bool) error {
 	pc := c.pgConn()
 	if pc == nil {
 		return nil
 	}
-	d, ok := c.owner.budgetLeft(ctx, c.owner.verifyTimeout)
+	limit := c.owner.verifyTimeout
+	if whileOpen {
+		limit = min(limit, breakerWaitMax)
+	}
+	d, ok := c.owner.budgetLeft(ctx, limit)
 	if !ok {
 		// Another reuse check of this call timed out: this one would
 		// only wait as long again.
@@ -144,7 +172,7 @@ func (c *baseConn) verify(ctx context.Context) error {
 	}
 	c.discard(ctx, discardVerify, "failed verification: "+logCause(err))
 	class := classify(ctx, err)
-	if class == classCanceled {
+	if class == classCanceled || whileOpen {
 		return driver.ErrBadConn
 	}
 	timeout := expired || isTimeout(err)

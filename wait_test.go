@@ -709,7 +709,7 @@ func TestBreakerDemandPullsProbe(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	began := time.Now()
-	err := b.wait(ctx)
+	err := b.wait(ctx, nil)
 	took := time.Since(began)
 	if !errors.Is(err, ErrCircuitOpen) {
 		t.Fatalf("want ErrCircuitOpen, got %v", err)
