@@ -42,6 +42,6 @@
 // (haproxy -f haproxy.cfg -db), never the system's service, on a free
 // 127.0.0.1 port. Close stops it; on Linux the kernel kills it when the
 // test process dies without Close. When haproxy is missing, Start's error
-// matches ErrNotFound and says how to install it, and Require fails the
+// matches ErrNotFound and says how to install it, and NewT fails the
 // test, unless PGRESILIENT_SKIP_INTEGRATION=1, which skips it.
 package haproxy

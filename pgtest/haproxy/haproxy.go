@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pgresilient/pgresilient/pgtest"
+	"github.com/pgresilient/pgresilient/pgtest/internal/proc"
 	"github.com/pgresilient/pgresilient/pgtest/patroni"
 )
 
@@ -28,7 +29,6 @@ var ErrNotFound = errors.New("pgtest/haproxy: haproxy not found")
 const (
 	host        = "127.0.0.1"
 	dirPrefix   = "pgresilient-haproxy-"
-	ownerFile   = "owner.pid" // our pid, for reapStale
 	pidFile     = "haproxy.pid"
 	logName     = "haproxy.log"
 	startWait   = 30 * time.Second // Start's bound when ctx has none
@@ -90,17 +90,17 @@ func Patroni(p *patroni.Cluster) []Server {
 }
 
 // NewPatroniT starts a Proxy in front of p's nodes for one test, as
-// Require does.
+// NewT does.
 func NewPatroniT(t testing.TB, p *patroni.Cluster, cfg Config) *Proxy {
 	t.Helper()
-	return Require(t, cfg, Patroni(p)...)
+	return NewT(t, cfg, Patroni(p)...)
 }
 
-// Require starts a Proxy for one test and closes it when the test ends,
+// NewT starts a Proxy for one test and closes it when the test ends,
 // passed, failed or panicked (t.Cleanup). It skips the test when
 // PGRESILIENT_SKIP_INTEGRATION=1, and fails it when haproxy is missing (the
 // message says how to install it) or does not start.
-func Require(t testing.TB, cfg Config, servers ...Server) *Proxy {
+func NewT(t testing.TB, cfg Config, servers ...Server) *Proxy {
 	t.Helper()
 	if pgtest.SkipRequested() {
 		t.Skip(pgtest.SkipEnv + "=1")
@@ -143,7 +143,7 @@ func Start(ctx context.Context, cfg Config, servers ...Server) (*Proxy, error) {
 		ctx, cancel = context.WithTimeout(ctx, startWait)
 		defer cancel()
 	}
-	reapStale(os.TempDir())
+	proc.ReapStale(ctx, os.TempDir(), dirPrefix, reap)
 	dir, err := os.MkdirTemp("", dirPrefix+"*")
 	if err != nil {
 		return nil, fmt.Errorf("pgtest/haproxy: %w", err)
@@ -157,7 +157,7 @@ func Start(ctx context.Context, cfg Config, servers ...Server) (*Proxy, error) {
 	if len(p.socket) >= 104 { // sun_path: 108 bytes on Linux, 104 on BSDs
 		return nil, errors.Join(fmt.Errorf("pgtest/haproxy: socket path %s too long: set TMPDIR to a shorter directory", p.socket), p.Close())
 	}
-	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, proc.OwnerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		return nil, errors.Join(fmt.Errorf("pgtest/haproxy: %w", err), p.Close())
 	}
 	for attempt := 1; ; attempt++ {
@@ -177,7 +177,7 @@ var errAddrInUse = errors.New("address in use")
 // start writes the configuration for a free port, starts haproxy and waits
 // until every server has been checked.
 func (p *Proxy) start(ctx context.Context, bin string) error {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return err
 	}
@@ -201,7 +201,7 @@ func (p *Proxy) start(ctx context.Context, bin string) error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{w} // fd 3: "log fd@3"
 	p.ev.reset(p.servers)
-	err = startBound(cmd)
+	err = proc.StartBound(cmd, syscall.SIGKILL)
 	w.Close()
 	if err != nil {
 		r.Close()
@@ -224,8 +224,8 @@ func (p *Proxy) start(ctx context.Context, bin string) error {
 		close(exited)
 	}()
 	p.cmd, p.exited = cmd, exited
-	// For reapStale, should this process die without Close elsewhere than
-	// on Linux.
+	// For reap, should this process die without Close elsewhere than on
+	// Linux, where the kernel kills haproxy with it (proc.StartBound).
 	if err := os.WriteFile(filepath.Join(p.dir, pidFile), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
 		return errors.Join(fmt.Errorf("pgtest/haproxy: %w", err), p.stop())
 	}
@@ -347,52 +347,10 @@ func (p *Proxy) Dir() string { return p.dir }
 // LogFile returns the path of HAProxy's standard output and error.
 func (p *Proxy) LogFile() string { return filepath.Join(p.dir, logName) }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, fmt.Errorf("pgtest/haproxy: finding a free port: %w", err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	if err := ln.Close(); err != nil {
-		return 0, fmt.Errorf("pgtest/haproxy: finding a free port: %w", err)
-	}
-	return port, nil
-}
-
-// reapStale removes the directories that test processes which died without
-// Close left in base, killing their haproxy first where the kernel did not
-// (outside Linux). A directory is stale only when the process named in its
-// owner file no longer exists; a pid is signalled only while it still names
-// a haproxy process (Linux's /proc tells; elsewhere nothing is killed).
-// Errors are ignored: this is housekeeping.
-func reapStale(base string) {
-	dirs, _ := filepath.Glob(filepath.Join(base, dirPrefix+"*"))
-	for _, dir := range dirs {
-		owner, ok := readPid(filepath.Join(dir, ownerFile))
-		if !ok || processExists(owner) {
-			continue
-		}
-		if pid, ok := readPid(filepath.Join(dir, pidFile)); ok {
-			comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
-			if err == nil && strings.TrimSpace(string(comm)) == "haproxy" {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-		_ = os.RemoveAll(dir)
-	}
-}
-
-func readPid(path string) (int, bool) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	return pid, err == nil && pid > 0
-}
-
-// processExists reports whether a process with this pid exists.
-func processExists(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+// reap is proc.ReapStale's cleanup of a directory whose test process died
+// without Close: its haproxy, where the kernel did not kill it (outside
+// Linux), then the directory. Errors are ignored: this is housekeeping.
+func reap(_ context.Context, dir string) {
+	proc.KillNamed(filepath.Join(dir, pidFile), "haproxy")
+	_ = os.RemoveAll(dir)
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pgresilient/pgresilient/pgtest"
+	"github.com/pgresilient/pgresilient/pgtest/internal/proc"
 )
 
 // fakeServer is a backend for tests without PostgreSQL: it greets each
@@ -98,7 +99,7 @@ var fast = Config{Check: Check{Inter: 100 * time.Millisecond, Fall: 2, Rise: 1}}
 func TestRouting(t *testing.T) {
 	a := newFakeServer(t, "a", true)
 	b := newFakeServer(t, "b", false)
-	p := Require(t, fast, a.server(), b.server())
+	p := NewT(t, fast, a.server(), b.server())
 
 	// Start waited for every first check: b is DOWN already.
 	if got, _ := p.Routed(); got != "a" {
@@ -190,7 +191,7 @@ func TestRouting(t *testing.T) {
 // connection and closes it, and Routed reports none.
 func TestNoServerUp(t *testing.T) {
 	a := newFakeServer(t, "a", false)
-	p := Require(t, fast, a.server())
+	p := NewT(t, fast, a.server())
 	if got, _ := p.Routed(); got != "" {
 		t.Fatalf("Routed() = %q, want none", got)
 	}
@@ -221,7 +222,7 @@ func TestClose(t *testing.T) {
 	if err := (*Proxy)(nil).Close(); err != nil {
 		t.Fatalf("nil Close: %v", err)
 	}
-	if processExists(pid) {
+	if proc.ProcessExists(pid) {
 		t.Errorf("haproxy %d still runs after Close", pid)
 	}
 	if _, err := os.Stat(p.Dir()); !os.IsNotExist(err) {
@@ -305,13 +306,13 @@ func TestDiesWithTest(t *testing.T) {
 		t.Fatalf("helper printed no pid: %v", sc.Err())
 	}
 	go func() { _, _ = io.Copy(io.Discard, out) }()
-	if !processExists(pid) {
+	if !proc.ProcessExists(pid) {
 		t.Fatalf("haproxy %d not running in the helper", pid)
 	}
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 	deadline := time.Now().Add(5 * time.Second)
-	for processExists(pid) && !isZombie(pid) {
+	for proc.ProcessExists(pid) && !proc.IsZombie(pid) {
 		if time.Now().After(deadline) {
 			t.Fatalf("haproxy %d outlived its test process by 5 s", pid)
 		}
@@ -320,21 +321,10 @@ func TestDiesWithTest(t *testing.T) {
 	if _, err := os.Stat(dir); err != nil {
 		t.Fatalf("the dead helper's directory: %v", err)
 	}
-	reapStale(os.TempDir())
+	proc.ReapStale(context.Background(), os.TempDir(), dirPrefix, reap)
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
-		t.Fatalf("reapStale left %s: %v", dir, err)
+		t.Fatalf("reap left %s: %v", dir, err)
 	}
-}
-
-// isZombie reports whether the process has exited and awaits its parent's
-// wait.
-func isZombie(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	i := strings.LastIndexByte(string(b), ')') // comm may hold spaces
-	return i >= 0 && i+2 < len(b) && (b[i+2] == 'Z' || b[i+2] == 'X')
 }
 
 func later(a, b time.Time) time.Time {

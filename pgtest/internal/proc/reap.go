@@ -55,26 +55,32 @@ func ReapCluster(ctx context.Context, r *Runner, dir string) {
 }
 
 // ReapBouncers kills the pgbouncer processes a dead test process left in a
-// stale cluster directory: each writes its pid beside its configuration. A
-// pid is signalled only while it still names a pgbouncer process (Linux's
-// /proc tells; elsewhere nothing is killed).
+// stale cluster directory: each writes its pid beside its configuration.
 func ReapBouncers(dir string) {
 	files, _ := filepath.Glob(filepath.Join(dir, BouncerDirPrefix+"*", BouncerPidFile))
 	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || pid <= 0 {
-			continue
-		}
-		comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
-		if err != nil || strings.TrimSpace(string(comm)) != "pgbouncer" {
-			continue
-		}
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+		KillNamed(f, "pgbouncer")
 	}
+}
+
+// KillNamed SIGKILLs the process whose pid the file pidFile holds, only while
+// that pid still names a process called name (Linux's /proc tells; elsewhere
+// nothing is killed): the pid of a process that exited long ago may name
+// another by now.
+func KillNamed(pidFile, name string) {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return
+	}
+	comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	if err != nil || strings.TrimSpace(string(comm)) != name {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
 }
 
 // ProcessExists reports whether a process with this pid exists.
