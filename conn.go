@@ -188,13 +188,9 @@ type baseConn struct {
 	queryer   driver.QueryerContext // nil if inner lacks it
 	peek      *peeker               // nil if the socket cannot be peeked at
 	wire      *countingConn         // counts bytes written; nil when wrapping another driver
-	path      *pathState            // its server address's; nil when wrapping another driver
 	resetter  driver.SessionResetter
 	validator driver.Validator
-	// lastUse is monoNow at the start of the connection's current or last
-	// use: when it was opened, then at each ResetSession; reused is set by
-	// the first ResetSession (idle.go).
-	lastUse int64
+	useClock  // when to check it before reuse (idle.go)
 	// gen is the owner's invalidation generation this connection was last
 	// known good at; a newer owner generation means "verify before reuse".
 	gen uint64
@@ -205,16 +201,8 @@ type baseConn struct {
 	openPass int64
 	pooled   atomic.Int32 // poolBusy, poolIdle or poolSwept: see sweep
 	broken   atomic.Bool
-	inTx     atomic.Bool // a sql.Tx is open on this connection
-	reused   bool
 	rowsOut  bool
-	// savepoint: the application issued SAVEPOINT in the current sql.Tx, so
-	// it recovers from failures itself: no automatic rollback.
-	savepoint atomic.Bool
-	// aborted is the first failure of the current sql.Tx after pgresilient
-	// rolled it back; nil otherwise.
-	aborted atomic.Pointer[TxAbortedError]
-	tx      *baseTx // the open sql.Tx; touched only by database/sql's holder of the conn
+	txState  // the open sql.Tx (tx.go)
 	// rows is the result set wrapper wrapRows hands out, rowsOut while it
 	// is; touched only by database/sql's holder of the conn.
 	rows scanRows
@@ -309,7 +297,7 @@ func (c *baseConn) exec(ctx context.Context, query string, args []driver.NamedVa
 		return nil, err
 	}
 	sctx, cancel := c.deadline(ctx)
-	m := c.mark()
+	m := c.wire.mark()
 	c.busy(true)
 	res, err := c.execer.ExecContext(sctx, query, args)
 	c.busy(false)
@@ -347,7 +335,7 @@ func (c *baseConn) query(ctx context.Context, query string, args []driver.NamedV
 		return nil, err
 	}
 	sctx, cancel := c.deadline(ctx)
-	m := c.mark()
+	m := c.wire.mark()
 	c.busy(true) // until the result set is closed (baseRows.Close)
 	rows, err := c.queryer.QueryContext(sctx, query, args)
 	if err != nil {

@@ -71,12 +71,13 @@ func findCounting(nc net.Conn) *countingConn {
 }
 
 // mark returns the count of bytes written so far, to pass to fail: an
-// operation is safe to retry only if nothing was written since.
-func (c *baseConn) mark() int64 {
-	if c.wire == nil {
+// operation is safe to retry only if nothing was written since. A nil
+// countingConn (another driver than pgx) counts nothing: 0.
+func (w *countingConn) mark() int64 {
+	if w == nil {
 		return 0
 	}
-	return c.wire.written.Load()
+	return w.written.Load()
 }
 
 // ran is the mark of an operation that certainly reached the server (an
@@ -85,14 +86,14 @@ const ran = -1
 
 // safeToRetry reports whether nothing of the failed operation that started at
 // mark reached the server. Over pgx that is read off the socket's byte count,
-// whatever pgx says; over another driver, pgx's rule: driver.ErrBadConn or
-// SafeToRetry.
-func (c *baseConn) safeToRetry(mark int64, err error) bool {
+// whatever pgx says; over another driver (a nil countingConn), pgx's rule:
+// driver.ErrBadConn or SafeToRetry.
+func (w *countingConn) safeToRetry(mark int64, err error) bool {
 	if mark == ran {
 		return false
 	}
-	if c.wire != nil {
-		return c.wire.written.Load() == mark
+	if w != nil {
+		return w.written.Load() == mark
 	}
 	return errors.Is(err, driver.ErrBadConn) || pgconn.SafeToRetry(err)
 }

@@ -88,7 +88,7 @@ func (c *baseConn) failTimed(ctx, stmtCtx context.Context, op Op, err error, mar
 }
 
 // fail turns an error of the wrapped driver into pgresilient's and records
-// what it says about the connection. mark is what c.mark() returned before
+// what it says about the connection. mark is what c.wire.mark() returned before
 // the operation started.
 func (c *baseConn) fail(ctx context.Context, op Op, err error, mark int64) error {
 	class := classify(ctx, err)
@@ -127,7 +127,7 @@ func (c *baseConn) fail(ctx context.Context, op Op, err error, mark int64) error
 	c.markBroken(discardLost)
 	news := c.owner.invalidate(c.gen, op, err)
 	inTx := c.inTx.Load()
-	safe := !inTx && (noEffect(op) || c.safeToRetry(mark, err) || bouncerNotForwarded(err))
+	safe := !inTx && (noEffect(op) || c.wire.safeToRetry(mark, err) || bouncerNotForwarded(err))
 	// A COMMIT is never safe (database/sql does not retry one), but the
 	// wire may know it did not commit.
 	notCommitted := inTx && op == OpCommit && c.commitNotRun(mark, err)

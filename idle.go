@@ -97,44 +97,55 @@ func (c *Connector) pathFor(addr string) *pathState {
 	return p
 }
 
+// useClock is a connection's part in the rules above: when its current or
+// last use began, whether it was reused, and the state of its server's
+// address. Touched only by database/sql's holder of the connection.
+type useClock struct {
+	path *pathState // its server address's; nil when wrapping another driver
+	// lastUse is monoNow at the start of the connection's current or last
+	// use: when it was opened, then at each ResetSession.
+	lastUse int64
+	reused  bool // set by the first ResetSession
+}
+
 // openedNow records a connection just opened to its address: the start of its
 // first use, and a new connection that the older ones' path is not proven by.
-func (c *baseConn) openedNow() {
-	c.lastUse = monoNow()
-	if c.path != nil {
-		c.path.opened.Store(c.lastUse)
+func (u *useClock) openedNow() {
+	u.lastUse = monoNow()
+	if u.path != nil {
+		u.path.opened.Store(u.lastUse)
 	}
 }
 
-// reuseChecks says, for a reuse at now, whether to peek at the socket and
-// whether to ping, by the rules above; it records now as the start of this
-// use.
-func (c *baseConn) reuseChecks(now int64) (peek, ping bool) {
-	last, reused := c.lastUse, c.reused
-	c.lastUse, c.reused = now, true
-	peek = c.peek != nil && now-last >= int64(c.owner.peekAfter)
-	return peek, c.pgx != nil && (!reused || c.unproven(now, last))
+// reuseChecks says, for a reuse at now of a connection of o, whether to peek
+// at the socket (if canPeek) and whether to ping (if canPing), by the rules
+// above; it records now as the start of this use.
+func (u *useClock) reuseChecks(now int64, o *Connector, canPeek, canPing bool) (peek, ping bool) {
+	last, reused := u.lastUse, u.reused
+	u.lastUse, u.reused = now, true
+	peek = canPeek && now-last >= int64(o.peekAfter)
+	return peek, canPing && (!reused || u.unproven(now, last, o, canPeek))
 }
 
 // unproven reports whether a connection whose previous use began at last
 // needs a ping at now: idle for over idlePing, with nothing that proves its
 // server's address alive since.
-func (c *baseConn) unproven(now, last int64) bool {
+func (u *useClock) unproven(now, last int64, o *Connector, canPeek bool) bool {
 	idle := now - last
-	if idle <= int64(c.owner.idlePing) {
+	if idle <= int64(o.idlePing) {
 		return false
 	}
-	p := c.path
-	if p == nil || c.peek == nil || idle > int64(c.owner.idleProofMax) {
+	p := u.path
+	if p == nil || !canPeek || idle > int64(o.idleProofMax) {
 		return true // without the peek, a closed connection too is only seen by a ping
 	}
-	return now-p.proof.Load() > int64(c.owner.idlePing) || p.opened.Load() > last
+	return now-p.proof.Load() > int64(o.idlePing) || p.opened.Load() > last
 }
 
 // proveAlive publishes, when the connection goes back to the pool healthy,
 // that its server answered after the start of its last use.
-func (c *baseConn) proveAlive() {
-	if p := c.path; p != nil && c.lastUse-p.proof.Load() >= proofStep {
-		p.proof.Store(c.lastUse)
+func (u *useClock) proveAlive() {
+	if p := u.path; p != nil && u.lastUse-p.proof.Load() >= proofStep {
+		p.proof.Store(u.lastUse)
 	}
 }

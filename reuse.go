@@ -40,7 +40,7 @@ func (c *baseConn) ResetSession(ctx context.Context) error {
 	// sat in the pool and on what the pool saw of its server (idle.go).
 	// pgx's own ping is turned off with OptionShouldPing, so that every
 	// round trip of a reuse goes through verify and its deadline.
-	peek, verify := c.reuseChecks(monoNow())
+	peek, verify := c.reuseChecks(monoNow(), c.owner, c.peek != nil, c.pgx != nil)
 	if peek {
 		switch c.peek.state() {
 		case peekDead:

@@ -109,7 +109,7 @@ func retryStale[T any](c *baseConn, ctx, stmtCtx context.Context, query string, 
 	c.owner.stats.staleRetries.Add(1)
 	c.owner.logger.LogAttrs(ctx, slog.LevelDebug, "pgresilient: stale cached statement run again on a fresh plan",
 		slog.Bool("in_tx", c.inTx.Load()), slog.String("cause", logCause(err)))
-	mark = c.mark()
+	mark = c.wire.mark()
 	res, err = run()
 	if err != nil && !c.inTx.Load() && c.pgx != nil && cachedRefused(err) {
 		// Refused again, by a transaction pooler.
@@ -159,7 +159,7 @@ func (c *baseConn) restartTx(ctx, stmtCtx context.Context) error {
 		c.aborted.Store(&TxAbortedError{Err: err})
 		return err
 	}
-	m := c.mark()
+	m := c.wire.mark()
 	ptx, err := c.pgx.Conn().BeginTx(stmtCtx, popts)
 	if err != nil {
 		ferr := c.failTimed(ctx, stmtCtx, OpBegin, err, m)
@@ -169,7 +169,7 @@ func (c *baseConn) restartTx(ctx, stmtCtx context.Context) error {
 		return ferr
 	}
 	c.tx.pgx = ptx
-	c.tx.mark = c.mark()
+	c.tx.mark = c.wire.mark()
 	return nil
 }
 

@@ -26,7 +26,7 @@ func (c *baseConn) prepare(ctx context.Context, query string) (driver.Stmt, erro
 		err error
 	)
 	sctx, cancel := c.deadline(ctx)
-	m := c.mark()
+	m := c.wire.mark()
 	c.busy(true)
 	if c.preparer != nil {
 		st, err = c.preparer.PrepareContext(sctx, query)
@@ -86,7 +86,7 @@ func (s *baseStmt) exec(ctx context.Context, args []driver.NamedValue) (driver.R
 	)
 	sctx, cancel := s.conn.deadline(ctx)
 	defer cancel()
-	m := s.conn.mark()
+	m := s.conn.wire.mark()
 	s.conn.busy(true)
 	defer s.conn.busy(false)
 	if e, ok := s.inner.(driver.StmtExecContext); ok {
@@ -125,7 +125,7 @@ func (s *baseStmt) query(ctx context.Context, args []driver.NamedValue) (driver.
 		err  error
 	)
 	sctx, cancel := s.conn.deadline(ctx)
-	m := s.conn.mark()
+	m := s.conn.wire.mark()
 	s.conn.busy(true) // until the result set is closed (baseRows.Close)
 	if q, ok := s.inner.(driver.StmtQueryContext); ok {
 		rows, err = q.QueryContext(sctx, args)

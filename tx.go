@@ -6,10 +6,57 @@ import (
 	"database/sql/driver"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
+
+// txState is a connection's sql.Tx: whether one is open, what pgresilient
+// knows of it, and its wrapper.
+type txState struct {
+	inTx atomic.Bool // a sql.Tx is open on this connection
+	// savepoint: the application issued SAVEPOINT in the current sql.Tx, so
+	// it recovers from failures itself: no automatic rollback.
+	savepoint atomic.Bool
+	// aborted is the first failure of the current sql.Tx after pgresilient
+	// rolled it back; nil otherwise.
+	aborted atomic.Pointer[TxAbortedError]
+	tx      *baseTx // the open sql.Tx; touched only by database/sql's holder of the conn
+}
+
+// startTx records a sql.Tx begun.
+func (s *txState) startTx() {
+	s.savepoint.Store(false)
+	s.aborted.Store(nil)
+	s.inTx.Store(true)
+}
+
+// endTx forgets the sql.Tx.
+func (s *txState) endTx() {
+	if s.tx == nil && !s.inTx.Load() && !s.savepoint.Load() && s.aborted.Load() == nil {
+		return // nothing to clear: no atomic store (each a full barrier) per checkout
+	}
+	s.tx = nil
+	s.aborted.Store(nil)
+	s.savepoint.Store(false)
+	s.inTx.Store(false)
+}
+
+// guard refuses statements in a sql.Tx that pgresilient already rolled back,
+// and notes SAVEPOINTs.
+func (s *txState) guard(query string) error {
+	if !s.inTx.Load() {
+		return nil
+	}
+	if a := s.aborted.Load(); a != nil {
+		return a
+	}
+	if isSavepoint(query) {
+		s.savepoint.Store(true)
+	}
+	return nil
+}
 
 // autoRollback rolls back the current sql.Tx on the server right away when a
 // statement in it failed and the server reports the transaction failed, so
@@ -72,21 +119,6 @@ func (c *baseConn) rollbackNow(ctx context.Context) error {
 	return nil
 }
 
-// guard refuses statements in a sql.Tx that pgresilient already rolled back,
-// and notes SAVEPOINTs.
-func (c *baseConn) guard(query string) error {
-	if !c.inTx.Load() {
-		return nil
-	}
-	if a := c.aborted.Load(); a != nil {
-		return a
-	}
-	if isSavepoint(query) {
-		c.savepoint.Store(true)
-	}
-	return nil
-}
-
 // isSavepoint reports whether query starts with the SAVEPOINT keyword.
 func isSavepoint(query string) bool {
 	i := 0
@@ -128,7 +160,7 @@ func (c *baseConn) begin(ctx context.Context, opts driver.TxOptions) (driver.Tx,
 		tx  driver.Tx
 		err error
 	)
-	m := c.mark()
+	m := c.wire.mark()
 	if c.beginner != nil {
 		tx, err = c.beginner.BeginTx(ctx, opts)
 	} else {
@@ -154,13 +186,13 @@ func (c *baseConn) beginPgx(ctx context.Context, opts driver.TxOptions) (driver.
 		return nil, err
 	}
 	sctx, cancel := c.deadline(ctx)
-	m := c.mark()
+	m := c.wire.mark()
 	ptx, err := c.pgx.Conn().BeginTx(sctx, popts)
 	cancel()
 	if err != nil {
 		return nil, c.failTimed(ctx, sctx, OpBegin, err, m)
 	}
-	c.tx = &baseTx{pgx: ptx, conn: c, ctx: ctx, opts: opts, mark: c.mark()}
+	c.tx = &baseTx{pgx: ptx, conn: c, ctx: ctx, opts: opts, mark: c.wire.mark()}
 	c.startTx()
 	return c.tx, nil
 }
@@ -187,23 +219,6 @@ func pgxTxOptions(opts driver.TxOptions) (pgx.TxOptions, error) {
 	return popts, nil
 }
 
-func (c *baseConn) startTx() {
-	c.savepoint.Store(false)
-	c.aborted.Store(nil)
-	c.inTx.Store(true)
-}
-
-// endTx forgets the sql.Tx.
-func (c *baseConn) endTx() {
-	if c.tx == nil && !c.inTx.Load() && !c.savepoint.Load() && c.aborted.Load() == nil {
-		return // nothing to clear: no atomic store (each a full barrier) per checkout
-	}
-	c.tx = nil
-	c.aborted.Store(nil)
-	c.savepoint.Store(false)
-	c.inTx.Store(false)
-}
-
 // baseTx wraps a transaction: pgx's own, or the wrapped driver's.
 type baseTx struct {
 	pgx   pgx.Tx
@@ -211,7 +226,7 @@ type baseTx struct {
 	conn  *baseConn
 	ctx   context.Context  // BeginTx's: database/sql's context for the whole transaction
 	opts  driver.TxOptions // BeginTx's, to begin again (retryStale); set over pgx only
-	mark  int64            // c.mark() after BEGIN: equal at a statement's start, nothing but BEGIN was sent
+	mark  int64            // c.wire.mark() after BEGIN: equal at a statement's start, nothing but BEGIN was sent
 }
 
 // end sends COMMIT or ROLLBACK; it returns the context the statement ran
@@ -282,7 +297,7 @@ func (t *baseTx) commit() error {
 		t.conn.owner.stats.notCommitted.Add(1)
 		return &DisconnectError{Op: OpCommit, InTx: true, notCommitted: true, Err: pgconn.ErrConnClosed, known: true}
 	}
-	m := t.conn.mark()
+	m := t.conn.wire.mark()
 	t.conn.busy(true) // a COMMIT waiting on a silent server is one the host monitor ends
 	sctx, err := t.end(OpCommit)
 	t.conn.busy(false)
