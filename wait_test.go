@@ -526,26 +526,88 @@ func TestBreakerWaitsForProbe(t *testing.T) {
 	}
 }
 
+// acceptHold listens on loopback, accepts every connection and holds it
+// without a word until the test ends, as HAProxy does while it has no server
+// to route to; it returns the address.
+func acceptHold(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		held []net.Conn
+	)
+	t.Cleanup(func() {
+		_ = ln.Close()
+		wg.Wait()
+		for _, c := range held {
+			_ = c.Close()
+		}
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// heldConnectErr returns the error pgx gives for a connection attempt that
+// something accepted and held until the attempt's deadline.
+func heldConnectErr(t *testing.T) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	pc, err := pgconn.Connect(ctx, "postgres://u@"+acceptHold(t)+"/d?sslmode=disable")
+	if err == nil {
+		_ = pc.Close(context.Background())
+		t.Fatal("a listener that never answers let pgx connect")
+	}
+	if !heldConnect(err) {
+		t.Fatalf("heldConnect(%v) = false, want true", err)
+	}
+	return err
+}
+
 // TestBreakerWaitsWhileMoving: while the breaker is open, the probes meet a
 // server in transition (57P03, as a standby refused by
 // target_session_attrs or a server shutting down would say) for 600 ms; a
 // call with a 2 s deadline waits on from probe to probe and is served once
 // the server is, where it failed with ErrCircuitOpen after the first probe
 // before (behind HAProxy, a Patroni leader killed: 48 writes failed so).
+// The same for probes that something accepted and held until they timed out
+// (HAProxy before it routes to the new primary), for a call with a deadline
+// only: a call without one fails after the probe, as one whose probes a
+// frozen network holds must. A refusal fails the call after one probe.
 func TestBreakerWaitsWhileMoving(t *testing.T) {
-	refused := dialRefused
+	held := heldConnectErr(t)
+	moving := func(b *breaker) bool { return b.moving.Load() }
+	holding := func(b *breaker) bool { return b.held.Load() }
 	for _, tc := range []struct {
-		name  string
-		err   error
-		serve bool // whether the call is served
+		name     string
+		err      error
+		flag     func(*breaker) bool // the breaker's note of tc.err
+		deadline bool                // whether the call has one (2 s)
+		serve    bool                // whether the call is served
 	}{
-		{"in transition: waits", starting, true},
-		{"refused: fails after a probe", refused, false},
+		{"in transition: waits", starting, moving, true, true},
+		{"held, with a deadline: waits", held, holding, true, true},
+		{"held, no deadline: fails after a probe", held, holding, false, false},
+		{"refused: fails after a probe", dialRefused, func(b *breaker) bool { return !moving(b) && !holding(b) }, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fd, c, db := openBreaker(t)
 			fd.setDown(tc.err)
-			for i := 0; c.breaker.moving.Load() != tc.serve || c.Stats().ProbeFailures < 2; i++ {
+			for i := 0; !tc.flag(c.breaker) || c.Stats().ProbeFailures < 2; i++ {
 				// A call pulls the probes forward until one meets tc.err.
 				if i == 100 {
 					t.Fatalf("no probe met %v", tc.err)
@@ -556,8 +618,12 @@ func TestBreakerWaitsWhileMoving(t *testing.T) {
 			}
 			up := time.AfterFunc(600*time.Millisecond, func() { fd.setDown(nil) })
 			defer up.Stop()
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
+			ctx := context.Background()
+			if tc.deadline {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+				defer cancel()
+			}
 			began := time.Now()
 			_, err := db.ExecContext(ctx, "a")
 			took := time.Since(began)
@@ -568,7 +634,7 @@ func TestBreakerWaitsWhileMoving(t *testing.T) {
 			case !tc.serve && !errors.Is(err, ErrCircuitOpen):
 				t.Errorf("want ErrCircuitOpen, got %v", err)
 			case !tc.serve && took > 500*time.Millisecond:
-				t.Errorf("a refusal made the call wait %v, want one probe's wait", took)
+				t.Errorf("the call waited %v, want one probe's wait", took)
 			}
 		})
 	}
