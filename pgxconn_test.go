@@ -1,10 +1,12 @@
 package pgresilient
 
 import (
+	"context"
 	"database/sql/driver"
 	"errors"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
@@ -61,5 +63,36 @@ func TestPgxConnWrapperConventions(t *testing.T) {
 				t.Errorf("PgxConn: %v, want errNotPgx", err)
 			}
 		})
+	}
+}
+
+// TestRawCopy: Raw reaches the pgx connection beneath pgresilient, for what
+// database/sql cannot do: COPY.
+func TestRawCopy(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	db := openDB(t, DriverName, c.DSN())
+
+	if err := c.Exec(ctx, "drop table if exists tcopy; create table tcopy (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = conn.Raw(func(dc any) error {
+		pc, err := PgxConn(dc)
+		if err != nil {
+			return err
+		}
+		_, err = pc.CopyFrom(ctx, pgx.Identifier{"tcopy"}, []string{"id"}, pgx.CopyFromRows([][]any{{1}, {2}, {3}}))
+		return err
+	})
+	conn.Close()
+	if err != nil {
+		t.Fatalf("COPY through Raw: %v", err)
+	}
+	if n, err := countRows(ctx, c, "tcopy"); err != nil || n != 3 {
+		t.Errorf("COPY wrote %d rows (%v), want 3", n, err)
 	}
 }

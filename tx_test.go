@@ -496,3 +496,26 @@ func probesOf(db *sql.DB) int64 {
 	}
 	return c.Stats().Probes
 }
+
+// TestTxOptions: the isolation level and read-only mode of sql.TxOptions
+// reach the server.
+func TestTxOptions(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	db := openDB(t, DriverName, c.DSN())
+
+	tx, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var iso, ro string
+	if err := tx.QueryRow("select current_setting('transaction_isolation'), current_setting('transaction_read_only')").Scan(&iso, &ro); err != nil {
+		t.Fatal(err)
+	}
+	if iso != "serializable" || ro != "on" {
+		t.Errorf("tx options: isolation %q read only %q", iso, ro)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
