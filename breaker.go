@@ -365,12 +365,13 @@ const (
 )
 
 // wait lets a call through when closed (one atomic load; a nil breaker lets
-// everything through). While open, it lets through a call on a connection
-// c that answered its reuse check in this open period (c.openPass; c is nil
-// for a new connection), and otherwise waits for the outcome of the prober's next probe,
-// if that is expected soon (breakerWaitMax) and before ctx's deadline: nil
-// if the probe closed the breaker, else a *CircuitOpenError, also when ctx
-// ends or the breaker is closed while waiting. Nothing is sent meanwhile.
+// everything through). While open, it lets through a call on a connection c
+// that answered its reuse check in this open period (c.openPass; c is nil for
+// a new connection), and otherwise waits for the outcome of the prober's
+// next probe, if that is expected soon (breakerWaitMax) and before ctx's
+// deadline: nil if the probe closed the breaker, else a *CircuitOpenError,
+// also when ctx ends or the breaker is closed while waiting. Nothing is sent
+// meanwhile.
 func (b *breaker) wait(ctx context.Context, c *baseConn) error {
 	if b == nil || BreakerState(b.state.Load()) == BreakerClosed {
 		return nil
