@@ -299,19 +299,9 @@ func (b *Bouncer) stop() error {
 		return nil
 	}
 	defer func() { b.cmd = nil }()
-	select {
-	case <-b.exited:
+	if !proc.Terminate(b.cmd.Process, b.exited, bouncerStopWait) {
 		return nil
-	default:
 	}
-	_ = b.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-b.exited:
-		return nil
-	case <-time.After(bouncerStopWait):
-	}
-	_ = b.cmd.Process.Kill()
-	<-b.exited
 	return fmt.Errorf("pgtest: pgbouncer ignored SIGTERM for %v: killed", bouncerStopWait)
 }
 

@@ -40,8 +40,10 @@
 // Start runs Debian's haproxy (apt-get install haproxy; HAProxy 2.6 on Debian
 // 12), found on PATH or in /usr/sbin, as a child of the test process
 // (haproxy -f haproxy.cfg -db), never the system's service, on a free
-// 127.0.0.1 port. Close stops it; on Linux the kernel kills it when the
-// test process dies without Close. When haproxy is missing, Start's error
+// 127.0.0.1 port. Close stops it; NewT also closes it on SIGINT and
+// SIGTERM, and on Linux the kernel kills it when the test process dies
+// without Close (the next Start removes the directory it left). When
+// haproxy is missing, Start's error
 // matches ErrNotFound and says how to install it, and NewT fails the
 // test, unless PGRESILIENT_SKIP_INTEGRATION=1, which skips it.
 package haproxy

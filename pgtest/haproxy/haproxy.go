@@ -97,14 +97,15 @@ func NewPatroniT(t testing.TB, p *patroni.Cluster, cfg Config) *Proxy {
 }
 
 // NewT starts a Proxy for one test and closes it when the test ends,
-// passed, failed or panicked (t.Cleanup). It skips the test when
-// PGRESILIENT_SKIP_INTEGRATION=1, and fails it when haproxy is missing (the
-// message says how to install it) or does not start.
+// passed, failed or panicked (t.Cleanup), or on SIGINT or SIGTERM. It skips
+// the test when PGRESILIENT_SKIP_INTEGRATION=1, and fails it when haproxy is
+// missing (the message says how to install it) or does not start.
 func NewT(t testing.TB, cfg Config, servers ...Server) *Proxy {
 	t.Helper()
 	if pgtest.SkipRequested() {
 		t.Skip(pgtest.SkipEnv + "=1")
 	}
+	proc.CloseOnSignal()
 	ctx, cancel := context.WithTimeout(context.Background(), startWait)
 	defer cancel()
 	p, err := Start(ctx, cfg, servers...)
@@ -163,6 +164,7 @@ func Start(ctx context.Context, cfg Config, servers ...Server) (*Proxy, error) {
 	for attempt := 1; ; attempt++ {
 		err = p.start(ctx, bin)
 		if err == nil {
+			proc.Track(p)
 			return p, nil
 		}
 		if attempt < portRetries && errors.Is(err, errAddrInUse) {
@@ -279,19 +281,9 @@ func (p *Proxy) stop() error {
 		return nil
 	}
 	defer func() { p.cmd = nil }()
-	select {
-	case <-p.exited:
+	if !proc.Terminate(p.cmd.Process, p.exited, stopWait) {
 		return nil
-	default:
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-		return nil
-	case <-time.After(stopWait):
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.exited
 	return fmt.Errorf("pgtest/haproxy: haproxy ignored SIGTERM for %v: killed", stopWait)
 }
 
@@ -307,6 +299,7 @@ func (p *Proxy) Close() error {
 		return nil
 	}
 	p.closed = true
+	proc.Untrack(p)
 	err := p.stop()
 	if rerr := os.RemoveAll(p.dir); rerr != nil {
 		err = errors.Join(err, fmt.Errorf("pgtest/haproxy: %w", rerr))

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -249,8 +250,8 @@ func TestStartWithoutBinary(t *testing.T) {
 	}
 }
 
-// The helper process of TestDiesWithTest: it starts a proxy, prints its pid
-// and directory, and waits to be killed.
+// The helper process of TestDiesWithTest: it starts a proxy as a test does
+// (NewT), prints its pid and directory, and waits to be killed.
 const helperEnv = "PGRESILIENT_HAPROXY_HELPER"
 
 func TestHelperProcess(t *testing.T) {
@@ -263,16 +264,16 @@ func TestHelperProcess(t *testing.T) {
 	}
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
-	p, err := Start(context.Background(), fast, Server{Name: "a", Addr: ln.Addr().String(), CheckPort: port})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := NewT(t, fast, Server{Name: "a", Addr: ln.Addr().String(), CheckPort: port})
 	os.Stdout.WriteString(strconv.Itoa(p.cmd.Process.Pid) + " " + p.Dir() + "\n")
 	time.Sleep(time.Minute)
 }
 
-// TestDiesWithTest kills a test process that started a proxy: the kernel
-// kills its haproxy, and the next Start removes the directory it left.
+// TestDiesWithTest ends a test process that started a proxy, without its
+// cleanups. Killed (SIGKILL), the kernel kills its haproxy, and the next
+// Start removes the directory it left. Interrupted (SIGINT, Ctrl-C), NewT's
+// signal handler closes the proxy: haproxy gone and its directory removed
+// before the process ends.
 func TestDiesWithTest(t *testing.T) {
 	if pgtest.SkipRequested() {
 		t.Skip(pgtest.SkipEnv + "=1")
@@ -280,50 +281,62 @@ func TestDiesWithTest(t *testing.T) {
 	if _, err := os.Stat("/proc/self"); err != nil {
 		t.Skip("needs Linux: elsewhere the kernel does not kill a dead parent's children")
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.v")
-	cmd.Env = append(os.Environ(), helperEnv+"=1")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	sc := bufio.NewScanner(out)
-	var pid int
-	var dir string
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil {
-				pid, dir = n, f[1]
-				break
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.v")
+			cmd.Env = append(os.Environ(), helperEnv+"=1")
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-	}
-	if pid == 0 {
-		t.Fatalf("helper printed no pid: %v", sc.Err())
-	}
-	go func() { _, _ = io.Copy(io.Discard, out) }()
-	if !proc.ProcessExists(pid) {
-		t.Fatalf("haproxy %d not running in the helper", pid)
-	}
-	_ = cmd.Process.Kill()
-	_ = cmd.Wait()
-	deadline := time.Now().Add(5 * time.Second)
-	for proc.ProcessExists(pid) && !proc.IsZombie(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("haproxy %d outlived its test process by 5 s", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if _, err := os.Stat(dir); err != nil {
-		t.Fatalf("the dead helper's directory: %v", err)
-	}
-	proc.ReapStale(context.Background(), os.TempDir(), dirPrefix, reap)
-	if _, err := os.Stat(dir); !os.IsNotExist(err) {
-		t.Fatalf("reap left %s: %v", dir, err)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+			sc := bufio.NewScanner(out)
+			var pid int
+			var dir string
+			for sc.Scan() {
+				f := strings.Fields(sc.Text())
+				if len(f) == 2 {
+					if n, err := strconv.Atoi(f[0]); err == nil {
+						pid, dir = n, f[1]
+						break
+					}
+				}
+			}
+			if pid == 0 {
+				t.Fatalf("helper printed no pid: %v", sc.Err())
+			}
+			t.Cleanup(func() { reap(context.Background(), dir) })
+			go func() { _, _ = io.Copy(io.Discard, out) }()
+			if !proc.ProcessExists(pid) {
+				t.Fatalf("haproxy %d not running in the helper", pid)
+			}
+			_ = cmd.Process.Signal(sig)
+			_ = cmd.Wait()
+			deadline := time.Now().Add(5 * time.Second)
+			for proc.ProcessExists(pid) && !proc.IsZombie(pid) {
+				if time.Now().After(deadline) {
+					t.Fatalf("haproxy %d outlived its test process by 5 s", pid)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			_, err = os.Stat(dir)
+			if sig == syscall.SIGINT {
+				if !os.IsNotExist(err) {
+					t.Fatalf("the interrupted helper left %s: %v", dir, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("the dead helper's directory: %v", err)
+			}
+			proc.ReapStale(context.Background(), os.TempDir(), dirPrefix, reap)
+			if _, err := os.Stat(dir); !os.IsNotExist(err) {
+				t.Fatalf("reap left %s: %v", dir, err)
+			}
+		})
 	}
 }
 

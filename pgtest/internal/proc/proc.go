@@ -139,3 +139,23 @@ func CloseOnSignal() {
 		}()
 	})
 }
+
+// Terminate ends a child process, p, whose exited channel is closed once it
+// has been waited for: SIGTERM, then SIGKILL after grace. It returns once the
+// child exited, reporting whether it had to be killed.
+func Terminate(p *os.Process, exited <-chan struct{}, grace time.Duration) (killed bool) {
+	select {
+	case <-exited:
+		return false
+	default:
+	}
+	_ = p.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+		return false
+	case <-time.After(grace):
+	}
+	_ = p.Kill()
+	<-exited
+	return true
+}
