@@ -1,12 +1,13 @@
-// Package proc is the process bookkeeping that pgtest and pgtest/patroni
-// share: the runner of the PostgreSQL binaries (as the "postgres" account when
-// root), children bound to the test process (StartBound), the watchdog that
-// stops what a dead test process left (Watch), the reaping of stale
-// directories, the closing of everything on SIGINT and SIGTERM
-// (CloseOnSignal), and free ports.
+// Package proc is the process bookkeeping that pgtest, pgtest/patroni and
+// pgtest/haproxy share: the runner of the PostgreSQL binaries (as the
+// "postgres" account when root), children bound to the test process
+// (StartBound) and their stop (Terminate), the watchdog that stops what a
+// dead test process left (Watch), the reaping of stale directories, the
+// closing of everything on SIGINT and SIGTERM (CloseOnSignal), and free
+// ports.
 //
-// Every binary that imports pgtest or pgtest/patroni imports this package, so
-// its init can turn a copy of the test executable into the watchdog.
+// Every binary that imports pgtest or its subpackages imports this package,
+// so its init can turn a copy of the test executable into the watchdog.
 package proc
 
 import (
