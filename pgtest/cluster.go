@@ -325,9 +325,13 @@ func (c *Cluster) DSN() string { return c.DSNAt(c.Addr()) }
 
 // DSNAt returns DSN's URL with another address ("host:port", as every Addr
 // method returns it), such as a proxy's in front of the cluster.
-func (c *Cluster) DSNAt(addr string) string {
-	return dsn(url.User(Superuser), addr)
-}
+func (c *Cluster) DSNAt(addr string) string { return DSN(addr) }
+
+// DSN returns a URL connecting at addr ("host:port") as pgtest's servers
+// expect: to the Database database as the Superuser, without a password and
+// without TLS. Cluster.DSNAt, a Patroni node's and an HAProxy's DSN are
+// this.
+func DSN(addr string) string { return dsn(url.User(Superuser), addr) }
 
 // PasswordDSN returns a URL connecting at addr ("host:port") as PasswordUser
 // with the given password, which is escaped as needed. The server checks it

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -319,16 +318,7 @@ func (p *Proxy) Addr() string { return net.JoinHostPort(host, strconv.Itoa(p.por
 // DSN returns a URL connecting through HAProxy as pgtest's servers expect:
 // to the postgres database as the postgres superuser, without a password and
 // without TLS.
-func (p *Proxy) DSN() string {
-	u := url.URL{
-		Scheme:   "postgres",
-		User:     url.User(pgtest.Superuser),
-		Host:     p.Addr(),
-		Path:     "/" + pgtest.Database,
-		RawQuery: "sslmode=disable",
-	}
-	return u.String()
-}
+func (p *Proxy) DSN() string { return pgtest.DSN(p.Addr()) }
 
 // Config returns the configuration in effect, defaults filled in.
 func (p *Proxy) Config() Config { return p.cfg }

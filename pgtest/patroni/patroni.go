@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,16 +83,7 @@ type Node struct {
 
 // DSN returns a URL connecting to the node's server as the postgres superuser
 // without a password, and without TLS.
-func (n *Node) DSN() string {
-	u := url.URL{
-		Scheme:   "postgres",
-		User:     url.User(pgtest.Superuser),
-		Host:     net.JoinHostPort(host, strconv.Itoa(n.Port)),
-		Path:     "/" + pgtest.Database,
-		RawQuery: "sslmode=disable",
-	}
-	return u.String()
-}
+func (n *Node) DSN() string { return pgtest.DSN(net.JoinHostPort(host, strconv.Itoa(n.Port))) }
 
 // LogFile returns the path of the node's log: Patroni's and its server's.
 func (n *Node) LogFile() string { return n.log }
