@@ -348,9 +348,10 @@ func (b *breaker) before() error {
 // comes soon, and calls fail in microseconds (TestMonitorBlackholeCalls). A
 // connection attempt that something accepted and then held until it timed
 // out does not make calls fail at once: HAProxy holds connections that way
-// until it routes to the new primary (failing at once on every timeout, 5
-// writes failed after HAProxy routed in TestHAProxySwitchover); calls then
-// wait breakerWaitMax at most.
+// until it routes to the new primary. After a probe that met a server in
+// transition, or (for a call with a deadline) one that was held, a call
+// waits on for the next probe (waitOn); docs/resilience.md has the
+// measurements behind each rule.
 const (
 	// probeDemandMax: so that a pool serves again within 100 ms of the
 	// server (its probe, whose connection then serves a waiting call),
@@ -449,15 +450,12 @@ func (b *breaker) awaitProbe(ctx context.Context) error {
 // after a probe that found the server in transition (moving), or, for a
 // call with a deadline, one whose connection something accepted and held
 // until it timed out (held): yes unless the server is silent or the next
-// probe comes too late. Behind HAProxy, a Patroni leader killed: probes met
-// a standby (target_session_attrs) for a while after HAProxy routed to it,
-// and each call failed after one of them (48 writes failed so in CI). In a
-// switchover, HAProxy held a probe begun as it routed, and the calls waiting
-// on it failed with ErrCircuitOpen (8, 16 and 20 writes in CI runs) while
-// raw pgx's writes, held the same way, were served within their deadline.
-// A call without a deadline fails after the probe, as before (its limit
-// would be notYetCeiling, 10 s, in a frozen network that holds probes the
-// same way: TestQueryTimeoutBlackhole).
+// probe comes too late. Behind HAProxy, probes meet a standby for a while
+// after HAProxy routed to it (a Patroni leader killed), or are held by
+// HAProxy as it routes (a switchover); failing the waiting calls after one
+// such probe failed writes that raw pgx served. A call without a deadline
+// fails after the probe: a frozen network holds probes the same way, and
+// its limit would be notYetCeiling (TestQueryTimeoutBlackhole).
 func (b *breaker) waitOn(limit time.Time) bool {
 	if b.silent.Load() || b.ctx.Err() != nil {
 		return false
