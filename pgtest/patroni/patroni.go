@@ -616,12 +616,9 @@ func (p *Cluster) DSN() string {
 func (p *Cluster) KillNode(ctx context.Context, name string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
-		return errClosed
-	}
-	n := p.Node(name)
-	if n == nil {
-		return fmt.Errorf("pgtest/patroni: no Patroni node %q", name)
+	n, err := p.openNode(name)
+	if err != nil {
+		return err
 	}
 	if n.patroni != nil {
 		_ = n.patroni.cmd.Process.Kill()
@@ -641,12 +638,9 @@ func (p *Cluster) KillNode(ctx context.Context, name string) error {
 func (p *Cluster) StartNode(name string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
-		return errClosed
-	}
-	n := p.Node(name)
-	if n == nil {
-		return fmt.Errorf("pgtest/patroni: no Patroni node %q", name)
+	n, err := p.openNode(name)
+	if err != nil {
+		return err
 	}
 	if n.patroni != nil {
 		return fmt.Errorf("pgtest/patroni: Patroni node %q is running", name)
@@ -656,6 +650,19 @@ func (p *Cluster) StartNode(name string) error {
 		return err
 	}
 	return p.startNode(n, bin)
+}
+
+// openNode returns the node called name of a cluster not closed; p.mu is
+// held.
+func (p *Cluster) openNode(name string) (*Node, error) {
+	if p.closed {
+		return nil, errClosed
+	}
+	n := p.Node(name)
+	if n == nil {
+		return nil, fmt.Errorf("pgtest/patroni: no Patroni node %q", name)
+	}
+	return n, nil
 }
 
 // liveNodes are the nodes whose Patroni we have not killed.
